@@ -1,0 +1,4 @@
+"""The conformance suite: one module per area, one test per (invariant, level).
+
+Run with ``kvconform`` or ``pytest --pyargs harness.conformance --impl ...``.
+"""

@@ -1,0 +1,47 @@
+"""Path equivalence: staged, non-staged and (equal TP) plain page copy give identical decode KV."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+
+import strategies as kst
+from harness import cluster
+from harness.world import World, int_view, slots_of
+
+
+def plain_page_copy(world: World) -> None:
+    """Equal TP and PP: decode rank i holds exactly prefill rank i's heads, so copy whole token rows."""
+    req, ps = world.case.request, world.case.kv.page_size
+    for src, dst in zip(world.prefill, world.decode):
+        src_slots = slots_of(src.page_table, ps, req.num_tokens)[req.prefix_len:]
+        dst_slots = slots_of(dst.page_table, ps, req.num_tokens)[req.prefix_len:]
+        for s, d in zip((*src.k, *src.v), (*dst.k, *dst.v)):
+            int_view(d)[dst_slots] = int_view(s)[src_slots]
+
+
+def _paths(impl):
+    paths = {"staged (gather/scatter)": cluster.move_with_kv_copy, "non-staged (direct copy)": cluster.move_with_direct_copy}
+    if cluster.has(impl, "end_to_end"):
+        paths["end-to-end staged"] = lambda i, w: cluster.move_end_to_end(i, w, staged=True)
+        paths["end-to-end non-staged"] = lambda i, w: cluster.move_end_to_end(i, w, staged=False)
+    return paths
+
+
+@pytest.mark.invariant("path_equivalence", requires=("kv_copy", "direct_copy"))
+@given(case=kst.transfer_cases())
+def test_path_equivalence(impl, device, case):
+    results = {}
+    for name, move in _paths(impl).items():
+        world = World.build(case, device)
+        move(impl, world)
+        results[name] = world
+    topo = case.topology
+    if topo.prefill_tp == topo.decode_tp and topo.prefill_pp == topo.decode_pp:
+        world = World.build(case, device)
+        plain_page_copy(world)
+        results["plain page copy"] = world
+    (first_name, first), *others = results.items()
+    for name, world in others:
+        for index, (a, b) in enumerate(zip(first.decode, world.decode)):
+            first.check_pool_equal("path_equivalence", f"decode pool {index}: {first_name} vs {name}", b, a)

@@ -1,0 +1,52 @@
+"""Receivers: any receiver object survives the whole decode lifecycle; only truthy require_staging stages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+
+import strategies as kst
+from harness import cluster
+from harness.oracles import InvariantViolation
+from harness.world import World
+
+
+def _lifecycle(impl, world: World, receiver) -> None:
+    run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, 2))
+    try:
+        cluster.staged_request(run, request_id=3, receiver=receiver)
+    except InvariantViolation:
+        raise
+    except Exception as exc:
+        raise InvariantViolation(f"[receivers] {type(exc).__name__}: {exc} — raised for receiver {receiver!r}") from exc
+    world.check_decode("receivers", part="request", indices=[0])
+
+
+@pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"))
+@given(case=kst.transfer_cases(max_tokens=16), receiver=kst.receivers())
+def test_receivers_lifecycle(impl, device, case, receiver):
+    _lifecycle(impl, World.build(case, device), receiver)
+
+
+@pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"))
+@given(receiver=kst.receivers())
+def test_receivers_registration(impl, receiver):
+    """Register, abort and release: the minimal lifecycle of every receiver kind, fast."""
+    from harness.oracles import expects_staging
+
+    pool = [torch.zeros(8, 1, 1)]
+    handler = impl.make_decode_handler(
+        staging=torch.zeros(64, dtype=torch.uint8), allocator=impl.make_allocator(64), k_layers=pool, v_layers=pool,
+        page_size=1, num_writers=1, writer_destinations=[(0, 0)], heads_per_writer=1, layers_per_writer=1,
+        timeout_s=1.0, clock=lambda: 0.0)
+    try:
+        staged = handler.register(5, receiver, torch.arange(4), 0, 4)
+        handler.poll(5)
+        handler.fail(5, "aborted by the test")
+        handler.poll(5)
+        handler.release(5)
+    except Exception as exc:
+        raise InvariantViolation(f"[receivers] {type(exc).__name__}: {exc} — raised for receiver {receiver!r}") from exc
+    if bool(staged) != expects_staging(receiver):
+        raise InvariantViolation(f"[receivers] {receiver!r} registered as {'staged' if staged else 'plain'}")

@@ -1,0 +1,37 @@
+"""Round trip: gather → transfer → scatter leaves decode pages bit-identical to ground truth."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+import strategies as kst
+from harness import cluster
+from harness.world import World
+
+
+@pytest.mark.invariant("round_trip", requires=("kv_copy",))
+@given(case=kst.transfer_cases())
+def test_round_trip_kv_copy(impl, device, case):
+    world = World.build(case, device)
+    cluster.move_with_kv_copy(impl, world)
+    world.check_decode("round_trip", part="request")
+
+
+@pytest.mark.invariant("round_trip", requires=("allocator", "kv_copy", "decode_handler"))
+@given(case=kst.transfer_cases(), slack=st.integers(1, 3))
+def test_round_trip_decode_handler(impl, device, case, slack):
+    """Through the decode handler and a ring that holds ``slack`` chunks (1: every chunk wraps)."""
+    world = World.build(case, device)
+    for index in range(len(world.decode)):
+        run = cluster.DecodeRankRun(impl, world, index, cluster.ring_capacity_for(world, impl, slack))
+        cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver())
+    world.check_decode("round_trip", part="request")
+
+
+@pytest.mark.invariant("round_trip", requires=("end_to_end",))
+@given(case=kst.transfer_cases())
+def test_round_trip_end_to_end(impl, device, case):
+    world = World.build(case, device)
+    cluster.move_end_to_end(impl, world, staged=True)
+    world.check_decode("round_trip", part="request")

@@ -1,0 +1,267 @@
+"""The interface an implementation provides to kvconform, defined once.
+
+An implementation is any object (usually returned by a zero-argument factory
+named on ``--impl package.module:factory``) with a ``capabilities`` attribute
+and the methods of each capability it claims.  Everything is passed as plain
+Python values and ``torch.Tensor``\\ s, so implementations never import
+kvconform.  Invariants whose capability is missing are reported as
+"not implemented" rows instead of failing.
+
+Two levels:
+
+* **primitives** (``head_mapping``, ``layout``, ``allocator``, ``kv_copy``,
+  ``direct_copy``, ``decode_handler``): the harness orchestrates a transfer
+  from these pieces (``harness.cluster``), pushing head slices from prefill to
+  decode like SGLang / Mooncake do.
+* **end to end** (``end_to_end``): the implementation moves a whole request's
+  KV from the prefill pools into the decode pools its own way (e.g. decode
+  ranks pulling head slices, as vLLM's NIXL connector does).
+
+Conventions shared by every method:
+
+* A rank's KV pool is two lists (K, V), one tensor per layer, each shaped
+  ``[pool_tokens, heads_on_rank, head_dim]``; pool token ``t`` lives in page
+  ``t // page_size``.
+* A *page table* is a 1-D int64 tensor of page indices; token ``i`` of the
+  list lives in pool slot ``page_table[i // page_size] * page_size + i % page_size``.
+* A staging region is a 1-D ``torch.uint8`` tensor.  A writer's part of it is
+  laid out ``[K then V][layer][token][head][dim]`` in the KV dtype, and writer
+  parts follow each other in writer-slot order.
+* Invalid topologies raise ``ValueError`` (with a message saying what to fix)
+  before any byte moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
+
+import torch
+
+#: Capability name -> methods an implementation claiming it must provide.
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "head_mapping": ("heads_of_rank", "writers_of_decode_rank", "head_slice"),
+    "layout": ("staging_layout",),
+    "allocator": ("make_allocator", "writer_may_write"),
+    "kv_copy": ("gather", "scatter"),
+    "direct_copy": ("direct_copy",),
+    "decode_handler": ("make_decode_handler",),
+    "end_to_end": ("move_request",),
+}
+
+#: Methods every allocator object must have.
+ALLOCATOR_METHODS = ("assign", "free", "watermark")
+#: Methods every decode handler object must have.
+DECODE_HANDLER_METHODS = (
+    "register",
+    "allocate_chunk",
+    "chunk_arrived",
+    "prefill_done",
+    "poll",
+    "fail",
+    "release",
+)
+
+#: Request states returned by ``DecodeHandler.poll``.
+PENDING, DONE, FAILED = "pending", "done", "failed"
+
+
+class HeadMapping(Protocol):
+    """Which heads live where, and who writes to whom (capability ``head_mapping``)."""
+
+    def heads_of_rank(self, total_kv_heads: int, tp_size: int, rank: int) -> Sequence[int]:
+        """Global KV heads held by ``rank`` of a TP group of ``tp_size``, in local order."""
+
+    def writers_of_decode_rank(
+        self, total_kv_heads: int, prefill_tp: int, decode_tp: int, decode_rank: int
+    ) -> Sequence[int]:
+        """Prefill TP ranks writing to ``decode_rank``, indexed by writer slot."""
+
+    def head_slice(
+        self, total_kv_heads: int, prefill_tp: int, decode_tp: int, prefill_rank: int, decode_rank: int
+    ) -> tuple[int, int, int]:
+        """``(source_head_start, head_count, destination_head_start)``, local head
+        indices on the prefill and decode rank, for the pair's transfer."""
+
+
+class Layout(Protocol):
+    """Staging region byte layout (capability ``layout``)."""
+
+    def staging_layout(
+        self,
+        num_writers: int,
+        num_tokens: int,
+        heads_per_writer: int,
+        layers_per_writer: int,
+        head_dim: int,
+        element_size: int,
+    ) -> Sequence[tuple[int, int]]:
+        """``(offset, nbytes)`` of each writer's part of one chunk's staging region."""
+
+
+class Allocator(Protocol):
+    """A ring staging allocator over ``capacity`` bytes."""
+
+    def assign(self, nbytes: int) -> Optional[tuple[int, int, int]]:
+        """Place ``nbytes``; return ``(alloc_id, offset, round)``, or ``None`` to
+        refuse explicitly when ``nbytes`` exceeds the capacity.  Never waits."""
+
+    def free(self, alloc_id: int) -> None:
+        """Release an allocation; unknown or already-freed ids are ignored."""
+
+    def watermark(self) -> tuple[int, int]:
+        """``(round, tail)``: position of the oldest live allocation, or the
+        current head when nothing is live."""
+
+
+class AllocatorFactory(Protocol):
+    """Capability ``allocator``."""
+
+    def make_allocator(self, capacity: int) -> Allocator:
+        """A fresh, empty ring allocator of ``capacity`` bytes."""
+
+    def writer_may_write(self, alloc_round: int, alloc_end: int, watermark: tuple[int, int]) -> bool:
+        """Whether a writer may write allocation ``(round, end)`` given the last
+        watermark it received."""
+
+
+class KvCopy(Protocol):
+    """Gather and scatter between paged pools and staging (capability ``kv_copy``)."""
+
+    def gather(
+        self,
+        k_layers: Sequence[torch.Tensor],
+        v_layers: Sequence[torch.Tensor],
+        page_table: torch.Tensor,
+        page_size: int,
+        num_tokens: int,
+        head_start: int,
+        head_count: int,
+        out: torch.Tensor,
+    ) -> None:
+        """Prefill side: copy heads ``[head_start, head_start+head_count)`` of the
+        first ``num_tokens`` tokens of ``page_table``, every layer, K then V, into
+        the uint8 tensor ``out`` (exactly one writer's bytes).  Bit-exact."""
+
+    def scatter(
+        self,
+        staging: torch.Tensor,
+        writer_destinations: Sequence[tuple[int, int]],
+        heads_per_writer: int,
+        layers_per_writer: int,
+        k_layers: Sequence[torch.Tensor],
+        v_layers: Sequence[torch.Tensor],
+        page_table: torch.Tensor,
+        page_size: int,
+        num_tokens: int,
+    ) -> None:
+        """Decode side: copy a whole chunk's staging region (all writers) into the
+        pool.  Writer ``w`` carries ``heads_per_writer`` heads for
+        ``layers_per_writer`` layers; ``writer_destinations[w]`` is its
+        ``(destination_head_start, destination_layer_start)`` on this rank.
+        Bit-exact; touches nothing but those heads of those tokens."""
+
+
+class DirectCopy(Protocol):
+    """Non-staged path (capability ``direct_copy``)."""
+
+    def direct_copy(
+        self,
+        src_k_layers: Sequence[torch.Tensor],
+        src_v_layers: Sequence[torch.Tensor],
+        src_page_table: torch.Tensor,
+        src_head_start: int,
+        dst_k_layers: Sequence[torch.Tensor],
+        dst_v_layers: Sequence[torch.Tensor],
+        dst_page_table: torch.Tensor,
+        dst_head_start: int,
+        head_count: int,
+        page_size: int,
+        num_tokens: int,
+    ) -> None:
+        """Copy a head slice of ``num_tokens`` tokens straight from a prefill pool
+        to a decode pool (same layer count), for receivers without staging."""
+
+
+@runtime_checkable
+class DecodeHandler(Protocol):
+    """One decode rank's staging handler and request lifecycle."""
+
+    def register(
+        self, request_id: int, receiver: Any, page_table: torch.Tensor, prefix_len: int, num_tokens: int
+    ) -> bool:
+        """Register a request before telling prefill where to write.  Returns
+        whether it takes the staged path (``receiver.require_staging`` present
+        and truthy).  Must accept *any* receiver object.  ``page_table`` covers
+        all ``num_tokens`` tokens; the first ``prefix_len`` are already cached."""
+
+    def allocate_chunk(self, request_id: int, chunk_index: int, nbytes: int) -> Optional[tuple[int, int, int]]:
+        """Staging allocation for one chunk: ``(offset, round, end)``; the same
+        answer for repeated asks; ``None`` when refused (the request fails)."""
+
+    def chunk_arrived(
+        self, request_id: int, chunk_index: int, writer_slot: int, page_start: int, num_pages: int, num_tokens: int
+    ) -> None:
+        """A writer finished writing its part of a chunk.  ``page_start`` counts
+        pages of the suffix after the prefix.  Duplicate, late or unknown
+        messages are ignored safely."""
+
+    def prefill_done(self, request_id: int) -> None:
+        """The prefill side reported that every chunk was sent."""
+
+    def poll(self, request_id: int) -> str:
+        """``"pending"``, ``"done"`` or ``"failed"``; runs pending scatters and
+        timeout checks."""
+
+    def fail(self, request_id: int, reason: str) -> None:
+        """Mark a request failed (abort)."""
+
+    def release(self, request_id: int) -> None:
+        """Forget a request, freeing every allocation it holds."""
+
+
+class DecodeHandlerFactory(Protocol):
+    """Capability ``decode_handler``."""
+
+    def make_decode_handler(
+        self,
+        *,
+        staging: torch.Tensor,
+        allocator: Allocator,
+        k_layers: Sequence[torch.Tensor],
+        v_layers: Sequence[torch.Tensor],
+        page_size: int,
+        num_writers: int,
+        writer_destinations: Sequence[tuple[int, int]],
+        heads_per_writer: int,
+        layers_per_writer: int,
+        timeout_s: float,
+        clock: Callable[[], float],
+    ) -> DecodeHandler:
+        """A handler for one decode rank whose staging ring is ``staging`` (uint8)
+        managed by ``allocator``."""
+
+
+class EndToEnd(Protocol):
+    """Capability ``end_to_end``."""
+
+    def move_request(
+        self,
+        *,
+        total_kv_heads: int,
+        prefill_tp: int,
+        decode_tp: int,
+        prefill_pp: int,
+        decode_pp: int,
+        page_size: int,
+        prefill_pools: Sequence[tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]],
+        prefill_page_tables: Sequence[torch.Tensor],
+        decode_pools: Sequence[tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]],
+        decode_page_tables: Sequence[torch.Tensor],
+        prefix_len: int,
+        num_tokens: int,
+        chunk_pages: int,
+        staged: bool,
+    ) -> None:
+        """Move tokens ``[prefix_len, num_tokens)`` of one request.  Pools are
+        indexed ``pp_stage * tp + tp_rank``; a rank's pool holds its PP stage's
+        layers.  Page tables cover the whole request on each rank."""

@@ -1,0 +1,535 @@
+"""pytest plugin running kvconform's conformance tests against a plug-in implementation.
+
+Loaded by the repository's root ``conftest.py`` (plain ``pytest`` in a
+checkout), by the ``kvconform`` CLI, or explicitly by a third party::
+
+    pytest -p harness.pytest_plugin --pyargs harness.conformance --impl pkg.mod:factory
+
+There is deliberately no ``pytest11`` entry point: it would add ``--impl`` and
+``--device`` to every pytest run in the user's environment.
+
+Options: ``--impl SPEC`` (see ``harness.loading``; default ``$KVCONFORM_IMPL``
+or ``reference``), ``--xfails FILE`` (see ``harness.xfails``),
+``--kvconform-report DIR`` (default: the current directory),
+``--device {cpu,cuda,all}``.  Fixtures: ``impl`` (the implementation object),
+``loaded_impl`` (its ``LoadedImplementation``), ``devices`` (selected device
+strings; skips with a reason when none is available).  Marker:
+``@pytest.mark.invariant("<id>", requires=("<capability>", ...))``.
+
+The plugin is inert for runs that touch no conformance test: it loads the
+implementation at configure time (so a bad ``--impl`` is one usage error
+before any test runs, on the xdist controller and on each worker) when
+``--impl``/``--xfails``/``--kvconform-report`` is given or the command-line
+paths include ``harness/conformance``; otherwise it loads it lazily once
+collection finds an ``invariant``-marked test.  The report is built on the
+controller only, from data carried in ``report.user_properties`` (which
+pytest-xdist serializes): the invariant, missing capabilities, the number of
+Hypothesis test cases (from Hypothesis's statistics collector, chained so
+``--hypothesis-show-statistics`` keeps working) and failure details (taken
+from the exception's notes: Hypothesis's falsifying example and
+``@reproduce_failure`` line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import os
+import platform
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import profiles
+from harness.catalogue import BY_ID
+from harness.interface import CAPABILITIES
+from harness.loading import IMPL_ENV_VAR, ImplementationError, LoadedImplementation, load_implementation, resolve_spec
+from harness.report import FailureDetail, RunContext, TestRecord, build_report, terminal_lines, write_report
+from harness.xfails import XfailEntry, first_match, read_xfails, resolve_xfails_path
+
+#: ``report.user_properties`` keys written by this plugin.
+PROP_INVARIANT = "kvconform.invariant"
+PROP_MISSING = "kvconform.missing_capabilities"
+PROP_XFAIL = "kvconform.xfail"
+PROP_EXAMPLES = "kvconform.examples"
+PROP_SHRINKS = "kvconform.shrinks"
+PROP_ERROR = "kvconform.error"
+PROP_COUNTEREXAMPLE = "kvconform.counterexample"
+PROP_BLOB = "kvconform.reproduce_failure"
+PROP_SEED = "kvconform.seed"
+
+DEVICE_CHOICES = ("cpu", "cuda", "all")
+CONFORMANCE_DIR = Path(__file__).resolve().parent / "conformance"
+_COUNTEREXAMPLE_PREFIXES = ("Falsifying", "Failing test case", "Failing example")
+_BLOB = re.compile(r"@reproduce_failure\([^)]*\)")
+_PRINTED_SEED = re.compile(r"@seed\((\d+)\)|--hypothesis-seed=(\d+)")
+_STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
+
+# Registered at import so ``--hypothesis-profile ci|thorough`` resolves whenever Hypothesis's plugin configures.
+profiles.register_profiles(profiles.database_directory())
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kvconform", "kvconform conformance suite")
+    group.addoption(
+        "--impl", dest="kvconform_impl", default=None, metavar="SPEC",
+        help="implementation under test: package.module:factory, package.module (its make_implementation), "
+        "or a registered name (reference, sglang, entry points of kvconform.implementations). "
+        "Default: $KVCONFORM_IMPL or 'reference'.",
+    )
+    group.addoption(
+        "--xfails", dest="kvconform_xfails", default=None, metavar="FILE",
+        help="expected-failure list (invariant ids or node-id substrings, '#' comments); "
+        "a bare name reads harness/xfails/NAME.txt.",
+    )
+    group.addoption(
+        "--kvconform-report", dest="kvconform_report", default=None, metavar="DIR",
+        help="directory for kvconform-report.md and kvconform-report.json (default: current directory).",
+    )
+    group.addoption(
+        "--device", dest="kvconform_device", default="all", choices=DEVICE_CHOICES,
+        help="devices conformance tests use: cpu, cuda, or all available (default).",
+    )
+    # Set by the kvconform CLI so repro lines use the CLI instead of pytest.
+    group.addoption("--kvconform-prog", dest="kvconform_prog", default=None, help=argparse.SUPPRESS)
+
+
+@pytest.hookimpl(tryfirst=True)  # before Hypothesis's plugin loads --hypothesis-profile
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "invariant(id, requires=()): conformance test of catalogue invariant `id`; skipped as "
+        "not implemented when the implementation lacks a capability in `requires`.",
+    )
+    run = ConformanceRun(config)
+    config.stash[_STASH] = run
+    config.pluginmanager.register(run, "kvconform-run")
+    run.configure()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(_STASH, None)
+    if run is not None:
+        run.restore_hypothesis_profiles()
+
+
+@pytest.fixture(scope="session")
+def loaded_impl(pytestconfig: pytest.Config) -> LoadedImplementation:
+    """The validated implementation under test, with its spec and capabilities."""
+    run = pytestconfig.stash[_STASH]
+    try:
+        return run.ensure_loaded()
+    except ImplementationError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def impl(loaded_impl: LoadedImplementation) -> Any:
+    """The implementation object conformance tests call."""
+    return loaded_impl.implementation
+
+
+@pytest.fixture(scope="session")
+def devices(pytestconfig: pytest.Config) -> list[str]:
+    """Device strings selected by ``--device`` and available; skips (with the reason) when none is."""
+    run = pytestconfig.stash[_STASH]
+    selected, note = run.devices()
+    if not selected:
+        pytest.skip(f"--device {run.device_option}: {note}")
+    return list(selected)
+
+
+def select_devices(requested: str) -> tuple[tuple[str, ...], str | None]:
+    """``(devices, note)`` for ``--device``; the note says why CUDA is absent."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if requested == "cpu":
+        return ("cpu",), None
+    if requested == "cuda":
+        return (("cuda",), None) if has_cuda else ((), "CUDA requested but torch.cuda.is_available() is False")
+    return (("cpu", "cuda"), None) if has_cuda else (("cpu",), "CUDA not available")
+
+
+@dataclass
+class ConformanceRun:
+    """Per-session state and hooks; one instance per pytest config (xdist: per process)."""
+
+    config: pytest.Config
+    loaded: LoadedImplementation | None = None
+    xfails: tuple[XfailEntry, ...] = ()
+    xfails_file: str | None = None
+    records: dict[str, TestRecord] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+    report_paths: tuple[Path, Path] | None = None
+    _devices: tuple[tuple[str, ...], str | None] | None = None
+    _saved_profiles: dict[str, Any] = field(default_factory=dict)
+    _saved_profile_name: str | None = None
+    eager: bool = False
+
+    # -- setup -----------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> str:
+        return resolve_spec(self.config.getoption("kvconform_impl"))
+
+    @property
+    def device_option(self) -> str:
+        return self.config.getoption("kvconform_device")
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def configure(self) -> None:
+        """Select the Hypothesis profile, read the xfails file and, when wanted, load the implementation."""
+        self._load_hypothesis_profile()
+        xfails_option = self.config.getoption("kvconform_xfails")
+        if xfails_option:
+            try:
+                path = resolve_xfails_path(xfails_option)
+            except ValueError as exc:
+                raise pytest.UsageError(str(exc)) from None
+            self.xfails, self.xfails_file = read_xfails(path), str(path)
+        self.eager = self._wants_conformance()
+        if self.eager:
+            self.load_or_usage_error()
+
+    def _load_hypothesis_profile(self) -> None:
+        from hypothesis import settings
+
+        self._saved_profile_name = settings.get_current_profile_name()
+        for name in profiles.PROFILE_EXAMPLES:
+            try:
+                self._saved_profiles[name] = settings.get_profile(name)
+            except Exception:
+                pass
+        profiles.register_profiles(profiles.database_directory(self.config.invocation_params.dir))
+        try:
+            name = profiles.selected_profile(self.config.getoption("hypothesis_profile", None))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if name:
+            settings.load_profile(name)
+
+    def restore_hypothesis_profiles(self) -> None:
+        """Undo this session's profile changes (matters when pytest runs in-process, e.g. pytester)."""
+        from hypothesis import settings
+
+        for name, saved in self._saved_profiles.items():
+            settings.register_profile(name, parent=saved)
+        if self._saved_profile_name:
+            try:
+                settings.load_profile(self._saved_profile_name)
+            except Exception:
+                pass
+
+    def _wants_conformance(self) -> bool:
+        """Whether this run is about conformance: explicit kvconform options or paths reaching harness/conformance."""
+        options = ("kvconform_impl", "kvconform_xfails", "kvconform_report")
+        if any(self.config.getoption(name) for name in options) or os.environ.get(IMPL_ENV_VAR):
+            return True
+        base = self.config.invocation_params.dir
+        for arg in self.config.args:
+            if self.config.getoption("pyargs", False) and (arg == "harness" or arg.startswith("harness.conformance")):
+                return True
+            path = (base / arg.split("::")[0]).resolve()
+            if path == CONFORMANCE_DIR or CONFORMANCE_DIR in path.parents or path in CONFORMANCE_DIR.parents:
+                return True
+        return False
+
+    def ensure_loaded(self) -> LoadedImplementation:
+        if self.loaded is None:
+            self.loaded = load_implementation(self.spec)
+        return self.loaded
+
+    def load_or_usage_error(self) -> LoadedImplementation:
+        try:
+            return self.ensure_loaded()
+        except ImplementationError as exc:
+            raise pytest.UsageError(f"kvconform could not load the implementation:\n{exc}") from None
+
+    def devices(self) -> tuple[tuple[str, ...], str | None]:
+        if self._devices is None:
+            self._devices = select_devices(self.device_option)
+        return self._devices
+
+    # -- collection ------------------------------------------------------------------------
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str] | None:
+        if self.loaded is None:
+            return None
+        selected, note = self.devices()
+        lines = [
+            f"kvconform: impl {self.loaded.name} ({self.loaded.spec}), capabilities: "
+            + (", ".join(sorted(self.loaded.capabilities)) or "(none)"),
+            f"kvconform: hypothesis profile {profiles.current_profile_name()}, devices: "
+            + (", ".join(selected) or "(none)") + (f" ({note})" if note else ""),
+        ]
+        if self.xfails_file:
+            lines.append(f"kvconform: xfails {self.xfails_file} ({len(self.xfails)} entries)")
+        return lines
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Tag invariant tests, skip those needing missing capabilities, mark listed xfails."""
+        tagged = [(item, item.get_closest_marker("invariant")) for item in items]
+        tagged = [(item, marker) for item, marker in tagged if marker is not None]
+        if not tagged:
+            return
+        if self.is_worker:  # a usage error on a worker crashes it; let the impl fixture fail each test instead
+            try:
+                loaded: LoadedImplementation | None = self.ensure_loaded()
+            except ImplementationError:
+                loaded = None
+        else:
+            loaded = self.load_or_usage_error()
+        problems = []
+        for item, marker in tagged:
+            try:
+                invariant, requires = parse_invariant_marker(marker)
+            except ValueError as exc:
+                problems.append(f"{item.nodeid}: {exc}")
+                continue
+            item.user_properties.append((PROP_INVARIANT, invariant))
+            if loaded is None:
+                continue
+            missing = [cap for cap in requires if cap not in loaded.capabilities]
+            if missing:
+                item.user_properties.append((PROP_MISSING, ",".join(missing)))
+                item.add_marker(pytest.mark.skip(
+                    reason=f"not implemented: {loaded.name} lacks capability '{missing[0]}'"))
+                continue
+            entry = first_match(self.xfails, item.nodeid, invariant)
+            if entry is not None:
+                item.user_properties.append((PROP_XFAIL, entry.source))
+                item.add_marker(pytest.mark.xfail(reason=f"{entry.reason} ({entry.source})", strict=False))
+        if problems:
+            raise pytest.UsageError("invalid @pytest.mark.invariant markers:\n  " + "\n  ".join(problems))
+
+    # -- running ---------------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True, trylast=True)  # innermost wrapper: inside Hypothesis's own
+    def pytest_runtest_call(self, item: pytest.Item):
+        """Count Hypothesis test cases and keep a failure's counterexample, for the report."""
+        if item.get_closest_marker("invariant") is None:
+            return (yield)
+        statistics: list[dict] = []
+        with _collecting_statistics(statistics):
+            try:
+                return (yield)
+            except Exception as exc:
+                item.user_properties.extend(_failure_properties(exc, item, statistics))
+                raise
+            finally:
+                item.user_properties.extend(_example_properties(item, statistics))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Fold each phase report into the test's record (controller side; xdist-safe)."""
+        if self.is_worker:
+            return
+        props = dict(tuple(p) for p in report.user_properties)
+        invariant = props.get(PROP_INVARIANT)
+        if invariant is None:
+            return
+        record = self.records.setdefault(report.nodeid, TestRecord(report.nodeid, invariant, report.location[0]))
+        if PROP_MISSING in props:
+            record.missing_capabilities = tuple(props[PROP_MISSING].split(","))
+        if PROP_EXAMPLES in props:
+            record.examples = int(props[PROP_EXAMPLES])
+            record.shrinks = int(props.get(PROP_SHRINKS, 0))
+        failure = None
+        if report.failed:
+            failure = FailureDetail(
+                phase=report.when,
+                error=(props.get(PROP_ERROR) if report.when == "call" else None) or _first_error_line(report),
+                counterexample=props.get(PROP_COUNTEREXAMPLE),
+                reproduce_failure=props.get(PROP_BLOB),
+                seed=props.get(PROP_SEED) or _printed_seed(report),
+            )
+        record.add_phase(report.when, report.outcome, hasattr(report, "wasxfail"), failure)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Build and write the report on the controller."""
+        if self.is_worker or self.config.getoption("collectonly"):
+            return
+        if not (self.eager or self.records):
+            return
+        self.report = build_report(self._context(), list(self.records.values()))
+        directory = self.config.getoption("kvconform_report") or self.config.invocation_params.dir
+        self.report_paths = write_report(self.report, directory)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.report is None:
+            return
+        terminalreporter.write_sep("=", "kvconform conformance report")
+        for line in terminal_lines(self.report):
+            red = line.startswith("FAIL ")
+            terminalreporter.write_line(line, red=red, bold=red)
+        if self.report_paths and not self.config.getoption("kvconform_prog"):
+            md, js = self.report_paths
+            terminalreporter.write_line(f"kvconform report written to {md} and {js}")
+
+    def _context(self) -> RunContext:
+        error = None
+        try:
+            loaded = self.ensure_loaded()
+        except ImplementationError as exc:
+            loaded, error = None, str(exc)
+        selected, note = self.devices()
+        return RunContext(
+            impl_spec=self.spec,
+            impl_name=loaded.name if loaded else self.spec,
+            impl_target=loaded.target if loaded else None,
+            capabilities=tuple(sorted(loaded.capabilities)) if loaded else (),
+            impl_error=error,
+            profile=profiles.current_profile_name(),
+            devices_requested=self.device_option,
+            devices_selected=selected,
+            devices_note=note,
+            versions=_versions(),
+            xfails_file=self.xfails_file,
+            cli_prog=self.config.getoption("kvconform_prog"),
+            rootdir=str(self.config.rootpath),
+            invocation_dir=str(self.config.invocation_params.dir),
+        )
+
+
+def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:
+    """``(invariant id, required capabilities)`` of an ``invariant`` marker, validated."""
+    args = list(marker.args)
+    invariant = marker.kwargs.get("id", args.pop(0) if args else None)
+    requires = marker.kwargs.get("requires", args.pop(0) if args else ())
+    if invariant not in BY_ID:
+        raise ValueError(f"unknown invariant id {invariant!r}; valid ids: {', '.join(BY_ID)}")
+    if isinstance(requires, str):
+        requires = (requires,)
+    unknown = [cap for cap in requires if cap not in CAPABILITIES]
+    if unknown:
+        raise ValueError(f"unknown capability {unknown[0]!r} in requires; valid: {', '.join(CAPABILITIES)}")
+    return invariant, tuple(requires)
+
+
+@contextlib.contextmanager
+def _collecting_statistics(sink: list[dict]) -> Iterator[None]:
+    """Chain a callback into Hypothesis's statistics collector for the duration of a test call.
+
+    Hypothesis calls the collector once per ``@given`` run with its engine
+    statistics; the previous callback (Hypothesis's pytest plugin) still runs.
+    """
+    try:
+        from hypothesis.statistics import collector
+    except ImportError:
+        yield
+        return
+    previous = collector.value
+
+    def note(stats: dict) -> None:
+        sink.append(stats)
+        if previous is not None:
+            previous(stats)
+
+    with collector.with_value(note):
+        yield
+
+
+def _phase_cases(stats: dict, phase: str) -> list[dict]:
+    return stats.get(f"{phase}-phase", {}).get("test-cases", [])
+
+
+def _example_properties(item: pytest.Item, statistics: list[dict]) -> list[tuple[str, Any]]:
+    """Test cases Hypothesis ran (all phases but shrinking) and shrink attempts; nothing for plain tests."""
+    if statistics:
+        examples = sum(len(_phase_cases(s, p)) for s in statistics for p in ("explicit", "reuse", "generate", "target"))
+        shrinks = sum(len(_phase_cases(s, "shrink")) for s in statistics)
+        return [(PROP_EXAMPLES, examples), (PROP_SHRINKS, shrinks)]
+    described = getattr(item, "hypothesis_statistics", None)  # if our collector was bypassed
+    if described:
+        counts = re.findall(r"during (\w+) phase.*?- (\d+) passing, (\d+) failing, and (\d+) invalid", described, re.S)
+        examples = sum(int(a) + int(b) + int(c) for phase, a, b, c in counts if phase != "shrink")
+        shrinks = sum(int(a) + int(b) + int(c) for phase, a, b, c in counts if phase == "shrink")
+        return [(PROP_EXAMPLES, examples), (PROP_SHRINKS, shrinks)]
+    return []
+
+
+def _failure_properties(exc: BaseException, item: pytest.Item, statistics: list[dict]) -> list[tuple[str, Any]]:
+    """Error line, Hypothesis counterexample(s), ``@reproduce_failure`` blob and usable seed of a failure."""
+    message = str(exc).strip().splitlines()
+    props: list[tuple[str, Any]] = [(PROP_ERROR, f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__)]
+    notes = _notes(exc)
+    examples = [n for n in notes if n.startswith(_COUNTEREXAMPLE_PREFIXES)]
+    if examples:
+        props.append((PROP_COUNTEREXAMPLE, "\n".join(examples)))
+    blobs = [m.group(0) for n in notes for m in _BLOB.finditer(n)]
+    if blobs:
+        props.append((PROP_BLOB, blobs[0]))
+    seed = _reproducing_seed(item, statistics) or _printed_seed_in("\n".join(notes))
+    if seed is not None:
+        props.append((PROP_SEED, seed))
+    return props
+
+
+def _notes(exc: BaseException) -> list[str]:
+    """PEP 678 notes of an exception and, for exception groups, of its members."""
+    notes = [str(n) for n in getattr(exc, "__notes__", ()) or ()]
+    for member in getattr(exc, "exceptions", ()) or ():
+        if isinstance(member, BaseException):
+            notes.extend(_notes(member))
+    return notes
+
+
+def _reproducing_seed(item: pytest.Item, statistics: list[dict]) -> str | None:
+    """A ``--hypothesis-seed`` that regenerates the failure, when the failure came from generation.
+
+    Failures replayed from the example database need no seed (a rerun replays
+    them again); a seed would even disable the database.
+    """
+    try:
+        from hypothesis import core
+    except ImportError:
+        return None
+    if core.global_force_seed is not None:
+        return str(core.global_force_seed)
+    seed = getattr(getattr(item, "obj", None), "_hypothesis_internal_use_generated_seed", None)
+    found_by_generation = any(
+        case.get("status") == "interesting"
+        for stats in statistics
+        for phase in ("generate", "target")
+        for case in _phase_cases(stats, phase)
+    )
+    return str(seed) if seed is not None and found_by_generation else None
+
+
+def _printed_seed_in(text: str) -> str | None:
+    match = _PRINTED_SEED.search(text)
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def _printed_seed(report: pytest.TestReport) -> str | None:
+    """A seed Hypothesis printed for this failure (flaky or slow-shrinking failures), from the report sections."""
+    return _printed_seed_in("\n".join(content for _, content in report.sections))
+
+
+def _first_error_line(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None)
+    if message:
+        return message.strip().splitlines()[0]
+    text = report.longreprtext.strip().splitlines()
+    return text[-1] if text else f"failed in {report.when}"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "hypothesis", "pytest", "kvconform"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "not installed" if dist != "kvconform" else "checkout"
+    return versions

@@ -1,0 +1,332 @@
+"""The conformance report: one row per invariant, plus every failure with a repro command.
+
+Built on the pytest controller from per-test outcomes (which survive
+pytest-xdist serialization, see ``harness.pytest_plugin``) and written as
+``kvconform-report.md`` and ``kvconform-report.json``.
+
+JSON schema (``schema_version`` 1; fields are only ever added)::
+
+    {
+      "schema_version": 1,
+      "impl": {"spec": str, "name": str, "target": str | null,
+               "capabilities": [str], "error": str | null},
+      "versions": {"python": str, "torch": str, "hypothesis": str,
+                   "pytest": str, "kvconform": str},
+      "profile": str,                  # Hypothesis profile: default | ci | thorough | other
+      "devices": {"requested": "cpu" | "cuda" | "all", "selected": [str], "note": str | null},
+      "xfails_file": str | null,
+      "summary": {"pass": int, "fail": int, "xfail": int, "not-implemented": int,
+                  "not-run": int,      # rows per status
+                  "tests": int, "failed_tests": int, "examples": int},
+      "rows": [{"invariant": str, "title": str, "status": str, "tests": int,
+                "passed": int, "failed": int, "xfailed": int, "xpassed": int,
+                "not_implemented": int, "skipped": int,
+                "examples": int,       # Hypothesis test cases run, excluding shrinking (1 per plain test)
+                "shrinks": int,        # test cases run while shrinking failures
+                "missing_capabilities": [str]}],
+      "failures": [{"invariant": str, "test": str,    # pytest node id
+                    "phase": "setup" | "call" | "teardown",
+                    "error": str,                     # first line of the error
+                    "counterexample": str | null,     # Hypothesis's shrunk example
+                    "reproduce_failure": str | null,  # "@reproduce_failure('6.x', b'...')"
+                    "seed": str | null,               # for --hypothesis-seed
+                    "repro": str}]                    # one shell line that reruns the test
+    }
+
+Row status, in order of precedence: ``fail`` (a test failed or errored),
+``xfail`` (a failure listed in the xfails file), ``pass``, ``not-implemented``
+(every test needs a capability the implementation lacks), ``not-run`` (no test
+ran: none exists, all deselected, or skipped for another reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.catalogue import INVARIANTS
+
+SCHEMA_VERSION = 1
+ROW_STATUSES = ("pass", "fail", "xfail", "not-implemented", "not-run")
+REPORT_BASENAME = "kvconform-report"
+
+
+@dataclass(frozen=True)
+class FailureDetail:
+    """What a reader needs to understand and rerun one failing test."""
+
+    phase: str
+    error: str
+    counterexample: str | None = None
+    reproduce_failure: str | None = None
+    seed: str | None = None
+
+
+@dataclass
+class TestRecord:
+    """The merged outcome of one test's setup, call and teardown reports."""
+
+    nodeid: str
+    invariant: str
+    #: The test file relative to the rootdir (pytest's ``report.location[0]``); may start with ``..``.
+    path: str | None = None
+    status: str = "not-run"  # pass | fail | xfail | xpass | not-implemented | skipped | not-run
+    examples: int | None = None
+    shrinks: int = 0
+    missing_capabilities: tuple[str, ...] = ()
+    failure: FailureDetail | None = None
+
+    def add_phase(self, when: str, outcome: str, xfailed: bool, failure: FailureDetail | None) -> None:
+        """Fold one phase report in; a failure in any phase makes the test fail."""
+        if self.status == "fail":
+            return
+        if outcome == "failed":
+            self.status, self.failure = "fail", failure
+        elif when == "setup" and outcome == "skipped":
+            self.status = "not-implemented" if self.missing_capabilities else ("xfail" if xfailed else "skipped")
+        elif when == "call" and outcome == "skipped":
+            self.status = "xfail" if xfailed else "skipped"
+        elif when == "call" and outcome == "passed":
+            self.status = "xpass" if xfailed else "pass"
+
+    @property
+    def ran(self) -> bool:
+        return self.status in ("pass", "fail", "xfail", "xpass")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything about the run that is not a test outcome."""
+
+    impl_spec: str
+    impl_name: str
+    impl_target: str | None
+    capabilities: tuple[str, ...]
+    impl_error: str | None
+    profile: str
+    devices_requested: str
+    devices_selected: tuple[str, ...]
+    devices_note: str | None
+    versions: dict[str, str]
+    xfails_file: str | None = None
+    #: How the run was started: a CLI program name ("kvconform", "python -m harness") or None for pytest.
+    cli_prog: str | None = None
+    rootdir: str = "."
+    invocation_dir: str = "."
+
+
+def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str | None = None) -> str:
+    """One shell line rerunning ``nodeid`` with the same implementation, profile and device.
+
+    ``path`` is the test file relative to the rootdir (node ids of files
+    outside the rootdir, e.g. with ``--pyargs``, are not).  Without a seed the
+    rerun replays the failure from the Hypothesis example database (same
+    machine); with one, it regenerates it deterministically.
+    """
+    node_path, sep, rest = nodeid.partition("::")
+    path = path or node_path
+    if context.cli_prog:
+        words = [*shlex.split(context.cli_prog), "--impl", context.impl_spec]
+        if context.profile != "default":
+            words += ["--profile", context.profile]
+        if context.devices_requested != "all":
+            words += ["--device", context.devices_requested]
+        words.append(f"{os.path.normpath(path)}{sep}{rest}")
+        if seed:
+            words += ["--hypothesis-seed", seed]
+        return shlex.join(words)
+    target = os.path.relpath(os.path.join(context.rootdir, path), context.invocation_dir) + sep + rest
+    options = ["python", "-m", "pytest", "-p", "harness.pytest_plugin", "--impl", context.impl_spec]
+    if context.profile != "default":
+        options.append(f"--hypothesis-profile={context.profile}")
+    if context.devices_requested != "all":
+        options += ["--device", context.devices_requested]
+    options.append(target)
+    if seed:
+        options.append(f"--hypothesis-seed={seed}")
+    return shlex.join(options)
+
+
+def build_report(context: RunContext, records: list[TestRecord]) -> dict[str, Any]:
+    """The report as the JSON-ready dict documented in this module's docstring."""
+    by_invariant: dict[str, list[TestRecord]] = {}
+    for record in records:
+        by_invariant.setdefault(record.invariant, []).append(record)
+    rows = [_row(inv.id, inv.title, by_invariant.get(inv.id, [])) for inv in INVARIANTS]
+    failures = [
+        _failure_entry(context, record)
+        for inv in INVARIANTS
+        for record in sorted(by_invariant.get(inv.id, []), key=lambda r: r.nodeid)
+        if record.status == "fail"
+    ]
+    summary: dict[str, int] = {status: sum(r["status"] == status for r in rows) for status in ROW_STATUSES}
+    summary["tests"] = sum(r["tests"] for r in rows)
+    summary["failed_tests"] = len(failures)
+    summary["examples"] = sum(r["examples"] for r in rows)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "impl": {
+            "spec": context.impl_spec,
+            "name": context.impl_name,
+            "target": context.impl_target,
+            "capabilities": sorted(context.capabilities),
+            "error": context.impl_error,
+        },
+        "versions": dict(context.versions),
+        "profile": context.profile,
+        "devices": {
+            "requested": context.devices_requested,
+            "selected": list(context.devices_selected),
+            "note": context.devices_note,
+        },
+        "xfails_file": context.xfails_file,
+        "summary": summary,
+        "rows": rows,
+        "failures": failures,
+    }
+
+
+def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any]:
+    """Aggregate one invariant's tests; status precedence fail > xfail > pass > not-implemented > not-run."""
+    count = lambda status: sum(r.status == status for r in records)  # noqa: E731
+    counts = {
+        "passed": count("pass"),
+        "failed": count("fail"),
+        "xfailed": count("xfail"),
+        "xpassed": count("xpass"),
+        "not_implemented": count("not-implemented"),
+        "skipped": count("skipped") + count("not-run"),
+    }
+    if counts["failed"]:
+        status = "fail"
+    elif counts["xfailed"]:
+        status = "xfail"
+    elif counts["passed"] or counts["xpassed"]:
+        status = "pass"
+    elif counts["not_implemented"]:
+        status = "not-implemented"
+    else:
+        status = "not-run"
+    missing = sorted({cap for r in records for cap in r.missing_capabilities})
+    return {
+        "invariant": invariant,
+        "title": title,
+        "status": status,
+        "tests": len(records),
+        **counts,
+        "examples": sum((r.examples if r.examples is not None else 1) for r in records if r.ran),
+        "shrinks": sum(r.shrinks for r in records),
+        "missing_capabilities": missing,
+    }
+
+
+def _failure_entry(context: RunContext, record: TestRecord) -> dict[str, Any]:
+    detail = record.failure or FailureDetail(phase="call", error="(no error text captured)")
+    return {
+        "invariant": record.invariant,
+        "test": record.nodeid,
+        "phase": detail.phase,
+        "error": detail.error,
+        "counterexample": detail.counterexample,
+        "reproduce_failure": detail.reproduce_failure,
+        "seed": detail.seed,
+        "repro": repro_command(context, record.nodeid, detail.seed, record.path),
+    }
+
+
+def _row_notes(row: dict[str, Any]) -> str:
+    notes = []
+    if row["missing_capabilities"]:
+        notes.append("lacks " + ", ".join(row["missing_capabilities"]))
+    for key, label in (("failed", "failed"), ("xfailed", "xfail"), ("xpassed", "xpass (drop from xfails?)"),
+                       ("not_implemented", "not implemented"), ("skipped", "skipped")):
+        if row[key] and not (key == "not_implemented" and row["status"] == "not-implemented"):
+            notes.append(f"{row[key]} {label}")
+    return "; ".join(notes)
+
+
+def _header_lines(report: dict[str, Any]) -> list[str]:
+    impl, versions, devices = report["impl"], report["versions"], report["devices"]
+    lines = [
+        f"implementation: {impl['name']} (--impl {impl['spec']}"
+        + (f" -> {impl['target']}" if impl["target"] and impl["target"] != impl["spec"] else "") + ")",
+        "capabilities: " + (", ".join(impl["capabilities"]) or "(none)"),
+        f"profile: {report['profile']}; devices: {', '.join(devices['selected']) or '(none)'}"
+        + (f" ({devices['note']})" if devices["note"] else ""),
+        "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
+    if impl["error"]:
+        lines.insert(1, f"implementation error: {impl['error']}")
+    if report["xfails_file"]:
+        lines.append(f"xfails file: {report['xfails_file']}")
+    summary = report["summary"]
+    lines.append(
+        "result: " + ", ".join(f"{summary[s]} {s}" for s in ROW_STATUSES)
+        + f" ({summary['tests']} tests, {summary['examples']} examples, {summary['failed_tests']} failed)"
+    )
+    return lines
+
+
+def terminal_lines(report: dict[str, Any]) -> list[str]:
+    """A plain-text table and failure list for the end of a pytest run."""
+    lines = _header_lines(report)
+    width = max(len(r["invariant"]) for r in report["rows"])
+    lines.append("")
+    lines.append(f"{'invariant':<{width}}  {'status':<15}  {'tests':>5}  {'examples':>8}  notes")
+    for row in report["rows"]:
+        lines.append(
+            f"{row['invariant']:<{width}}  {row['status']:<15}  {row['tests']:>5}  {row['examples']:>8}  {_row_notes(row)}"
+        )
+    for failure in report["failures"]:
+        lines.append("")
+        lines.append(f"FAIL [{failure['invariant']}] {failure['test']}")
+        lines.append(f"  error: {failure['error']}")
+        if failure["counterexample"]:
+            lines.append("  counterexample:")
+            lines.extend("    " + line for line in failure["counterexample"].splitlines())
+        if failure["reproduce_failure"]:
+            lines.append(f"  blob: {failure['reproduce_failure']}")
+        if failure["seed"]:
+            lines.append(f"  seed: {failure['seed']}")
+        lines.append(f"  repro: {failure['repro']}")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown document."""
+    out = ["# kvconform conformance report", ""]
+    out += [f"- {line}" for line in _header_lines(report)]
+    out += ["", "| invariant | status | tests | examples | notes |", "|---|---|---:|---:|---|"]
+    for row in report["rows"]:
+        out.append(
+            f"| `{row['invariant']}` {row['title']} | **{row['status']}** | {row['tests']} | "
+            f"{row['examples']} | {_row_notes(row)} |"
+        )
+    if report["failures"]:
+        out += ["", "## Failures"]
+    for failure in report["failures"]:
+        out += ["", f"### `{failure['invariant']}`: `{failure['test']}`", "", f"- phase: {failure['phase']}",
+                f"- error: `{failure['error']}`"]
+        if failure["reproduce_failure"]:
+            out.append(f"- reproduce_failure: `{failure['reproduce_failure']}`")
+        if failure["seed"]:
+            out.append(f"- seed: `{failure['seed']}`")
+        out += [f"- repro: `{failure['repro']}`"]
+        if failure["counterexample"]:
+            out += ["", "```text", failure["counterexample"], "```"]
+    return "\n".join(out) + "\n"
+
+
+def write_report(report: dict[str, Any], directory: Path | str) -> tuple[Path, Path]:
+    """Write ``kvconform-report.md`` and ``kvconform-report.json`` into ``directory``; return their paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    md_path = directory / f"{REPORT_BASENAME}.md"
+    json_path = directory / f"{REPORT_BASENAME}.json"
+    md_path.write_text(markdown(report), encoding="utf-8")
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return md_path, json_path

@@ -1,0 +1,217 @@
+"""A simulated cluster's memory: ground-truth KV, per-rank paged pools, canaries.
+
+``World.build(case, device)`` materialises one request as it stands when
+prefill finished: the full KV of the request (all heads, all layers), each
+prefill rank's pool holding its heads and layers of it at the request's
+pages, and each decode rank's pool holding only the cached prefix.  Every
+other pool slot carries a canary pattern, so a stray write shows.
+``expected_decode`` gives what each decode pool must hold afterwards,
+computed from the ground truth alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from harness.oracles import InvariantViolation, owned_heads
+
+_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+CANARY_BYTE = 0xA5  # 1010_0101: an unlikely KV byte, easy to spot in a dump
+
+
+def int_view(t: torch.Tensor) -> torch.Tensor:
+    return t.view(_INT[t.element_size()])
+
+
+def canary_like(t: torch.Tensor) -> torch.Tensor:
+    """A tensor of ``t``'s shape and dtype whose every byte is the canary."""
+    return torch.full(t.shape[:-1] + (t.shape[-1] * t.element_size(),), CANARY_BYTE, dtype=torch.uint8,
+                      device=t.device).view(t.dtype)
+
+
+def canary_bytes(nbytes: int, device) -> torch.Tensor:
+    return torch.full((nbytes,), CANARY_BYTE, dtype=torch.uint8, device=device)
+
+
+def slots_of(page_table: torch.Tensor, page_size: int, num_tokens: int) -> torch.Tensor:
+    """Pool slots of tokens ``0..num_tokens-1`` of a page table."""
+    token = torch.arange(num_tokens, device=page_table.device)
+    return page_table[token // page_size] * page_size + token % page_size
+
+
+@dataclass
+class RankPool:
+    """One rank's paged KV pool (its heads, its PP stage's layers)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    heads: list[int]
+    layers: range
+    page_table: torch.Tensor
+
+    def clone(self) -> "RankPool":
+        return RankPool([t.clone() for t in self.k], [t.clone() for t in self.v], self.heads, self.layers, self.page_table)
+
+
+def _truth(case, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[layers, tokens, heads, dim]`` K and V; random bits (NaN payloads and all) or finite values."""
+    kv, req, topo = case.kv, case.request, case.topology
+    shape = (kv.num_layers, req.num_tokens, topo.total_kv_heads, kv.head_dim)
+    gen = torch.Generator().manual_seed(case.seed)
+    esize = torch.empty((), dtype=kv.dtype).element_size()
+    out = []
+    for _ in range(2):
+        if case.nan_payloads:
+            bits = torch.randint(-(2 ** (8 * esize - 1)), 2 ** (8 * esize - 1), shape, generator=gen, dtype=torch.int64)
+            out.append(bits.to(_INT[esize]).view(kv.dtype).to(device))
+        else:
+            out.append((torch.randn(shape, generator=gen) * 4).to(kv.dtype).to(device))
+    return out[0], out[1]
+
+
+@dataclass
+class World:
+    case: object
+    device: torch.device
+    truth_k: torch.Tensor
+    truth_v: torch.Tensor
+    prefill: list[RankPool]  # index pp_stage * prefill_tp + tp_rank
+    decode: list[RankPool]   # index pp_stage * decode_tp + tp_rank
+
+    @classmethod
+    def build(cls, case, device: str | torch.device = "cpu") -> "World":
+        device = torch.device(device)
+        truth_k, truth_v = _truth(case, device)
+        topo, req = case.topology, case.request
+        prefill = _pools(case, device, topo.prefill_tp, topo.prefill_pp, req.prefill_page_table, req.prefill_pool_pages)
+        decode = _pools(case, device, topo.decode_tp, topo.decode_pp, req.decode_page_table, req.decode_pool_pages)
+        world = cls(case, device, truth_k, truth_v, prefill, decode)
+        for pool in prefill:
+            world._fill(pool, 0, req.num_tokens)
+        for pool in decode:
+            world._fill(pool, 0, req.prefix_len)
+        return world
+
+    def _fill(self, pool: RankPool, first: int, last: int) -> None:
+        """Write ground truth tokens ``[first, last)`` into a pool's pages."""
+        ps = self.case.kv.page_size
+        slots = slots_of(pool.page_table, ps, last)[first:]
+        heads = torch.tensor(pool.heads, device=self.device)
+        for local, layer in enumerate(pool.layers):
+            for dst, truth in ((pool.k, self.truth_k), (pool.v, self.truth_v)):
+                int_view(dst[local])[slots] = int_view(truth[layer, first:last][:, heads])
+
+    def expected_decode(self, index: int) -> RankPool:
+        """What decode pool ``index`` must hold once the request has moved: truth at every request token."""
+        pool = self.decode[index]
+        expected = RankPool([canary_like(t) for t in pool.k], [canary_like(t) for t in pool.v],
+                            pool.heads, pool.layers, pool.page_table)
+        self._fill(expected, 0, self.case.request.num_tokens)
+        return expected
+
+    def snapshot(self) -> tuple[list[RankPool], list[RankPool]]:
+        return [p.clone() for p in self.prefill], [p.clone() for p in self.decode]
+
+    # -- comparisons with readable diagnostics -----------------------------------------
+    def check_decode(self, invariant: str, part: str = "all", indices: Optional[list[int]] = None) -> None:
+        """Decode pools equal their expectation bit for bit, or an InvariantViolation explains the first difference.
+
+        ``part``: ``"request"`` (the request's token slots), ``"outside"``
+        (every other slot, which must keep its canary) or ``"all"``.
+        """
+        for index in indices if indices is not None else range(len(self.decode)):
+            self.check_pool_equal(invariant, f"decode rank {self._rank_name(index, self.case.topology.decode_tp)}",
+                                  self.decode[index], self.expected_decode(index), part)
+
+    def request_mask(self, pool: RankPool) -> torch.Tensor:
+        """True at the pool slots holding the request's tokens."""
+        mask = torch.zeros(pool.k[0].shape[0], dtype=torch.bool, device=self.device)
+        mask[slots_of(pool.page_table, self.case.kv.page_size, self.case.request.num_tokens)] = True
+        return mask
+
+    def check_pool_equal(self, invariant: str, where: str, actual: RankPool, expected: RankPool, part: str = "all") -> None:
+        rows = {"all": None, "request": self.request_mask(actual), "outside": ~self.request_mask(actual)}[part]
+        for name, got_layers, want_layers in (("K", actual.k, expected.k), ("V", actual.v, expected.v)):
+            for local, (got, want) in enumerate(zip(got_layers, want_layers)):
+                diff = int_view(got) != int_view(want)
+                if rows is not None:
+                    diff &= rows[:, None, None]
+                if bool(diff.any()):
+                    slot, head, dim = (int(x) for x in diff.nonzero()[0])
+                    raise InvariantViolation(
+                        f"[{invariant}] {where}: {name} layer {actual.layers[local]} differs at pool slot {slot}, "
+                        f"local head {head}, dim {dim}; {self._explain(actual, slot, head, got, want, name, local)}"
+                    )
+
+    def _explain(self, pool: RankPool, slot: int, head: int, got, want, name: str, local: int) -> str:
+        """Say which token/head the wrong value belongs to, and whose data landed there instead."""
+        ps, req = self.case.kv.page_size, self.case.request
+        token_slots = slots_of(pool.page_table, ps, req.num_tokens).tolist()
+        global_head = pool.heads[head]
+        row_got = int_view(got)[slot, head]
+        if slot not in token_slots:
+            return f"slot is outside the request (token pages), canary was overwritten with {_fmt(row_got)}"
+        token = token_slots.index(slot)
+        region = "prefix (cached, must stay)" if token < req.prefix_len else "suffix"
+        truth = self.truth_k if name == "K" else self.truth_v
+        layer = pool.layers[local]
+        culprit = _whose(truth, self.truth_v if name == "K" else self.truth_k, row_got, layer)
+        return (f"it is token {token} ({region}), global head {global_head}; expected {_fmt(int_view(want)[slot, head])}, "
+                f"got {_fmt(row_got)}{culprit}")
+
+    @staticmethod
+    def _rank_name(index: int, tp: int) -> str:
+        stage, rank = divmod(index, tp)
+        return f"{rank}" + (f" (pp stage {stage})" if stage else "")
+
+
+def _fmt(row: torch.Tensor) -> str:
+    values = row.flatten()[:4].tolist()
+    return "[" + ", ".join(f"{v & ((1 << (8 * row.element_size())) - 1):#x}" for v in values) + (", ...]" if row.numel() > 4 else "]")
+
+
+def _whose(same: torch.Tensor, other: torch.Tensor, row: torch.Tensor, layer: int) -> str:
+    """Find ground truth matching ``row``: which token/head (and K or V) it was."""
+    for label, truth in (("", same), (" of the other tensor (K/V swapped?)", other)):
+        for lay in (layer, *range(truth.shape[0])):
+            match = (int_view(truth[lay]) == row).all(dim=-1).nonzero()
+            if match.numel():
+                token, head = (int(x) for x in match[0])
+                return f" = ground truth token {token}, global head {head}, layer {lay}{label}"
+    if bool((row.view(torch.uint8) == CANARY_BYTE).all()):
+        return " (canary: never written)"
+    return ""
+
+
+def _pools(case, device, tp: int, pp: int, page_table, pool_pages: int) -> list[RankPool]:
+    kv, topo = case.kv, case.topology
+    layers_per_stage = kv.num_layers // pp
+    table = torch.tensor(page_table, dtype=torch.int64, device=device)
+    pools = []
+    for stage in range(pp):
+        for rank in range(tp):
+            heads = owned_heads(topo.total_kv_heads, tp, rank)
+            shape = (pool_pages * kv.page_size, len(heads), kv.head_dim)
+            k = [canary_bytes(_nbytes(shape, kv.dtype), device).view(kv.dtype).view(shape) for _ in range(layers_per_stage)]
+            v = [canary_bytes(_nbytes(shape, kv.dtype), device).view(kv.dtype).view(shape) for _ in range(layers_per_stage)]
+            pools.append(RankPool(k, v, heads, range(stage * layers_per_stage, (stage + 1) * layers_per_stage), table))
+    return pools
+
+
+def _nbytes(shape, dtype) -> int:
+    n = torch.empty((), dtype=dtype).element_size()
+    for s in shape:
+        n *= s
+    return n
+
+
+def check_untouched(invariant: str, what: str, before: list[RankPool], after: list[RankPool]) -> None:
+    """Pools that must only be read are bit-identical to their snapshot."""
+    for index, (b, a) in enumerate(zip(before, after)):
+        for name, bl, al in (("K", b.k, a.k), ("V", b.v, a.v)):
+            for local, (x, y) in enumerate(zip(bl, al)):
+                if not torch.equal(int_view(x), int_view(y)):
+                    raise InvariantViolation(f"[{invariant}] {what} pool {index} {name} layer {b.layers[local]} was modified")

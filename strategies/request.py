@@ -1,0 +1,94 @@
+"""One request: token counts, cached prefixes, chunk grids and page tables."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from strategies.cases import RequestSpec
+
+
+def _pages_for(num_tokens: int, page_size: int) -> int:
+    return -(-num_tokens // page_size)
+
+
+def page_tables(num_pages: int, pool_pages: int) -> st.SearchStrategy[tuple[int, ...]]:
+    """``num_pages`` distinct page ids in ``[0, pool_pages)``, in any order
+    (fragmented, out of order); shrinks toward ``(0, 1, ..., num_pages - 1)``."""
+    if num_pages < 0 or pool_pages < num_pages:
+        raise ValueError(f"need 0 <= num_pages <= pool_pages, got num_pages={num_pages}, pool_pages={pool_pages}")
+    if pool_pages == 0:
+        return st.just(())
+    ids = st.integers(0, pool_pages - 1)
+    return st.lists(ids, min_size=num_pages, max_size=num_pages, unique=True).map(tuple)
+
+
+def token_counts(max_tokens: int = 64, min_tokens: int = 1) -> st.SearchStrategy[int]:
+    """Request lengths in ``[min_tokens, max_tokens]``; shrinks toward ``min_tokens``."""
+    if not 1 <= min_tokens <= max_tokens:
+        raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {min_tokens}, {max_tokens}")
+    return st.integers(min_tokens, max_tokens)
+
+
+def _check_alignment(page_size: int, aligned: bool | None) -> None:
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    if aligned is False and page_size == 1:
+        raise ValueError("a non-aligned prefix needs page_size > 1 (every prefix is aligned to 1-token pages)")
+
+
+def prefix_lengths(num_tokens: int, page_size: int, aligned: bool | None = True) -> st.SearchStrategy[int]:
+    """Decode-side cached prefix lengths in ``[0, num_tokens)``: multiples of
+    ``page_size`` (``aligned=True``), not multiples (``False``; needs
+    ``page_size > 1`` and ``num_tokens >= 2``), or either (``None``).
+    Shrinks toward 0 (aligned) or 1 (non-aligned)."""
+    _check_alignment(page_size, aligned)
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+    aligned_prefixes = st.integers(0, (num_tokens - 1) // page_size).map(lambda pages: pages * page_size)
+    can_misalign = page_size > 1 and num_tokens >= 2
+    if aligned is False and not can_misalign:
+        raise ValueError(f"no non-aligned prefix below num_tokens={num_tokens}; use num_tokens >= 2")
+    if aligned is True or not can_misalign:
+        return aligned_prefixes
+    # Remainder first, then whole pages that still leave one suffix token.
+    misaligned = st.integers(1, min(page_size, num_tokens) - 1).flatmap(
+        lambda rem: st.integers(0, (num_tokens - 1 - rem) // page_size).map(lambda pages: pages * page_size + rem)
+    )
+    return misaligned if aligned is False else aligned_prefixes | misaligned
+
+
+@st.composite
+def _request_specs(draw, page_size, aligned, max_tokens, max_chunk_pages, max_extra_pool_pages):
+    num_tokens = draw(token_counts(max_tokens, min_tokens=2 if aligned is False else 1))
+    prefix_len = draw(prefix_lengths(num_tokens, page_size, aligned))
+    chunk_pages = draw(st.integers(1, max_chunk_pages))
+    num_pages = _pages_for(num_tokens, page_size)
+    tables = []
+    for _side in ("prefill", "decode"):
+        pool_pages = num_pages + draw(st.integers(1, max_extra_pool_pages))
+        tables += [draw(page_tables(num_pages, pool_pages)), pool_pages]
+    return RequestSpec(num_tokens, prefix_len, chunk_pages, *tables)
+
+
+def request_specs(
+    page_size: int,
+    aligned_prefix: bool | None = True,
+    *,
+    max_tokens: int = 64,
+    max_chunk_pages: int = 4,
+    max_extra_pool_pages: int = 4,
+) -> st.SearchStrategy[RequestSpec]:
+    """``RequestSpec`` for ``page_size``: 1..``max_tokens`` tokens, a prefix as
+    in ``prefix_lengths(aligned=aligned_prefix)``, 1..``max_chunk_pages`` pages
+    per chunk, and on each side a fragmented page table in a pool 1..
+    ``max_extra_pool_pages`` pages larger than the table (canary pages).
+
+    Shrinks toward one token, no prefix, one-page chunks, tables ``(0, ...)``
+    and one spare page.  ``aligned_prefix=False`` needs ``page_size > 1``.
+    """
+    _check_alignment(page_size, aligned_prefix)
+    if max_tokens < (2 if aligned_prefix is False else 1):
+        raise ValueError(f"max_tokens too small for aligned_prefix={aligned_prefix}: {max_tokens}")
+    if max_chunk_pages < 1 or max_extra_pool_pages < 1:
+        raise ValueError("max_chunk_pages and max_extra_pool_pages must be >= 1 (pools need canary pages)")
+    return _request_specs(page_size, aligned_prefix, max_tokens, max_chunk_pages, max_extra_pool_pages)

@@ -1,0 +1,104 @@
+"""Whole transfer scenarios, sized so that an example runs quickly on CPU."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from strategies.cases import KvSpec, TpTopology, TransferCase
+from strategies.kv import dtypes as _dtypes, head_dims, page_sizes as _page_sizes
+from strategies.request import request_specs
+from strategies.topology import topologies as _topologies
+
+#: Default cap on KV pool elements over all ranks of both sides.
+DEFAULT_MAX_POOL_ELEMENTS = 1 << 17
+
+
+def pool_elements(topology: TpTopology, num_layers: int, head_dim: int, prefill_pool_tokens: int,
+                  decode_pool_tokens: int) -> int:
+    """Elements in every rank's K and V pools, both sides: a side with TP ``T``
+    stores ``max(H, T)`` head copies over its PP stages, ``num_layers`` in all."""
+    h = topology.total_kv_heads
+    per_dim_layer = prefill_pool_tokens * max(h, topology.prefill_tp) + decode_pool_tokens * max(h, topology.decode_tp)
+    return 2 * num_layers * head_dim * per_dim_layer
+
+
+def _fold(value: int, cap: int) -> int:
+    """``value`` if it is at most ``cap``, else wrapped into ``[1, cap]``."""
+    return value if value <= cap else 1 + (value - 1) % cap
+
+
+@st.composite
+def _transfer_cases(draw, topologies, aligned_prefix, max_tokens, dtypes, page_sizes, max_layers_per_stage,
+                    max_chunk_pages, nan_payloads, max_pool_elements):
+    """Draw topology, dtype, page size and request first, then layers and head
+    dim bounded so the pools fit the element budget (soft: one layer per stage
+    and head_dim 1 are kept even if they exceed it)."""
+    topology = draw(topologies)
+    dtype = draw(dtypes)
+    page_size = draw(page_sizes)
+    request = draw(request_specs(page_size, aligned_prefix, max_tokens=max_tokens, max_chunk_pages=max_chunk_pages))
+
+    def elements(num_layers: int, head_dim: int) -> int:
+        return pool_elements(topology, num_layers, head_dim, request.prefill_pool_pages * page_size,
+                             request.decode_pool_pages * page_size)
+
+    # Caps fold oversized draws back into range instead of narrowing the
+    # strategies: every draw keeps its shape, so the shrinker sees a fixed
+    # number of choices and a tight budget is not mistaken for "simpler".
+    per_stage_cap = max(1, max_pool_elements // elements(topology.prefill_pp, 1))
+    per_stage = _fold(draw(st.integers(1, max_layers_per_stage)), per_stage_cap)
+    num_layers = per_stage * topology.prefill_pp
+    head_dim = _fold(draw(head_dims()), max(1, max_pool_elements // elements(num_layers, 1)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    nan = draw(st.booleans()) if nan_payloads is None else nan_payloads
+    return TransferCase(topology, KvSpec(num_layers, head_dim, dtype, page_size), request, seed, nan)
+
+
+def _page_sizes_for(aligned_prefix: bool | None, page_sizes: st.SearchStrategy[int] | None) -> st.SearchStrategy[int]:
+    """A non-aligned prefix exists only with pages of 2+ tokens."""
+    if aligned_prefix is not False:
+        return _page_sizes() if page_sizes is None else page_sizes
+    return _page_sizes(min_size=2) if page_sizes is None else page_sizes.filter(lambda p: p > 1)
+
+
+def transfer_cases(
+    topologies: st.SearchStrategy[TpTopology] | None = None,
+    aligned_prefix: bool | None = True,
+    max_tokens: int = 64,
+    *,
+    dtypes: st.SearchStrategy[torch.dtype] | None = None,
+    page_sizes: st.SearchStrategy[int] | None = None,
+    max_layers_per_stage: int = 4,
+    max_chunk_pages: int = 4,
+    nan_payloads: bool | None = None,
+    max_pool_elements: int = DEFAULT_MAX_POOL_ELEMENTS,
+) -> st.SearchStrategy[TransferCase]:
+    """Full ``TransferCase`` values.
+
+    ``topologies`` defaults to ``topologies()``; ``aligned_prefix`` as in
+    ``request_specs`` (with ``False`` page sizes are 2 or more);
+    ``nan_payloads=None`` draws it.  The head dim is capped so the KV pools of
+    all ranks hold about ``max_pool_elements`` elements at most (default
+    2**17, i.e. about 0.5 MB at float32), which keeps an example well under a
+    tenth of a second on CPU; layers per stage are capped the same way.
+    Shrinks toward one head, TP 1, one layer, float32, page 1, one token,
+    seed 0, no NaNs.
+    """
+    if max_pool_elements < 1:
+        raise ValueError(f"max_pool_elements must be >= 1, got {max_pool_elements}")
+    if max_tokens < 2 and aligned_prefix is False:
+        raise ValueError("a non-aligned prefix needs max_tokens >= 2")
+    if max_tokens < 1 or max_layers_per_stage < 1 or max_chunk_pages < 1:
+        raise ValueError("max_tokens, max_layers_per_stage and max_chunk_pages must be >= 1")
+    return _transfer_cases(
+        _topologies() if topologies is None else topologies,
+        aligned_prefix,
+        max_tokens,
+        _dtypes() if dtypes is None else dtypes,
+        _page_sizes_for(aligned_prefix, page_sizes),
+        max_layers_per_stage,
+        max_chunk_pages,
+        nan_payloads,
+        max_pool_elements,
+    )

@@ -1,0 +1,184 @@
+"""The pytest plugin's report and the kvconform CLI, on a fake conformance module and a fake implementation.
+
+``tests/fakes/conformance_cases.py`` against ``tests/fakes/fake_impl.py`` gives:
+layout fail (Hypothesis), head_coverage pass, round_trip not-implemented,
+isolation fail (or xfail when listed), bad_topology and receivers pass.
+In-process pytester runs keep this fast; xdist and the CLI run as subprocesses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import hypothesis.core
+import pytest
+import torch  # imported here so in-process pytester runs never re-import it
+
+from harness import cli
+from harness.catalogue import INVARIANTS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FAKE = "tests.fakes.fake_impl:make_implementation"
+CASES = REPO_ROOT / "tests" / "fakes" / "conformance_cases.py"
+EXPECTED_STATUSES = {
+    "head_coverage": "pass", "layout": "fail", "round_trip": "not-implemented", "isolation": "fail",
+    "path_equivalence": "not-run", "receivers": "pass", "allocator": "not-run", "lifecycle": "not-run",
+    "bad_topology": "pass",
+}
+
+
+@pytest.fixture
+def suite(pytester, monkeypatch):
+    """A pytester directory holding the fake conformance module; the fakes importable in subprocesses too."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    for name in ("KVCONFORM_IMPL", "KVCONFORM_PROFILE", "KVCONFORM_HYPOTHESIS_DB", "CI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hypothesis.core, "global_force_seed", None)  # --hypothesis-seed in-process sets it
+    (pytester.path / "conf").mkdir()
+    (pytester.path / "conf" / "test_fake_conformance.py").write_text(CASES.read_text())
+    return pytester
+
+
+def run_plugin(pytester, *args: str, inprocess: bool = True):
+    """Run the fake suite under the plugin; return (result, report dict)."""
+    argv = ["-p", "harness.pytest_plugin", "--impl", FAKE, "--kvconform-report", "out", "-p", "no:cacheprovider",
+            "-rs", *args]
+    if not any(a.startswith("conf") for a in args):
+        argv.insert(0, "conf")
+    result = pytester.runpytest(*argv) if inprocess else pytester.runpytest_subprocess(*argv)
+    report = json.loads((pytester.path / "out" / "kvconform-report.json").read_text())
+    return result, report
+
+
+def rows(report) -> dict[str, dict]:
+    return {row["invariant"]: row for row in report["rows"]}
+
+
+def test_failing_hypothesis_test_has_counterexample_blob_and_working_repro(suite):
+    result, report = run_plugin(suite)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    by_id = rows(report)
+    assert {k: v["status"] for k, v in by_id.items()} == EXPECTED_STATUSES
+    assert by_id["layout"]["examples"] > 1 and by_id["head_coverage"]["examples"] >= 4
+    assert by_id["bad_topology"]["examples"] == 1  # plain test counts once
+    failure = next(f for f in report["failures"] if f["invariant"] == "layout")
+    assert failure["test"] == "conf/test_fake_conformance.py::test_layout_offsets"
+    assert "writers=3" in failure["counterexample"] and "tokens=0" in failure["counterexample"]
+    assert failure["reproduce_failure"].startswith("@reproduce_failure(")
+    assert failure["error"].startswith("AssertionError: assert [(0, 0), (0, 0), (1, 0)]")
+    assert failure["seed"] and failure["seed"].isdigit()  # found by generation in a fresh database
+    result.stdout.fnmatch_lines([
+        "*kvconform conformance report*",
+        "layout*fail*1*",
+        "FAIL [[]layout[]] conf/test_fake_conformance.py::test_layout_offsets",
+        "*blob: @reproduce_failure(*",
+        "*repro: python -m pytest -p harness.pytest_plugin --impl tests.fakes.fake_impl:make_implementation*",
+    ])
+    words = shlex.split(failure["repro"])
+    assert words[:3] == ["python", "-m", "pytest"]
+    rerun = suite.runpytest(*words[3:], "-p", "no:cacheprovider")
+    assert rerun.ret == pytest.ExitCode.TESTS_FAILED
+    rerun.stdout.fnmatch_lines(["*writers=3,*", "*1 failed*"])
+
+
+def test_missing_capability_is_a_visible_not_implemented_skip(suite):
+    result, report = run_plugin(suite, "-k", "round_trip")
+    row = rows(report)["round_trip"]
+    assert (row["status"], row["not_implemented"], row["missing_capabilities"]) == ("not-implemented", 1, ["kv_copy"])
+    result.stdout.fnmatch_lines(["SKIPPED*not implemented: fake lacks capability 'kv_copy'"])
+
+
+def test_xfails_file_turns_listed_failures_into_xfail_rows(suite):
+    (suite.path / "known.txt").write_text("# known bugs\nisolation   # replicated heads by rank % H\ntest_layout_offsets\n")
+    result, report = run_plugin(suite, "--xfails", "known.txt")
+    assert result.ret == pytest.ExitCode.OK
+    by_id = rows(report)
+    assert (by_id["isolation"]["status"], by_id["layout"]["status"]) == ("xfail", "xfail")
+    assert report["failures"] == [] and report["xfails_file"].endswith("known.txt")
+
+
+def test_json_schema_and_markdown(suite):
+    _, report = run_plugin(suite)
+    assert set(report) == {"schema_version", "impl", "versions", "profile", "devices", "xfails_file", "summary",
+                           "rows", "failures"}
+    assert report["schema_version"] == 1 and report["profile"] == "default"
+    assert report["impl"] == {"spec": FAKE, "name": "fake", "target": FAKE,
+                              "capabilities": ["head_mapping", "layout"], "error": None}
+    assert set(report["versions"]) == {"python", "torch", "hypothesis", "pytest", "kvconform"}
+    assert report["devices"]["requested"] == "all" and "cpu" in report["devices"]["selected"]
+    assert [row["invariant"] for row in report["rows"]] == [inv.id for inv in INVARIANTS]
+    row_keys = {"invariant", "title", "status", "tests", "passed", "failed", "xfailed", "xpassed",
+                "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities"}
+    assert all(set(row) == row_keys for row in report["rows"])
+    assert {f["invariant"] for f in report["failures"]} == {"layout", "isolation"}
+    assert all(set(f) == {"invariant", "test", "phase", "error", "counterexample", "reproduce_failure", "seed",
+                          "repro"} for f in report["failures"])
+    assert report["summary"]["fail"] == 2 and report["summary"]["failed_tests"] == 2
+    md = (suite.path / "out" / "kvconform-report.md").read_text()
+    assert "| `layout` Staging layout | **fail** |" in md and "## Failures" in md and "@reproduce_failure(" in md
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_cuda_skips_with_a_reason(suite):
+    result, report = run_plugin(suite, "--device", "cuda", "-k", "test_devices")
+    result.stdout.fnmatch_lines(["SKIPPED*--device cuda: CUDA requested but torch.cuda.is_available() is False"])
+    assert report["devices"]["selected"] == [] and rows(report)["receivers"]["status"] == "not-run"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="needs pytest-xdist")
+def test_xdist_workers_feed_the_controller_report(suite):
+    result, report = run_plugin(suite, "-n", "2", inprocess=False)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert {row["invariant"]: row["status"] for row in report["rows"]} == EXPECTED_STATUSES
+    layout = rows(report)["layout"]
+    assert layout["examples"] > 1
+    failure = next(f for f in report["failures"] if f["invariant"] == "layout")
+    assert "writers=3" in failure["counterexample"] and failure["reproduce_failure"]
+
+
+def test_cli_help_describes_options_and_report(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--impl", "--profile", "--device", "--report-dir", "--xfails", "-k", "--numprocesses",
+                   "--junitxml", "--list-impls", "--list-invariants", "-- PYTEST_ARGS", "kvconform-report.md",
+                   "kvconform-report.json", "exit status"):
+        assert option in text
+
+
+def test_cli_lists_invariants_and_implementations(capsys):
+    assert cli.main(["--list-invariants"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"{inv.id}: {inv.title}" in listing for inv in INVARIANTS)
+    assert cli.main(["--list-impls"]) == 0
+    assert "reference.plugin:make_implementation" in capsys.readouterr().out
+
+
+def test_cli_numprocesses_without_xdist_is_a_clear_error(monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xdist" else real_find_spec(name, *a))
+    assert cli.main(["-n", "2"]) == 4
+    assert "needs pytest-xdist" in capsys.readouterr().err
+
+
+def test_cli_runs_the_suite_writes_the_report_and_its_repro_reproduces(suite, monkeypatch):
+    monkeypatch.setenv(cli.CONFORMANCE_DIR_ENV_VAR, str(suite.path / "conf"))
+    result = suite.run(sys.executable, "-m", "harness", "--impl", FAKE, "--report-dir", "rep")
+    assert result.ret == 1
+    report_md, report_json = suite.path / "rep" / "kvconform-report.md", suite.path / "rep" / "kvconform-report.json"
+    assert result.outlines[-2:] == [f"kvconform report: {report_md}", f"kvconform report: {report_json}"]
+    failure = next(f for f in json.loads(report_json.read_text())["failures"] if f["invariant"] == "layout")
+    assert failure["repro"].startswith(f"python -m harness --impl {FAKE} ")
+    words = shlex.split(failure["repro"])
+    rerun = suite.run(sys.executable, *words[1:], "--report-dir", "rep2")
+    assert rerun.ret == 1
+    rerun.stdout.fnmatch_lines(["*writers=3,*", "*1 failed*"])
+    (suite.path / "known.txt").write_text("isolation\nlayout\n")
+    passing = suite.run(sys.executable, "-m", "harness", "--impl", FAKE, "--xfails", "known.txt", "--report-dir", "rep3")
+    assert passing.ret == 0

@@ -1,0 +1,454 @@
+"""The public strategies produce what their docstrings promise.
+
+Validity is recomputed here from DOMAIN.md's rules, independently of the
+strategies' own code; distribution claims ("every regime is common") are
+checked with a deterministic census of generated examples.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import Phase, find, given, settings, strategies as st
+
+import strategies as S
+from strategies import TpTopology
+
+FAST = settings(max_examples=60, deadline=None, database=None)
+NO_DB = settings(database=None, deadline=None)
+
+
+def simplest(strategy: st.SearchStrategy):
+    """What ``strategy`` shrinks to when anything goes."""
+    return find(strategy, lambda _: True, settings=settings(NO_DB, max_examples=10))
+
+
+def census(strategy: st.SearchStrategy, n: int) -> list:
+    """``n`` generated examples (fewer if the space is exhausted), deterministic."""
+    drawn: list = []
+
+    @settings(max_examples=n, database=None, derandomize=True, phases=[Phase.generate], deadline=None)
+    @given(strategy)
+    def collect(value):
+        drawn.append(value)
+
+    collect()
+    return drawn
+
+
+# --- independent oracles (DOMAIN.md) ---------------------------------------------------------
+
+
+def broken_rules(t: TpTopology) -> set[str]:
+    """Every rule ``t`` breaks, named like ``INVALID_TOPOLOGY_REASONS``."""
+    broken = set()
+    h, p, d = t.total_kv_heads, t.prefill_tp, t.decode_tp
+    if h < 1:
+        broken.add("heads_not_positive")
+    if p < 1 or d < 1:
+        broken.add("tp_not_positive")
+    if t.prefill_pp < 1 or t.decode_pp < 1:
+        broken.add("pp_not_positive")
+    if h >= 1 and any(tp >= 1 and h % tp and tp % h for tp in (p, d)):
+        broken.add("heads_tp_not_divisible")
+    if t.prefill_pp >= 1 and t.decode_pp >= 1 and t.prefill_pp % t.decode_pp:
+        broken.add("pp_not_divisible")
+    if not broken and max(p, d) % min(p, d):
+        broken.add(S.TP_NOT_NESTED)
+    return broken
+
+
+def regime(t: TpTopology) -> str:
+    prefill, decode = t.prefill_tp > t.total_kv_heads, t.decode_tp > t.total_kv_heads
+    return {(False, False): "none", (True, False): "prefill", (False, True): "decode", (True, True): "both"}[
+        (prefill, decode)
+    ]
+
+
+def signed_ratio(t: TpTopology) -> int:
+    """P/D when P >= D, else -(D/P)."""
+    p, d = t.prefill_tp, t.decode_tp
+    return p // d if p >= d else -(d // p)
+
+
+# --- topologies -------------------------------------------------------------------------------
+
+
+@FAST
+@given(S.topologies())
+def test_topologies_are_valid_and_within_default_bounds(t):
+    assert broken_rules(t) == set()
+    assert max(t.prefill_tp, t.decode_tp) // min(t.prefill_tp, t.decode_tp) <= 64
+    assert t.prefill_tp <= 64 and t.decode_tp <= 64
+    assert t.prefill_tp * t.prefill_pp <= 64 and t.decode_tp * t.decode_pp <= 64
+    assert t.prefill_pp in (1, 2, 4)
+    assert t.num_query_heads is not None and t.num_query_heads % t.total_kv_heads == 0
+
+
+@FAST
+@given(st.data(), st.integers(1, 8), st.integers(1, 16), st.booleans(), st.integers(1, 32))
+def test_topologies_respect_their_arguments(data, max_ratio, max_tp, pipeline, max_ranks):
+    t = data.draw(S.topologies(max_ratio=max_ratio, max_tp=max_tp, pipeline=pipeline, max_ranks=max_ranks))
+    assert broken_rules(t) == set()
+    assert abs(signed_ratio(t)) <= max_ratio
+    assert max(t.prefill_tp, t.decode_tp) <= max_tp
+    assert t.prefill_tp * t.prefill_pp <= max_ranks and t.decode_tp * t.decode_pp <= max_ranks
+    if not pipeline:
+        assert (t.prefill_pp, t.decode_pp) == (1, 1)
+
+
+@FAST
+@given(st.data(), st.sampled_from(S.REPLICATION_REGIMES))
+def test_topologies_fixed_heads_and_single_regime(data, wanted):
+    t = data.draw(S.topologies(heads=4, regimes=(wanted,)))
+    assert t.total_kv_heads == 4 and regime(t) == wanted and broken_rules(t) == set()
+    t = data.draw(S.topologies(heads=st.sampled_from((2, 6)), regimes=("none",)))
+    assert t.total_kv_heads in (2, 6) and regime(t) == "none"
+    t = data.draw(S.topologies(heads=128))  # too many heads to replicate within max_tp=64
+    assert t.total_kv_heads == 128 and regime(t) == "none" and broken_rules(t) == set()
+
+
+def test_topologies_with_caller_heads_still_cover_every_regime():
+    drawn = census(S.topologies(heads=st.sampled_from((1, 8, 128))), 200)
+    assert {regime(t) for t in drawn} == set(S.REPLICATION_REGIMES)
+    assert {t.total_kv_heads for t in drawn} == {1, 8, 128}
+
+
+def test_topology_census_covers_regimes_directions_ratios_and_pipelines():
+    drawn = census(S.topologies(), 600)
+    regimes = Counter(map(regime, drawn))
+    assert all(regimes[r] >= len(drawn) // 10 for r in S.REPLICATION_REGIMES), regimes
+    ratios = Counter(map(signed_ratio, drawn))
+    assert ratios[1] and ratios[64] and ratios[-64], ratios
+    assert sum(n for r, n in ratios.items() if r > 1) >= len(drawn) // 5
+    assert sum(n for r, n in ratios.items() if r < -1) >= len(drawn) // 5
+    pipelines = {(t.prefill_pp, t.decode_pp) for t in drawn}
+    assert pipelines == {(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4)}
+    assert any(t.total_kv_heads not in (1, 2, 4, 8, 16, 32, 64, 128) for t in drawn)  # not only powers of two
+
+
+def test_topologies_shrink_to_the_smallest_topology_of_each_regime():
+    assert simplest(S.topologies()) == TpTopology(1, 1, 1, 1, 1, num_query_heads=1)
+    smallest = {"prefill": (2, 1), "decode": (1, 2), "both": (2, 2)}
+    for wanted, (p, d) in smallest.items():
+        t = find(S.topologies(), lambda t: regime(t) == wanted, settings=NO_DB)
+        assert t == TpTopology(1, p, d, 1, 1, num_query_heads=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_ratio": 0}, {"max_tp": 0}, {"max_ranks": 0}, {"regimes": ()}, {"regimes": ("sideways",)},
+     {"heads": 0}, {"heads": "8"}, {"max_tp": 1, "regimes": ("prefill",)}],
+)
+def test_topologies_refuse_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        S.topologies(**kwargs)
+
+
+@FAST
+@given(S.kv_head_counts(), S.tp_sizes(), S.gqa_configs(), S.pipeline_sizes())
+def test_small_topology_pieces(heads, tp, gqa, pp):
+    assert 1 <= heads <= 128 and 1 <= tp <= 64
+    q, kv = gqa
+    assert kv >= 1 and q % kv == 0
+    assert pp[0] in (1, 2, 4) and pp[0] % pp[1] == 0
+
+
+def test_gqa_census_has_mha_gqa_and_mqa():
+    pairs = census(S.gqa_configs(), 200)
+    assert any(q == kv for q, kv in pairs)  # MHA
+    assert any(kv == 1 and q > 1 for q, kv in pairs)  # MQA
+    assert any(q > kv > 1 for q, kv in pairs)  # GQA
+    assert simplest(S.gqa_configs()) == (1, 1)
+    assert simplest(S.kv_head_counts()) == 1
+
+
+# --- invalid topologies ---------------------------------------------------------------------
+
+
+@FAST
+@given(S.invalid_topologies(reasons=(*S.INVALID_TOPOLOGY_REASONS, S.TP_NOT_NESTED)))
+def test_invalid_topologies_break_exactly_their_stated_rule(bad):
+    assert broken_rules(bad.topology) == {bad.reason}
+    assert bad.field in TpTopology.__dataclass_fields__
+    assert bad.keyword in bad.field.replace("total_kv_", "")
+
+
+def test_invalid_topology_census_covers_every_reason():
+    drawn = census(S.invalid_topologies(), 200)
+    assert {bad.reason for bad in drawn} == set(S.INVALID_TOPOLOGY_REASONS)
+    assert S.TP_NOT_NESTED not in {bad.reason for bad in drawn}  # opt-in only
+    fields = {bad.field for bad in drawn}
+    assert {"prefill_tp", "decode_tp", "prefill_pp", "decode_pp", "total_kv_heads"} <= fields
+    with pytest.raises(ValueError):
+        S.invalid_topologies(reasons=("nope",))
+
+
+# --- KV shapes ------------------------------------------------------------------------------
+
+
+def test_dtypes_page_sizes_and_head_dims():
+    assert set(census(S.dtypes(), 100)) == {
+        torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2}
+    assert set(census(S.dtypes(fp8=False, float64=True), 100)) == {
+        torch.float32, torch.float16, torch.bfloat16, torch.float64}
+    assert simplest(S.dtypes()) == torch.float32
+    pages = set(census(S.page_sizes(), 100))
+    assert {1, 2, 64} <= pages and pages & {3, 5, 7}
+    assert set(census(S.page_sizes(min_size=2, max_size=8), 100)) <= set(range(2, 9))
+    assert simplest(S.page_sizes()) == 1
+    dims = census(S.head_dims(), 300)
+    assert set(dims) <= set(range(1, 17)) | {64, 128}
+    large = sum(d > 16 for d in dims)
+    assert 0 < large < len(dims) // 4  # present but rare
+    with pytest.raises(ValueError):
+        S.page_sizes(min_size=65)
+
+
+@FAST
+@given(st.data(), S.topologies(max_tp=8))
+def test_kv_specs_fit_the_pipeline(data, topology):
+    kv = data.draw(S.kv_specs(topology))
+    assert kv.num_layers % topology.prefill_pp == 0 and kv.num_layers % topology.decode_pp == 0
+    assert 1 <= kv.num_layers <= 4 * topology.prefill_pp
+    assert kv.head_dim >= 1 and kv.page_size >= 1 and isinstance(kv.dtype, torch.dtype)
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+@FAST
+@given(st.data(), st.integers(0, 12), st.integers(0, 6))
+def test_page_tables_are_distinct_and_in_range(data, num_pages, spare):
+    table = data.draw(S.page_tables(num_pages, num_pages + spare))
+    assert isinstance(table, tuple) and len(table) == num_pages
+    assert len(set(table)) == num_pages and all(0 <= p < num_pages + spare for p in table)
+
+
+def test_page_tables_are_fragmented_and_shrink_to_contiguous():
+    tables = census(S.page_tables(6, 12), 100)
+    assert any(list(t) != sorted(t) for t in tables)  # out of order
+    assert any(sorted(t) != list(range(min(t), min(t) + 6)) for t in tables)  # holes
+    assert simplest(S.page_tables(4, 9)) == (0, 1, 2, 3)
+    with pytest.raises(ValueError):
+        S.page_tables(5, 4)
+
+
+def check_request(r, page_size):
+    pages = -(-r.num_tokens // page_size)
+    assert r.num_tokens > r.prefix_len >= 0 and r.chunk_pages >= 1
+    for table, pool in ((r.prefill_page_table, r.prefill_pool_pages), (r.decode_page_table, r.decode_pool_pages)):
+        assert len(table) == pages and len(set(table)) == pages
+        assert all(0 <= p < pool for p in table) and pool > pages
+
+
+@FAST
+@given(st.data(), S.page_sizes(), st.sampled_from((True, False, None)))
+def test_request_specs_follow_the_prefix_alignment(data, page_size, aligned):
+    if aligned is False and page_size == 1:
+        with pytest.raises(ValueError):
+            S.request_specs(page_size, aligned)
+        return
+    r = data.draw(S.request_specs(page_size, aligned))
+    check_request(r, page_size)
+    assert r.num_tokens <= 64 and r.chunk_pages <= 4
+    if aligned is True:
+        assert r.prefix_len % page_size == 0
+    if aligned is False:
+        assert r.prefix_len % page_size != 0
+
+
+def test_request_specs_either_alignment_and_minimal():
+    drawn = census(S.request_specs(4, None), 150)
+    assert {r.prefix_len % 4 == 0 for r in drawn} == {True, False}
+    assert any(r.prefix_len == 0 for r in drawn) and any(r.prefix_len >= 4 for r in drawn)
+    minimal = simplest(S.request_specs(4))
+    assert minimal == S.RequestSpec(1, 0, 1, (0,), 2, (0,), 2)
+    with pytest.raises(ValueError):
+        S.prefix_lengths(1, 4, aligned=False)
+
+
+# --- transfer cases -------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(S.transfer_cases(aligned_prefix=None))
+def test_transfer_cases_are_consistent_and_small(case):
+    t, kv, r = case.topology, case.kv, case.request
+    assert broken_rules(t) == set()
+    assert kv.num_layers % t.prefill_pp == 0 and kv.num_layers % t.decode_pp == 0
+    check_request(r, kv.page_size)
+    assert 0 <= case.seed < 2**32 and isinstance(case.nan_payloads, bool)
+    elements = S.pool_elements(t, kv.num_layers, kv.head_dim, r.prefill_pool_pages * kv.page_size,
+                               r.decode_pool_pages * kv.page_size)
+    floor = S.pool_elements(t, t.prefill_pp, 1, r.prefill_pool_pages * kv.page_size,
+                            r.decode_pool_pages * kv.page_size)
+    assert elements <= max(1 << 17, floor)  # within budget unless even the smallest shape exceeds it
+
+
+@FAST
+@given(S.transfer_cases(aligned_prefix=False, nan_payloads=True, max_tokens=8))
+def test_transfer_cases_non_aligned_prefix(case):
+    assert case.kv.page_size > 1 and case.request.prefix_len % case.kv.page_size != 0
+    assert case.request.num_tokens <= 8 and case.nan_payloads
+
+
+def test_transfer_cases_shrink_to_the_trivial_case():
+    case = simplest(S.transfer_cases())
+    assert case.topology == TpTopology(1, 1, 1, 1, 1, num_query_heads=1)
+    assert case.kv == S.KvSpec(1, 1, torch.float32, 1)
+    assert case.request == S.RequestSpec(1, 0, 1, (0,), 2, (0,), 2)
+    assert (case.seed, case.nan_payloads) == (0, False)
+
+
+# --- arrival orders -------------------------------------------------------------------------
+
+SLOTS = [(chunk, writer) for chunk in range(3) for writer in range(2)]
+
+
+@FAST
+@given(st.data(), st.booleans())
+def test_arrival_orders_cover_every_slot(data, duplicates):
+    events = data.draw(S.arrival_orders(list(reversed(SLOTS)), duplicates=duplicates))
+    assert set(events) == set(SLOTS)
+    assert len(events) <= 2 * len(SLOTS)
+    if not duplicates:
+        assert len(events) == len(SLOTS)
+
+
+def test_arrival_orders_interleave_duplicate_and_shrink_to_sorted():
+    drawn = census(S.arrival_orders(SLOTS), 100)
+    assert any(len(e) > len(SLOTS) for e in drawn)
+    assert any(e[: len(SLOTS)] != SLOTS and len(e) == len(SLOTS) for e in drawn)
+    assert any(e.index((1, 0)) < e.index((0, 1)) for e in drawn)  # chunks interleave
+    assert simplest(S.arrival_orders(list(reversed(SLOTS)))) == SLOTS
+    assert simplest(S.arrival_orders([object, int])) == [object, int]
+    assert simplest(S.arrival_orders([])) == []
+    with pytest.raises(ValueError):
+        S.arrival_orders([(0, 0), (0, 0)])
+
+
+# --- receivers ------------------------------------------------------------------------------
+
+#: repr prefix -> kind; more specific prefixes first.
+KIND_BY_REPR = (
+    ("<Receiver require_staging=", "attribute"),
+    ("namespace(require_staging=", "namespace"),
+    ("<ClassAttributeReceiver", "class_attribute"),
+    ("<FrozenReceiver", "frozen_dataclass"),
+    ("<PropertyReceiver", "property"),
+    ("<GetattrReceiver", "getattr"),
+    ("<Mock(require_staging=", "mock_configured"),
+    ("<object object at", "object"),
+    ("<BareReceiver", "bare_class"),
+    ("namespace(", "namespace_without"),
+    ("<SlotsReceiver", "slots_unset"),
+    ("<RaisingPropertyReceiver", "raising_property"),
+    ("<Mock(spec=[])", "mock_spec_empty"),
+    ("<Mock()", "mock"),
+    ("<MagicMock()", "magic_mock"),
+)
+
+
+def kind_of(receiver) -> str:
+    text = repr(receiver)
+    return next(kind for prefix, kind in KIND_BY_REPR if text.startswith(prefix))
+
+
+def asks_for_staging(receiver) -> bool:
+    """DOMAIN.md: the attribute present and truthy."""
+    return bool(getattr(receiver, "require_staging", False))
+
+
+def test_receiver_census_has_every_kind_and_both_answers():
+    drawn = census(S.receivers(), 400)
+    kinds = Counter(map(kind_of, drawn))
+    assert set(kinds) == set(S.RECEIVER_KINDS), kinds
+    assert {asks_for_staging(r) for r in drawn} == {True, False}
+    flag_types = {type(r.require_staging).__name__ for r in drawn if kind_of(r) == "attribute"}
+    assert {"bool", "int", "str", "list", "NoneType"} <= flag_types
+    assert all(" at 0x" not in repr(r) for r in drawn if kind_of(r) != "object")
+
+
+@FAST
+@given(S.staged_receivers())
+def test_staged_receivers_ask_for_staging(receiver):
+    assert asks_for_staging(receiver)
+
+
+@FAST
+@given(S.plain_receivers())
+def test_plain_receivers_do_not_ask_for_staging(receiver):
+    assert not asks_for_staging(receiver)
+
+
+def test_receiver_subsets_and_kinds():
+    assert {kind_of(r) for r in census(S.plain_receivers(), 200)} == set(S.RECEIVER_KINDS) - {"mock", "magic_mock"}
+    staged_kinds = {kind_of(r) for r in census(S.staged_receivers(), 200)}
+    assert "mock" in staged_kinds and "object" not in staged_kinds
+    assert {kind_of(r) for r in census(S.receivers(kinds=("slots_unset", "getattr")), 50)} == {
+        "slots_unset", "getattr"}
+    assert repr(simplest(S.receivers())) == "<Receiver require_staging=True (bool)>"
+    with pytest.raises(ValueError):
+        S.staged_receivers(kinds=("object",))
+
+
+def test_receiver_values_are_fresh_and_counterexamples_read_well():
+    lists = [r.require_staging for r in census(S.receivers(kinds=("attribute",)), 100)
+             if isinstance(r.require_staging, list)]
+    assert len(lists) >= 2 and len({id(v) for v in lists}) == len(lists)
+
+    @settings(database=None, deadline=None, max_examples=200)
+    @given(S.receivers(kinds=("mock", "slots_unset")))
+    def fails_on_mock(receiver):
+        assert kind_of(receiver) != "mock"
+
+    with pytest.raises(AssertionError) as failure:
+        fails_on_mock()
+    assert "<Mock() require_staging auto-created (truthy Mock)>" in "\n".join(failure.value.__notes__)
+
+
+# --- allocator programs ---------------------------------------------------------------------
+
+
+def check_program(program, capacity, max_ops=40):
+    assigns = 0
+    assert len(program) <= max_ops
+    for op in program:
+        assert isinstance(op, tuple)
+        if op[0] == "assign":
+            assert len(op) == 2 and 1 <= op[1] <= 2 * capacity + 1
+            assigns += 1
+        elif op[0] == "free":
+            assert len(op) == 2 and 0 <= op[1] < assigns
+        else:
+            assert op == ("watermark",)
+
+
+@FAST
+@given(st.data(), S.capacities())
+def test_allocator_programs_are_well_formed(data, capacity):
+    assert 1 <= capacity <= 4096
+    check_program(data.draw(S.allocator_programs(capacity)), capacity)
+    program = data.draw(S.allocator_programs(capacity, max_ops=10, oversized=False))
+    check_program(program, capacity, max_ops=10)
+    assert all(op[1] <= capacity for op in program if op[0] == "assign")
+
+
+def test_allocator_program_census_has_the_hard_cases():
+    programs = census(S.allocator_programs(64), 200)
+    ops = [op for program in programs for op in program]
+    assert any(op[0] == "assign" and op[1] > 64 for op in ops)  # oversized
+    assert any(op == ("assign", 64) for op in ops)  # exact fit
+    assert any(op[0] == "watermark" for op in ops)
+
+    def frees(program):
+        return [op[1] for op in program if op[0] == "free"]
+
+    assert any(len(set(frees(p))) < len(frees(p)) for p in programs)  # double free
+    assert any(frees(p) != sorted(frees(p)) for p in programs)  # out of order
+    assert simplest(S.allocator_programs(64)) == []
+    assert find(S.allocator_programs(64), lambda p: any(op[0] == "free" for op in p), settings=NO_DB) == [
+        ("assign", 1), ("free", 0)]
