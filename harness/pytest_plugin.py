@@ -19,9 +19,10 @@ strings; skips with a reason when none is available).  Marker:
 The plugin is inert for runs that touch no conformance test: it loads the
 implementation at configure time (so a bad ``--impl`` is one usage error
 before any test runs, on the xdist controller and on each worker) when
-``--impl``/``--xfails``/``--kvconform-report`` is given or the command-line
-paths include ``harness/conformance``; otherwise it loads it lazily once
-collection finds an ``invariant``-marked test.  The report is built on the
+``--impl``/``--xfails``/``--kvconform-report`` or ``$KVCONFORM_IMPL`` is
+given or the command-line paths include ``harness/conformance``; otherwise it
+loads it lazily once collection finds an ``invariant``-marked test (so
+``pytest tests/...`` never depends on the reference).  The report is built on the
 controller only, from data carried in ``report.user_properties`` (which
 pytest-xdist serializes): the invariant, missing capabilities, the number of
 Hypothesis test cases (from Hypothesis's statistics collector, chained so
@@ -69,6 +70,7 @@ _COUNTEREXAMPLE_PREFIXES = ("Falsifying", "Failing test case", "Failing example"
 _BLOB = re.compile(r"@reproduce_failure\([^)]*\)")
 _PRINTED_SEED = re.compile(r"@seed\((\d+)\)|--hypothesis-seed=(\d+)")
 _STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
+_MARKER_ERROR: pytest.StashKey[str] = pytest.StashKey()
 
 # Registered at import so ``--hypothesis-profile ci|thorough`` resolves whenever Hypothesis's plugin configures.
 profiles.register_profiles(profiles.database_directory())
@@ -156,7 +158,7 @@ def select_devices(requested: str) -> tuple[tuple[str, ...], str | None]:
     return (("cpu", "cuda"), None) if has_cuda else (("cpu",), "CUDA not available")
 
 
-@dataclass
+@dataclass(eq=False)  # registered as a pytest plugin: must stay hashable
 class ConformanceRun:
     """Per-session state and hooks; one instance per pytest config (xdist: per process)."""
 
@@ -294,6 +296,7 @@ class ConformanceRun:
                 invariant, requires = parse_invariant_marker(marker)
             except ValueError as exc:
                 problems.append(f"{item.nodeid}: {exc}")
+                item.stash[_MARKER_ERROR] = str(exc)
                 continue
             item.user_properties.append((PROP_INVARIANT, invariant))
             if loaded is None:
@@ -308,8 +311,12 @@ class ConformanceRun:
             if entry is not None:
                 item.user_properties.append((PROP_XFAIL, entry.source))
                 item.add_marker(pytest.mark.xfail(reason=f"{entry.reason} ({entry.source})", strict=False))
-        if problems:
+        if problems and not self.is_worker:  # on a worker, pytest_runtest_setup fails each such test instead
             raise pytest.UsageError("invalid @pytest.mark.invariant markers:\n  " + "\n  ".join(problems))
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if _MARKER_ERROR in item.stash:
+            pytest.fail(f"invalid @pytest.mark.invariant marker: {item.stash[_MARKER_ERROR]}", pytrace=False)
 
     # -- running ---------------------------------------------------------------------------
 

@@ -70,6 +70,8 @@ class FailureDetail:
 class TestRecord:
     """The merged outcome of one test's setup, call and teardown reports."""
 
+    __test__ = False  # not a pytest test class despite its name
+
     nodeid: str
     invariant: str
     #: The test file relative to the rootdir (pytest's ``report.location[0]``); may start with ``..``.

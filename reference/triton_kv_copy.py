@@ -5,15 +5,18 @@ Same contract as :mod:`reference.kv_copy` (and the ``kv_copy`` capability of
 element size, so fp8 values and NaN payloads survive bit-exactly.
 
 One launch for every layer.  The pool is a *list* of per-layer tensors, so a
-single kernel needs to reach all of them.  Instead of a table of raw
-addresses (int -> pointer casts; their alignment is invisible to the compiler
-and so defeats 16-byte vector accesses), the kernel receives one real pointer,
-the first K layer, plus a table of each layer's distance from it measured in
-units of ``DELTA_UNIT`` elements.  ``DELTA_UNIT`` is the largest power of two
-<= 16 bytes that divides every distance, and it is a compile-time constant,
-so the compiler still proves 16-byte alignment of every address.  The same
-formulation runs unchanged under the Triton CPU interpreter, where CPU tensors
-are used in place and raw addresses are plain host memory.
+single kernel needs to reach all of them.  A table of raw addresses cast to
+pointers in the kernel works (also under the interpreter), but the compiler
+then knows nothing about their alignment and emits 2-byte loads for bf16
+(checked in the PTX; ``tl.multiple_of`` could assert it, unchecked).  Instead
+the kernel receives one real pointer, the first K layer, plus a table of each
+layer's distance from it counted in units of ``DELTA_UNIT`` elements.
+``DELTA_UNIT`` is the largest power of two <= 16 bytes that divides every
+distance, measured on the host and passed as a compile-time constant, so the
+compiler proves the alignment itself and emits 16-byte accesses.  All layers
+share one dtype, so distances are whole elements.  The same formulation runs
+unchanged under the Triton CPU interpreter, which uses CPU tensors in place
+(raw addresses are plain host memory).
 
 Work split: one program copies a tile of ``BLOCK_T`` tokens x one token's
 contiguous head slice (``heads * head_dim`` elements) of one (K/V, layer)

@@ -182,3 +182,10 @@ def test_cli_runs_the_suite_writes_the_report_and_its_repro_reproduces(suite, mo
     (suite.path / "known.txt").write_text("isolation\nlayout\n")
     passing = suite.run(sys.executable, "-m", "harness", "--impl", FAKE, "--xfails", "known.txt", "--report-dir", "rep3")
     assert passing.ret == 0
+
+
+def test_unknown_invariant_id_in_a_marker_is_a_usage_error(suite):
+    suite.makepyfile(test_typo='import pytest\n\n@pytest.mark.invariant("layuot")\ndef test_x(impl):\n    pass\n')
+    result = suite.runpytest("-p", "harness.pytest_plugin", "--impl", FAKE, "test_typo.py", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_typo.py::test_x: unknown invariant id 'layuot'; valid ids: head_coverage*"])

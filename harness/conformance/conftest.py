@@ -1,24 +1,23 @@
-"""Device-generic instantiation: a test taking ``device`` runs once per selected device."""
+"""Device-generic instantiation: a test taking ``device`` runs once per selected device.
+
+Like PyTorch's device-generic tests: one test body, one instance per device
+chosen with ``--device cpu|cuda|all``.  ``--device cuda`` without CUDA shows up
+as a skip with its reason; with ``all`` the report header says CUDA is absent.
+"""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
-
-def selected_devices(config: pytest.Config) -> list[str]:
-    choice = config.getoption("--device", default=None) or "all"
-    if choice == "all":
-        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return [choice]
+from harness.pytest_plugin import select_devices
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "device" in metafunc.fixturenames:
-        params = []
-        for device in selected_devices(metafunc.config):
-            marks = []
-            if device == "cuda" and not torch.cuda.is_available():
-                marks.append(pytest.mark.skip(reason="--device cuda asked for, but torch sees no CUDA device"))
-            params.append(pytest.param(device, id=device, marks=marks))
-        metafunc.parametrize("device", params)
+    if "device" not in metafunc.fixturenames:
+        return
+    requested = metafunc.config.getoption("kvconform_device")
+    devices, missing = select_devices(requested)
+    params = [pytest.param(device, id=device) for device in devices]
+    if missing and requested == "cuda":  # with "all", the report header names the absent device
+        params.append(pytest.param("cuda", id="cuda", marks=pytest.mark.skip(reason=missing)))
+    metafunc.parametrize("device", params)

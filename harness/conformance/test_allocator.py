@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import strategies as kst
 from harness.oracles import InvariantViolation
@@ -86,5 +86,9 @@ def _programs(draw):
 
 @pytest.mark.invariant("allocator", requires=("allocator",))
 @given(program=_programs())
+@example(program=(8, [("assign", 4), ("assign", 4), ("free", 1)]))  # out-of-order free
+@example(program=(8, [("assign", 6), ("assign", 6)]))  # wrap onto a live older region
+@example(program=(8, [("assign", 6), ("free", 0), ("assign", 6)]))  # empty ring, then wrap
+@example(program=(8, [("assign", 9)]))  # oversized
 def test_allocator_program(impl, program):
     check_program(impl, *program)

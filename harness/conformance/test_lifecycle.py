@@ -4,25 +4,45 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import strategies as kst
 from harness import cluster, oracles
 from harness.oracles import InvariantViolation
 from harness.world import World
+from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 
 _LIFECYCLE = ("allocator", "kv_copy", "decode_handler")
 
 
+def _writer_slots(case) -> int:
+    topo = case.topology
+    return max(1, topo.prefill_tp // topo.decode_tp) * (topo.prefill_pp // topo.decode_pp)
+
+
+@st.composite
+def _cases_with_arrivals(draw):
+    """A case and an arrival order over its decode rank 0's (chunk, writer slot) pairs."""
+    case = draw(kst.transfer_cases(max_tokens=24))
+    req, kv = case.request, case.kv
+    chunks = len(oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages))
+    return case, draw(kst.arrival_orders([(c, s) for c in range(chunks) for s in range(_writer_slots(case))]))
+
+
+_TWO_WRITERS = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 2, torch.float32, 2),
+                            RequestSpec(4, 0, 1, (0, 1), 3, (2, 0), 3), seed=0, nan_payloads=False)
+
+
 @pytest.mark.invariant("lifecycle", requires=_LIFECYCLE)
-@given(case=kst.transfer_cases(max_tokens=24), data=st.data())
-def test_lifecycle_arrival_orders(impl, device, case, data):
+@given(case_and_order=_cases_with_arrivals())
+@example(case_and_order=(_TWO_WRITERS, [(0, 0), (0, 0), (1, 1), (0, 1), (1, 0)]))  # duplicate before fan-in
+def test_lifecycle_arrival_orders(impl, device, case_and_order):
     """Writers and chunks arrive interleaved, out of order and duplicated; freed regions get reused."""
+    case, order = case_and_order
     world = World.build(case, device)
     req, kv = case.request, case.kv
     chunks = len(oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages))
     run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, chunks))
-    order = data.draw(kst.arrival_orders([(c, s) for c in range(chunks) for s in range(len(run.plans))]), label="arrivals")
     cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver(), order=order)
     world.check_decode("lifecycle", indices=[0])
 

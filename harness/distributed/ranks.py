@@ -1,0 +1,358 @@
+"""What one rank process does for one case: rebuild the world, play its role, check its invariants.
+
+Every rank rebuilds the case's :class:`~harness.world.World` from the seed and
+keeps only its own pool (a decode rank cannot read prefill pools, so its KV
+must arrive through the process group).  Prefill ranks are the writers: they
+wait for the watermark, gather their head slice and send it.  Decode ranks
+run the implementation's allocator and decode handler
+(:class:`harness.cluster.DecodeRankRun`, with the same watchers as in
+process): they allocate each chunk, offer writers the allocation and the
+watermark, receive each writer's bytes straight into the staging ring at the
+allocated offset, report arrivals, poll, release, and compare their pool
+with ground truth.
+
+One exchange (see :mod:`harness.distributed.schedule` for their order)::
+
+    decode -> writer   offer [OFFER, offset, round, end, wm_round, wm_tail, span_offset, span_bytes]
+    writer -> decode   reply [writer_ok, may_write, wm_round, wm_tail]   (after gathering when may_write)
+    writer -> decode   payload (span_bytes) when writer_ok and may_write
+    ... or, while the writer may not write, the decode rank polls its handler and offers again.
+
+It ends with an ``ABORT`` offer, a failed reply, or the payload; a rank that
+already failed answers every later exchange with ``ABORT`` / a failed reply,
+so the others never wait for it.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from harness import cluster, oracles
+from harness.cluster import MAX_POLLS, Guarded, Placed, StagedReceiver, WriterPlan
+from harness.distributed import schedule
+from harness.distributed.job import CaseJob
+from harness.distributed.results import ERROR, IDLE, PASS, PEER_FAILED, VIOLATION, RankResult
+from harness.distributed.roles import DECODE, IDLE as IDLE_ROLE, PREFILL, RankRoles
+from harness.distributed.transport import ABORT, OFFER, OFFER_FIELDS, REPLY_FIELDS, Transport
+from harness.oracles import InvariantViolation
+from harness.world import World, check_untouched
+
+
+@dataclass
+class CasePlan:
+    """Everything the ranks must agree on, computed identically on each from the case and the implementation."""
+
+    plans: list[list[WriterPlan]]              # per decode pool index, by writer slot
+    grid: list[tuple[int, int, int]]           # (page_start, num_pages, tokens) per chunk
+    layouts: list[list[list[tuple[int, int]]]]  # [decode][chunk][slot] -> (offset, nbytes)
+    orders: list[tuple[tuple[int, int], ...]]  # per decode pool index
+    exchanges: list[schedule.Exchange]
+    capacity: int                              # decode staging ring bytes
+
+    @classmethod
+    def build(cls, impl: Any, world: World, job: CaseJob) -> "CasePlan":
+        req, kv = world.case.request, world.case.kv
+        plans = [cluster.writer_plans(impl, world, j) for j in range(len(world.decode))]
+        grid = oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages)
+        layouts = [[cluster.spans(impl, world, p, tokens) for _, _, tokens in grid] for p in plans]
+        orders = schedule.arrival_orders(plans, len(grid), job.arrival_orders)
+        return cls(plans, grid, layouts, orders, schedule.exchanges(orders, plans),
+                   cluster.ring_capacity_for(world, impl, job.slack))
+
+    def fingerprint(self) -> str:
+        return schedule.fingerprint(self.orders, self.plans, self.layouts) + f"/{self.capacity}"
+
+
+class RoleFailure:
+    """A rank's first failure; after it the rank only keeps its partners from waiting."""
+
+    def __init__(self) -> None:
+        self.outcome: Optional[str] = None
+        self.message = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is None
+
+    def record(self, exc: BaseException) -> None:
+        if self.outcome is None:
+            self.outcome, self.message = (VIOLATION, str(exc)) if isinstance(exc, InvariantViolation) else (ERROR, describe(exc))
+
+    def peer(self, message: str) -> None:
+        if self.outcome is None:
+            self.outcome, self.message = PEER_FAILED, message
+
+
+class DecodeSide:
+    """One decode rank: the implementation's allocator and handler, fed by writers over the process group."""
+
+    def __init__(self, impl: Any, world: World, index: int, plan: CasePlan, job: CaseJob, transport: Transport,
+                 roles: RankRoles) -> None:
+        self.world, self.index, self.plan, self.job = world, index, plan, job
+        self.transport, self.roles = transport, roles
+        self.failure = RoleFailure()
+        self.placed: dict[int, Placed] = {}
+        self.arrived: dict[int, set[int]] = {c: set() for c in range(len(plan.grid))}
+        self.payload_bytes, self.transfer_s = 0, 0.0
+        self.run: Optional[cluster.DecodeRankRun] = None
+        self._attempt(lambda: self._start(impl))
+
+    def _start(self, impl: Any) -> None:
+        self.run = cluster.DecodeRankRun(impl, self.world, self.index, self.plan.capacity)
+        pool = self.world.decode[self.index]
+        req = self.world.case.request
+        if not self.run.handler.register(self.job.request_id, StagedReceiver(), pool.page_table, req.prefix_len, req.num_tokens):
+            raise InvariantViolation("[receivers] StagedReceiver() took the plain path; require_staging is truthy")
+
+    def play(self) -> None:
+        """Walk this rank's arrival order, exchanging with writers at first arrivals; then finish and check."""
+        seen: set[tuple[int, int]] = set()
+        for chunk, slot in self.plan.orders[self.index]:
+            if (chunk, slot) not in seen:
+                seen.add((chunk, slot))
+                self._exchange(chunk, slot)
+            self._attempt(lambda: self._arrive(chunk, slot))
+        self._attempt(self._finish)
+        self._attempt(self._check_pool)
+
+    def result(self, rank: int, device: str) -> RankResult:
+        outcome = self.failure.outcome or PASS
+        return RankResult(rank, DECODE, self.index, device, outcome, self.failure.message, self.payload_bytes, self.transfer_s)
+
+    # -- one exchange --------------------------------------------------------------------
+    def _exchange(self, chunk: int, slot: int) -> None:
+        writer = self.roles.prefill_rank(self.plan.plans[self.index][slot].prefill_index)
+        what = f"chunk {chunk} slot {slot}"
+        if not self._attempt(lambda: self._allocation(chunk)):
+            return self.transport.send_ints([ABORT] + [0] * (OFFER_FIELDS - 1), writer, f"abort of {what}")
+        placed, (span_offset, span_bytes) = self.placed[chunk], self.plan.layouts[self.index][chunk][slot]
+        for attempt in range(MAX_POLLS):
+            if attempt and not self._attempt(lambda: self._poll_while_waiting(placed, heard)):
+                break
+            wm = tuple(self.run.alloc.watermark()) if self._attempt(self.run.alloc.raise_if_violated) else None
+            if wm is None:
+                break
+            self.transport.send_ints([OFFER, placed.offset, placed.round, placed.end, *wm, span_offset, span_bytes],
+                                     writer, f"offer of {what}")
+            writer_ok, may_write, *heard = self.transport.recv_ints(REPLY_FIELDS, writer, f"reply for {what}")
+            heard = tuple(heard)
+            if not writer_ok:
+                self.failure.peer(f"writer on rank {writer} failed at {what}")
+                return None
+            if may_write:
+                return self._receive(writer, what, placed, span_offset, span_bytes, heard)
+        else:
+            self._attempt(lambda: _raise(InvariantViolation(
+                f"[allocator] {placed} never became writable; live: {self.run.alloc.live()}")))
+        self.transport.send_ints([ABORT] + [0] * (OFFER_FIELDS - 1), writer, f"abort of {what}")
+        return None
+
+    def _allocation(self, chunk: int) -> None:
+        """The chunk's staging allocation, asked for once (twice, to check the answer repeats)."""
+        if not self.failure.ok:
+            raise _AlreadyFailed()
+        if chunk not in self.placed:
+            nbytes = sum(n for _, n in self.plan.layouts[self.index][chunk])
+            got = self.run.allocate(self.job.request_id, chunk, nbytes)
+            if got is None:
+                raise InvariantViolation(f"[lifecycle] chunk {chunk} of {nbytes} bytes refused by a {self.run.capacity}-byte ring")
+            self.placed[chunk] = got
+        for offset, nbytes in self.plan.layouts[self.index][chunk]:
+            if offset < 0 or offset + nbytes > self.placed[chunk].nbytes:
+                raise InvariantViolation(f"[layout] writer span {(offset, nbytes)} leaves its {self.placed[chunk].nbytes}-byte allocation")
+
+    def _poll_while_waiting(self, placed: Placed, heard: tuple[int, int]) -> None:
+        """The writer may not write yet: fine only while something older is live (liveness); poll to progress."""
+        older = [p for p in self.run.alloc.live() if p.alloc_id != placed.alloc_id and _before(p, placed)]
+        if not older:
+            raise InvariantViolation(f"[allocator] writer kept waiting for {placed} under watermark {heard} "
+                                     f"although nothing older is live (liveness)")
+        self.run.handler.poll(self.job.request_id)
+
+    def _receive(self, writer: int, what: str, placed: Placed, span_offset: int, span_bytes: int, heard) -> None:
+        """The writer was allowed to write: judge safety, then take its bytes into the ring at the allocated offset."""
+        overlapping = [p for p in self.run.alloc.live()
+                       if _before(p, placed) and p.offset < placed.end and placed.offset < p.end]
+        start = placed.offset + span_offset
+        target = self.run.ring[start:start + span_bytes]
+        if overlapping:  # still take the bytes (the writer sends them), but not into live data
+            target = torch.empty(span_bytes, dtype=torch.uint8, device=self.run.ring.device)
+        self.transfer_s += self.transport.recv_bytes(target, writer, f"payload of {what}")
+        self.payload_bytes += span_bytes
+        if overlapping:
+            self.failure.record(InvariantViolation(
+                f"[allocator] writer allowed to write {placed} under watermark {heard} while live allocation "
+                f"{overlapping[0]} overlaps it (safety)"))
+
+    # -- local steps -------------------------------------------------------------------
+    def _arrive(self, chunk: int, slot: int) -> None:
+        page_start, num_pages, tokens = self.plan.grid[chunk]
+        self.run.handler.chunk_arrived(self.job.request_id, chunk, slot, page_start, num_pages, tokens)
+        self.arrived[chunk].add(slot)
+        if len(self.arrived[chunk]) < len(self.plan.plans[self.index]):
+            cluster._check_not_scattered(self.run, chunk, self.plan.grid[chunk], self.arrived[chunk])
+
+    def _finish(self) -> None:
+        """As in process: prefill done, poll to completion, late duplicates harmless, release frees everything."""
+        run, rid, first = self.run, self.job.request_id, self.plan.grid[0]
+        run.handler.prefill_done(rid)
+        run.poll_until(rid, "done")
+        run.handler.chunk_arrived(rid, 0, 0, *first)
+        run.release_and_check(rid)
+        run.handler.chunk_arrived(rid, 0, 0, *first)
+        run.handler.poll(rid)
+        run.alloc.raise_if_violated()
+
+    def _check_pool(self) -> None:
+        self.world.check_decode("round_trip", part="request", indices=[self.index])
+        self.world.check_decode("isolation", part="outside", indices=[self.index])
+
+    def _attempt(self, step) -> bool:
+        """Run a local step unless this rank already failed; record its failure.  True when it succeeded."""
+        if not self.failure.ok:
+            return False
+        try:
+            step()
+            return True
+        except _AlreadyFailed:
+            return False
+        except Exception as exc:
+            self.failure.record(exc)
+            return False
+
+
+class WriterSide:
+    """One prefill rank: for each exchange, wait for the watermark, gather the head slice, send it."""
+
+    def __init__(self, impl: Any, world: World, index: int, plan: CasePlan, transport: Transport, roles: RankRoles) -> None:
+        self.impl, self.world, self.index, self.plan = impl, world, index, plan
+        self.transport, self.roles = transport, roles
+        self.failure = RoleFailure()
+        self.pool = world.prefill[index]
+        self.before = self.pool.clone()
+        self.heard: dict[int, tuple[int, int]] = {}  # per decode pool: highest watermark heard (only ever raised)
+        self.payload_bytes = 0
+
+    def play(self) -> None:
+        for exchange in self.plan.exchanges:
+            if exchange.prefill_index == self.index:
+                self._serve(exchange)
+        if self.failure.ok:
+            try:
+                check_untouched("isolation", f"gather on prefill rank {self.index}:", [self.before], [self.pool])
+            except Exception as exc:
+                self.failure.record(exc)
+
+    def result(self, rank: int, device: str) -> RankResult:
+        outcome = self.failure.outcome or PASS
+        return RankResult(rank, PREFILL, self.index, device, outcome, self.failure.message, self.payload_bytes)
+
+    def _serve(self, x: schedule.Exchange) -> None:
+        decode = self.roles.decode_rank(x.decode_index)
+        what = f"chunk {x.chunk} slot {x.slot} of decode {x.decode_index}"
+        while True:
+            kind, _, alloc_round, alloc_end, wm_round, wm_tail, _, span_bytes = self.transport.recv_ints(
+                OFFER_FIELDS, decode, f"offer of {what}")
+            if kind != OFFER:
+                return
+            if not self.failure.ok:
+                return self.transport.send_ints([0] * REPLY_FIELDS, decode, f"failed reply for {what}")
+            heard = max(self.heard.get(x.decode_index, (0, 0)), (wm_round, wm_tail))
+            self.heard[x.decode_index] = heard
+            try:
+                may_write = bool(self.impl.writer_may_write(alloc_round, alloc_end, heard))
+                staged = self._gather(x, span_bytes) if may_write else None
+            except Exception as exc:
+                self.failure.record(exc)
+                return self.transport.send_ints([0] * REPLY_FIELDS, decode, f"failed reply for {what}")
+            self.transport.send_ints([1, int(may_write), *heard], decode, f"reply for {what}")
+            if staged is not None:
+                self.transport.send_bytes(staged.inner, decode, f"payload of {what}")
+                self.payload_bytes += span_bytes
+                return None
+
+    def _gather(self, x: schedule.Exchange, nbytes: int) -> Guarded:
+        """The writer's head slice of the chunk, in its own canary-guarded staging buffer."""
+        kv, req = self.world.case.kv, self.world.case.request
+        plan = self.plan.plans[x.decode_index][x.slot]
+        page_start, _, tokens = self.plan.grid[x.chunk]
+        buf = Guarded(nbytes, self.world.device)
+        self.impl.gather(self.pool.k, self.pool.v, self.pool.page_table[req.prefix_len // kv.page_size + page_start:],
+                         kv.page_size, tokens, plan.source_start, plan.count, buf.inner)
+        buf.check_margins("isolation", f"gather of writer {plan.slot}")
+        return buf
+
+
+def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_size: int, load_impl) -> RankResult:
+    """This rank's part of one case; every rank calls it with the same job, in step with the others.
+
+    Setup (world, plan) is agreed on by an all-gather of plan fingerprints
+    before any byte moves: a rank whose setup failed, or plans that differ,
+    make every rank skip the transfer instead of waiting for each other.
+    """
+    roles = RankRoles.of(job.case.topology, world_size)
+    role, index = roles.role_of(rank)
+    side, problem = None, None
+    if role != IDLE_ROLE:
+        try:
+            impl = load_impl(job.impl_spec)
+            world = _own_pools_only(World.build(job.case, device), role, index)
+            plan = CasePlan.build(impl, world, job)
+            problem = None
+        except Exception as exc:
+            problem = exc
+    agreed = transport.all_gather(None if role == IDLE_ROLE else (plan.fingerprint() if problem is None else None,
+                                                                   None if problem is None else describe(problem)),
+                                  "case setup")
+    if role == IDLE_ROLE:
+        return RankResult(rank, IDLE, -1, device, IDLE)
+    if problem is not None:
+        outcome = VIOLATION if isinstance(problem, InvariantViolation) else ERROR
+        return RankResult(rank, role, index, device, outcome, str(problem) if outcome == VIOLATION else describe(problem))
+    setups = [a for a in agreed if a is not None]
+    broken = [r for r, a in enumerate(agreed) if a is not None and a[1] is not None]
+    if broken:
+        return RankResult(rank, role, index, device, PEER_FAILED, f"rank {broken[0]} failed to set up the case: {agreed[broken[0]][1]}")
+    if len({a[0] for a in setups}) != 1:
+        return RankResult(rank, role, index, device, ERROR,
+                          "ranks computed different writer plans, layouts or ring sizes from the same case: the "
+                          "implementation's head mapping or layout is not deterministic")
+    if role == DECODE:
+        side = DecodeSide(impl, world, index, plan, job, transport, roles)
+    else:
+        side = WriterSide(impl, world, index, plan, transport, roles)
+    side.play()
+    return side.result(rank, device)
+
+
+def _own_pools_only(world: World, role: str, index: int) -> World:
+    """Drop every pool but this rank's: bytes a decode rank holds must have crossed the process group."""
+    world.prefill = [p if role == PREFILL and i == index else None for i, p in enumerate(world.prefill)]
+    world.decode = [p if role == DECODE and i == index else None for i, p in enumerate(world.decode)]
+    return world
+
+
+def _before(a: Placed, b: Placed) -> bool:
+    return (a.round, a.offset) < (b.round, b.offset)
+
+
+class _AlreadyFailed(Exception):
+    """Internal: a step skipped because the rank already failed."""
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message (at file:line in function)``, innermost frame: enough to find an implementation's bug."""
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" (at {last.filename}:{last.lineno} in {last.name})"
+    return text

@@ -1,0 +1,42 @@
+"""Running a conformance test against a deliberately broken implementation."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, settings
+
+#: Deterministic and patient: a meta-test must not depend on luck.
+META_SETTINGS = dict(max_examples=300, database=None, deadline=None, derandomize=True,
+                     suppress_health_check=list(HealthCheck), print_blob=True)
+
+
+@contextmanager
+def hypothesis_settings(**overrides: Any):
+    """Temporarily make ``overrides`` the default settings, then restore the caller's."""
+    saved = settings.default
+    settings.register_profile("kvconform-meta", settings(saved, **overrides))
+    settings.load_profile("kvconform-meta")
+    try:
+        yield
+    finally:
+        settings.register_profile("kvconform-meta-restore", saved)
+        settings.load_profile("kvconform-meta-restore")
+
+
+def _messages(exc: BaseException) -> list[str]:
+    subs = getattr(exc, "exceptions", None)
+    if subs:
+        return [m for sub in subs for m in _messages(sub)]
+    return [str(exc)]
+
+
+def failure_of(test: Callable[..., None], impl: Any, **kwargs: Any) -> str:
+    """Run a conformance test on ``impl``; return its failure message ('' if it passed)."""
+    with hypothesis_settings(**META_SETTINGS):
+        try:
+            test(impl=impl, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the failure is the result
+            return "\n".join(_messages(exc))
+    return ""
