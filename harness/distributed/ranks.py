@@ -127,14 +127,14 @@ class DecodeSide:
     def _exchange(self, chunk: int, slot: int) -> None:
         writer = self.roles.prefill_rank(self.plan.plans[self.index][slot].prefill_index)
         what = f"chunk {chunk} slot {slot}"
-        if not self._attempt(lambda: self._allocation(chunk)):
+        if self._attempt(lambda: self._allocation(chunk)) is _FAILED:
             return self.transport.send_ints([ABORT] + [0] * (OFFER_FIELDS - 1), writer, f"abort of {what}")
         placed, (span_offset, span_bytes) = self.placed[chunk], self.plan.layouts[self.index][chunk][slot]
         for attempt in range(MAX_POLLS):
-            if attempt and not self._attempt(lambda: self._poll_while_waiting(placed, heard)):
+            if attempt and self._attempt(lambda: self._poll_while_waiting(placed, heard)) is _FAILED:
                 break
-            wm = tuple(self.run.alloc.watermark()) if self._attempt(self.run.alloc.raise_if_violated) else None
-            if wm is None:
+            wm = self._attempt(self._watermark)
+            if wm is _FAILED:
                 break
             self.transport.send_ints([OFFER, placed.offset, placed.round, placed.end, *wm, span_offset, span_bytes],
                                      writer, f"offer of {what}")
@@ -164,6 +164,11 @@ class DecodeSide:
         for offset, nbytes in self.plan.layouts[self.index][chunk]:
             if offset < 0 or offset + nbytes > self.placed[chunk].nbytes:
                 raise InvariantViolation(f"[layout] writer span {(offset, nbytes)} leaves its {self.placed[chunk].nbytes}-byte allocation")
+
+    def _watermark(self) -> tuple[int, int]:
+        wm = tuple(self.run.alloc.watermark())
+        self.run.alloc.raise_if_violated()
+        return wm
 
     def _poll_while_waiting(self, placed: Placed, heard: tuple[int, int]) -> None:
         """The writer may not write yet: fine only while something older is live (liveness); poll to progress."""
@@ -211,18 +216,17 @@ class DecodeSide:
         self.world.check_decode("round_trip", part="request", indices=[self.index])
         self.world.check_decode("isolation", part="outside", indices=[self.index])
 
-    def _attempt(self, step) -> bool:
-        """Run a local step unless this rank already failed; record its failure.  True when it succeeded."""
+    def _attempt(self, step):
+        """Run a local step unless this rank already failed; record its failure.  Its value, or ``_FAILED``."""
         if not self.failure.ok:
-            return False
+            return _FAILED
         try:
-            step()
-            return True
+            return step()
         except _AlreadyFailed:
-            return False
+            return _FAILED
         except Exception as exc:
             self.failure.record(exc)
-            return False
+            return _FAILED
 
 
 class WriterSide:
@@ -296,23 +300,20 @@ def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_s
     """
     roles = RankRoles.of(job.case.topology, world_size)
     role, index = roles.role_of(rank)
-    side, problem = None, None
-    if role != IDLE_ROLE:
-        try:
-            impl = load_impl(job.impl_spec)
-            world = _own_pools_only(World.build(job.case, device), role, index)
-            plan = CasePlan.build(impl, world, job)
-            problem = None
-        except Exception as exc:
-            problem = exc
-    agreed = transport.all_gather(None if role == IDLE_ROLE else (plan.fingerprint() if problem is None else None,
-                                                                   None if problem is None else describe(problem)),
-                                  "case setup")
     if role == IDLE_ROLE:
+        transport.all_gather(None, "case setup")
         return RankResult(rank, IDLE, -1, device, IDLE)
-    if problem is not None:
-        outcome = VIOLATION if isinstance(problem, InvariantViolation) else ERROR
-        return RankResult(rank, role, index, device, outcome, str(problem) if outcome == VIOLATION else describe(problem))
+    try:
+        impl = load_impl(job.impl_spec)
+        world = _own_pools_only(World.build(job.case, device), role, index)
+        plan = CasePlan.build(impl, world, job)
+        mine = (plan.fingerprint(), None)
+    except Exception as exc:
+        transport.all_gather((None, describe(exc)), "case setup")
+        failure = RoleFailure()
+        failure.record(exc)
+        return RankResult(rank, role, index, device, failure.outcome, failure.message)
+    agreed = transport.all_gather(mine, "case setup")
     setups = [a for a in agreed if a is not None]
     broken = [r for r, a in enumerate(agreed) if a is not None and a[1] is not None]
     if broken:
@@ -338,6 +339,9 @@ def _own_pools_only(world: World, role: str, index: int) -> World:
 
 def _before(a: Placed, b: Placed) -> bool:
     return (a.round, a.offset) < (b.round, b.offset)
+
+
+_FAILED = object()  # what DecodeSide._attempt returns for a step that failed or was skipped
 
 
 class _AlreadyFailed(Exception):

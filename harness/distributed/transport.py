@@ -25,8 +25,8 @@ import torch.distributed as dist
 ABORT, OFFER = 0, 1
 #: ``[kind, alloc_offset, alloc_round, alloc_end, wm_round, wm_tail, span_offset, span_nbytes]``
 OFFER_FIELDS = 8
-#: Writer -> decode reply: ``[writer_ok, may_write]``.
-REPLY_FIELDS = 2
+#: Writer -> decode reply: ``[writer_ok, may_write, wm_round, wm_tail]`` (the watermark the writer judged by).
+REPLY_FIELDS = 4
 
 
 class TransportError(RuntimeError):

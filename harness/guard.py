@@ -1,0 +1,416 @@
+"""Keep the harness up whatever an implementation does, and say which invariant it broke.
+
+``guard(impl)`` wraps an implementation so that every call into it, and into
+the allocators and handlers it makes:
+
+* runs with a deadline.  The call runs on a helper thread (one per calling
+  thread, so two threads driving a handler still overlap); the caller waits
+  for it like a watchdog.  A call that does not return in time is reported as
+  an :class:`ImplementationFault` ("hung") on the invariant of the method,
+  with the calls that led there; the stuck helper is abandoned (and, when it
+  is running Python code, stopped) so the rest of the suite goes on.  The
+  deadline is ``$KVCONFORM_CALL_TIMEOUT_S`` (default 30 s, generous for a
+  first CUDA call that compiles kernels); once an implementation has hung,
+  later calls get ``$KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S`` (default 1 s) so
+  that shrinking a hang does not take minutes;
+* turns an exception into an :class:`ImplementationFault` naming the method,
+  its arguments and the invariant (an ``InvariantViolation`` raised by harness
+  code the implementation called back passes through untouched);
+* checks the shape of what comes back (``poll`` returns a state, ``assign``
+  ``None`` or three integers, ...), so garbage is reported where it appears
+  instead of as a confusing failure later.
+
+:class:`CanaryFence` hands out buffers with canary margins on both sides and
+reports a write outside any of them as an ``[isolation]`` violation.
+
+Calls made by an implementation into harness objects it was given (the
+allocator watch) run inline on the same helper thread, under the outer
+deadline.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from harness import cluster
+from harness.interface import ALLOCATOR_METHODS, CAPABILITIES, DECODE_HANDLER_METHODS, DONE, FAILED, PENDING
+from harness.oracles import InvariantViolation
+
+TIMEOUT_ENV_VAR = "KVCONFORM_CALL_TIMEOUT_S"
+AFTER_HANG_ENV_VAR = "KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S"
+DEFAULT_CALL_TIMEOUT_S = 30.0
+DEFAULT_AFTER_HANG_TIMEOUT_S = 1.0
+TRAIL_LENGTH = 12
+
+#: Invariant a failing call is reported on, by the capability its method belongs to.
+INVARIANT_OF_CAPABILITY = {
+    "head_mapping": "head_coverage",
+    "layout": "layout",
+    "allocator": "allocator",
+    "kv_copy": "round_trip",
+    "direct_copy": "path_equivalence",
+    "decode_handler": "lifecycle",
+    "end_to_end": "round_trip",
+}
+_CAPABILITY_OF_METHOD = {method: cap for cap, methods in CAPABILITIES.items() for method in methods}
+_STATES = (PENDING, DONE, FAILED)
+
+
+class ImplementationFault(InvariantViolation):
+    """The implementation raised, returned garbage or hung; the message names the call and the invariant."""
+
+
+class _Abandoned(BaseException):
+    """Raised inside a helper thread whose call outlived its deadline (BaseException: ``except Exception`` keeps out)."""
+
+
+def call_timeout_s(after_hang: bool) -> float:
+    """Deadline of one call; read at each call so tests can lower it."""
+    if after_hang:
+        return min(float(os.environ.get(AFTER_HANG_ENV_VAR, DEFAULT_AFTER_HANG_TIMEOUT_S)), call_timeout_s(False))
+    return float(os.environ.get(TIMEOUT_ENV_VAR, DEFAULT_CALL_TIMEOUT_S))
+
+
+# -- calls with a deadline --------------------------------------------------------------------
+@dataclass
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple
+    kwargs: dict
+    stream: Any
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: Optional[BaseException] = None
+    pending: list[str] = field(default_factory=list)  # calls in progress on the helper, outermost first
+
+    def run(self) -> None:
+        try:
+            if self.stream is not None:
+                with torch.cuda.stream(self.stream):
+                    self.result = self.fn(*self.args, **self.kwargs)
+            else:
+                self.result = self.fn(*self.args, **self.kwargs)
+        except _Abandoned:
+            raise
+        except BaseException as exc:  # handed to the caller, who decides what it means
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class _Helper(threading.Thread):
+    """Runs the calls of one calling thread; abandoned (and told to stop) when a call hangs."""
+
+    def __init__(self) -> None:
+        super().__init__(name="kvconform-call", daemon=True)
+        self.inbox: collections.deque[Optional[_Job]] = collections.deque()
+        self.wake = threading.Semaphore(0)
+        self.job: Optional[_Job] = None
+
+    def submit(self, job: Optional[_Job]) -> None:
+        self.inbox.append(job)
+        self.wake.release()
+
+    def run(self) -> None:
+        _local.helper_job = None
+        try:
+            while True:
+                self.wake.acquire()
+                job = self.inbox.popleft()
+                if job is None:
+                    return
+                self.job = _local.helper_job = job
+                job.run()
+                self.job = _local.helper_job = None
+        except _Abandoned:
+            return
+
+    def abandon(self) -> None:
+        """Stop the helper: ask it to leave its loop, and interrupt Python code it is stuck in."""
+        self.submit(None)
+        try:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Abandoned))
+        except Exception:  # not CPython: the daemon thread is simply left behind
+            pass
+
+
+class _HelperOwner:
+    """Lives in the calling thread's locals; when that thread ends, its helper is told to stop."""
+
+    def __init__(self, helper: _Helper) -> None:
+        self.helper = helper
+        weakref.finalize(self, helper.submit, None)
+
+
+_local = threading.local()
+_hung_roots: set[int] = set()  # ids of implementations that hung once: later calls get the short deadline
+
+
+def _helper() -> _Helper:
+    owner = getattr(_local, "owner", None)
+    if owner is None or not owner.helper.is_alive():
+        helper = _Helper()
+        helper.start()
+        owner = _local.owner = _HelperOwner(helper)
+    return owner.helper
+
+
+def _current_stream() -> Any:
+    """The caller's CUDA stream, so the helper thread issues work where the caller would."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.current_stream()
+    return None
+
+
+# -- the guard --------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    """What every guarded object of one implementation shares."""
+
+    root_id: int
+    trail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TRAIL_LENGTH))
+
+    def describe_trail(self) -> str:
+        return "; ".join(self.trail) if self.trail else "(none)"
+
+
+class _Guarded:
+    """Common machinery: guarded method calls on a wrapped object."""
+
+    _ROLE = "impl"
+    _METHODS: frozenset[str] = frozenset()
+
+    def __init__(self, inner: Any, context: _Context) -> None:
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_context", context)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name in self._METHODS and callable(attr):
+            return lambda *args, **kwargs: self._call(name, attr, args, kwargs)
+        return attr
+
+    def __repr__(self) -> str:
+        return f"guarded {self._ROLE} {self._inner!r}"
+
+    def _call(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        label = f"{self._ROLE}.{name}({_show_args(args, kwargs)})"
+        invariant = _invariant_of(name)
+        self._context.trail.append(label)
+        outer = getattr(_local, "helper_job", None)
+        if outer is not None:  # called back from inside the implementation: the outer deadline covers it
+            outer.pending.append(label)
+            try:
+                result = fn(*args, **kwargs)
+            except InvariantViolation:
+                raise
+            except Exception as exc:
+                raise self._raised(invariant, label, exc) from exc
+            finally:
+                outer.pending.pop()
+        else:
+            result = self._with_deadline(invariant, label, fn, args, kwargs)
+        problem = _garbage(name, result, args)
+        if problem:
+            raise ImplementationFault(f"[{invariant}] {label} returned garbage: {problem}; "
+                                      f"calls so far: {self._context.describe_trail()}")
+        return self._wrap_result(name, result)
+
+    def _with_deadline(self, invariant: str, label: str, fn, args, kwargs) -> Any:
+        hung_before = self._context.root_id in _hung_roots
+        timeout = call_timeout_s(after_hang=hung_before)
+        job = _Job(fn, args, kwargs, _current_stream(), pending=[label])
+        helper = _helper()
+        helper.submit(job)
+        if not job.done.wait(timeout):
+            _local.owner = None  # the next call gets a fresh helper
+            stuck = job.pending[-1] if job.pending else label
+            helper.abandon()
+            _hung_roots.add(self._context.root_id)
+            raise ImplementationFault(
+                f"[{_invariant_of_label(stuck, invariant)}] {stuck} hung: no return within {timeout:g}s "
+                f"({'already hung before, short deadline' if hung_before else f'${TIMEOUT_ENV_VAR}'}); "
+                f"calls so far: {self._context.describe_trail()}")
+        if job.error is not None:
+            if isinstance(job.error, InvariantViolation):
+                raise job.error
+            raise self._raised(invariant, label, job.error) from job.error
+        return job.result
+
+    def _raised(self, invariant: str, label: str, exc: BaseException) -> ImplementationFault:
+        return ImplementationFault(f"[{invariant}] {label} raised {type(exc).__name__}: {exc}; "
+                                   f"calls so far: {self._context.describe_trail()}")
+
+    def _wrap_result(self, name: str, result: Any) -> Any:
+        return result
+
+
+class GuardedAllocator(_Guarded):
+    _ROLE = "allocator"
+    _METHODS = frozenset(ALLOCATOR_METHODS)
+
+
+class GuardedHandler(_Guarded):
+    _ROLE = "handler"
+    _METHODS = frozenset(DECODE_HANDLER_METHODS) | {"failure_reason"}
+
+
+class GuardedImplementation(_Guarded):
+    """An implementation whose every interface method is guarded; allocators and handlers it makes are too."""
+
+    _ROLE = "impl"
+    _METHODS = frozenset(_CAPABILITY_OF_METHOD)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(self._inner.capabilities)
+
+    @property
+    def name(self) -> str:
+        return getattr(self._inner, "name", type(self._inner).__name__)
+
+    @property
+    def unguarded(self) -> Any:
+        return self._inner
+
+    def _wrap_result(self, name: str, result: Any) -> Any:
+        if name == "make_allocator":
+            return GuardedAllocator(result, self._context)
+        if name == "make_decode_handler":
+            return GuardedHandler(result, self._context)
+        return result
+
+
+def guard(impl: Any) -> GuardedImplementation:
+    """``impl`` with deadlines, exception and garbage checks on every call (idempotent)."""
+    if isinstance(impl, GuardedImplementation):
+        return impl
+    return GuardedImplementation(impl, _Context(id(impl)))
+
+
+def forget_hangs() -> None:
+    """Give every implementation the full deadline again (for tests of the guard itself)."""
+    _hung_roots.clear()
+
+
+# -- what the calls return --------------------------------------------------------------------
+def _invariant_of(method: str) -> str:
+    if method in ALLOCATOR_METHODS:
+        return "allocator"
+    if method in DECODE_HANDLER_METHODS or method == "failure_reason":
+        return "lifecycle"
+    return INVARIANT_OF_CAPABILITY.get(_CAPABILITY_OF_METHOD.get(method, ""), "lifecycle")
+
+
+def _invariant_of_label(label: str, default: str) -> str:
+    """Invariant of a trail label ``role.method(...)``."""
+    try:
+        return _invariant_of(label.split("(", 1)[0].split(".", 1)[1])
+    except IndexError:
+        return default
+
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        value.__index__()
+    except (AttributeError, TypeError):
+        return False
+    return True
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_" or (_is_int(value) and int(value) in (0, 1))
+
+
+def _int_tuple(value: Any, length: int) -> bool:
+    try:
+        items = tuple(value)
+    except TypeError:
+        return False
+    return len(items) == length and all(_is_int(v) for v in items)
+
+
+def _garbage(method: str, result: Any, args: tuple) -> str:
+    """Why ``result`` cannot be what ``method`` returns, or ``""``."""
+    if method == "assign" and result is not None and not _int_tuple(result, 3):
+        return f"{result!r} is neither None nor (alloc_id, offset, round) integers"
+    if method == "watermark" and not _int_tuple(result, 2):
+        return f"{result!r} is not a (round, tail) pair of integers"
+    if method == "allocate_chunk" and result is not None and not _int_tuple(result, 3):
+        return f"{result!r} is neither None nor (offset, round, end) integers"
+    if method == "poll" and (not isinstance(result, str) or result not in _STATES):
+        return f"{result!r} is not one of {', '.join(map(repr, _STATES))}"
+    if method in ("register", "writer_may_write") and not _is_bool(result):
+        return f"{result!r} is not a bool"
+    if method == "failure_reason" and not isinstance(result, str):
+        return f"{result!r} is not a string"
+    if method == "make_allocator":
+        missing = [m for m in ALLOCATOR_METHODS if not callable(getattr(result, m, None))]
+        return f"{result!r} lacks {', '.join(missing)}" if missing else ""
+    if method == "make_decode_handler":
+        missing = [m for m in DECODE_HANDLER_METHODS if not callable(getattr(result, m, None))]
+        return f"{result!r} lacks {', '.join(missing)}" if missing else ""
+    if method == "staging_layout":
+        try:
+            spans = list(result)
+        except TypeError:
+            return f"{result!r} is not a sequence of (offset, nbytes)"
+        if not all(_int_tuple(s, 2) for s in spans):
+            return f"{result!r} is not a sequence of (offset, nbytes) integer pairs"
+    return ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}:{str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, (list, tuple)) and len(value) > 4:
+        return f"[{len(value)} items]"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _show_args(args: tuple, kwargs: dict) -> str:
+    shown = [_show(a) for a in args] + [f"{k}={_show(v)}" for k, v in kwargs.items()]
+    return ", ".join(shown)
+
+
+# -- canary-guarded buffers -------------------------------------------------------------------
+class CanaryFence:
+    """Every buffer handed to an implementation, each between canary margins (``cluster.Guarded``).
+
+    ``check`` reports the first buffer written outside its bounds as an
+    ``[isolation]`` violation: an out-of-bounds write from a kernel or an
+    ``as_strided`` view is caught even though torch indexing cannot do it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: list[tuple[str, cluster.Guarded]] = []
+
+    def bytes(self, nbytes: int, what: str, fill: int) -> torch.Tensor:
+        """A fenced uint8 buffer of ``nbytes`` filled with ``fill``."""
+        buffer = cluster.Guarded(nbytes, self.device)
+        buffer.inner.fill_(fill)
+        self._buffers.append((what, buffer))
+        return buffer.inner
+
+    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype, what: str, fill: int) -> torch.Tensor:
+        """A fenced tensor of ``shape`` and ``dtype`` whose every byte is ``fill``."""
+        nbytes = torch.empty((), dtype=dtype).element_size()
+        for size in shape:
+            nbytes *= size
+        return self.bytes(nbytes, what, fill).view(dtype).view(shape)
+
+    def check(self, invariant: str = "isolation") -> None:
+        for what, buffer in self._buffers:
+            buffer.check_margins(invariant, what)
