@@ -44,6 +44,10 @@ INVARIANTS: tuple[Invariant, ...] = (
               "Each chunk is scattered exactly once, after all its writer slots arrived, in any "
               "order; duplicates and late messages are harmless; pages land at prefix + page "
               "offset; failure and release free everything and leave other requests alone."),
+    Invariant("device", "Accelerator behaviour",
+              "On an accelerator: results bit-identical to the CPU run of the same example, no host "
+              "synchronisation inside the per-chunk hot path (gather, arrival, scatter submission), "
+              "and staging regions freed only after their scatter completed."),
     Invariant("bad_topology", "Bad topology",
               "Invalid configurations raise a clear ValueError instead of moving bytes."),
 )

@@ -159,6 +159,14 @@ class AllocatorWatch:
     violations: list[str] = field(default_factory=list)
     ledger: list[Placed] = field(default_factory=list)
     last_watermark: tuple[int, int] = (0, 0)
+    # On CUDA the next writer's bytes (RDMA in production) are not ordered after the
+    # decode side's streams: scribble from a stream of our own, so a region freed
+    # before its scatter finished gets overwritten under it.
+    scribble_stream: Any = None
+
+    def __post_init__(self) -> None:
+        if self.ring.is_cuda:
+            self.scribble_stream = torch.cuda.Stream(device=self.ring.device)
 
     def assign(self, nbytes: int):
         placed = self.inner.assign(nbytes)
@@ -177,7 +185,11 @@ class AllocatorWatch:
             if p.alloc_id == alloc_id:
                 p.live = False
                 # The region's next user may overwrite it right away.
-                self.ring[p.offset:p.end] = SCRIBBLE_BYTE
+                if self.scribble_stream is None:
+                    self.ring[p.offset:p.end] = SCRIBBLE_BYTE
+                else:
+                    with torch.cuda.stream(self.scribble_stream):
+                        self.ring[p.offset:p.end].fill_(SCRIBBLE_BYTE)
         self.watermark()
 
     def watermark(self) -> tuple[int, int]:

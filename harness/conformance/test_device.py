@@ -1,0 +1,85 @@
+"""Accelerator behaviour: CUDA results equal CPU results; no host sync in the per-chunk hot path.
+
+These tests need CUDA; without it they are reported as skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from hypothesis import given
+
+import strategies as kst
+from harness import cluster
+from harness.oracles import InvariantViolation
+from harness.world import World, int_view
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+
+
+@contextlib.contextmanager
+def no_host_sync(what: str):
+    """Turn any synchronising CUDA call inside the block into an InvariantViolation."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    except RuntimeError as exc:
+        if "synchroniz" in str(exc).lower():
+            raise InvariantViolation(f"[device] {what} synchronised with the host: {exc}") from exc
+        raise
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@needs_cuda
+@pytest.mark.invariant("device", requires=("kv_copy",))
+@given(case=kst.transfer_cases())
+def test_device_cuda_matches_cpu(impl, case):
+    worlds = {}
+    for device in ("cpu", "cuda"):
+        worlds[device] = World.build(case, device)
+        cluster.move_with_kv_copy(impl, worlds[device])
+    for index, (c, g) in enumerate(zip(worlds["cpu"].decode, worlds["cuda"].decode)):
+        for name, cl, gl in (("K", c.k, g.k), ("V", c.v, g.v)):
+            for layer, (a, b) in enumerate(zip(cl, gl)):
+                if not torch.equal(int_view(a), int_view(b).cpu()):
+                    raise InvariantViolation(f"[device] decode pool {index} {name} layer {layer}: CUDA result differs from CPU")
+
+
+@needs_cuda
+@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"))
+@given(case=kst.transfer_cases(max_tokens=32))
+def test_device_no_host_sync_in_hot_path(impl, case):
+    """Gather and chunk arrival (which submits the scatter) never wait for the GPU."""
+    world = World.build(case, "cuda")
+    run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, 4))
+    hot = run.impl
+
+    class _Watched:
+        """Forwards to the implementation, wrapping the per-chunk calls in no_host_sync."""
+
+        capabilities = hot.capabilities
+
+        def __getattr__(self, name):
+            return getattr(hot, name)
+
+        def gather(self, *args):
+            torch.cuda.synchronize()  # what came before is not the hot path's business
+            with no_host_sync("gather"):
+                hot.gather(*args)
+
+    handler = run.handler
+    arrived = handler.chunk_arrived
+
+    def watched_arrival(*args):
+        torch.cuda.synchronize()
+        with no_host_sync("chunk_arrived (scatter submission)"):
+            arrived(*args)
+
+    run.impl, handler.chunk_arrived = _Watched(), watched_arrival
+    cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver())
+    torch.cuda.synchronize()
+    world.check_decode("device", indices=[0])
