@@ -89,7 +89,7 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: Optional[BaseException] = None
-    pending: list[str] = field(default_factory=list)  # calls in progress on the helper, outermost first
+    pending: list["_CallLabel"] = field(default_factory=list)  # calls in progress on the helper, outermost first
 
     def run(self) -> None:
         try:
@@ -179,7 +179,20 @@ class _Context:
     trail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TRAIL_LENGTH))
 
     def describe_trail(self) -> str:
-        return "; ".join(self.trail) if self.trail else "(none)"
+        return "; ".join(map(str, self.trail)) if self.trail else "(none)"
+
+
+@dataclass(frozen=True)
+class _CallLabel:
+    """One call, formatted only when a message needs it (formatting tensors on every call is slow)."""
+
+    role: str
+    method: str
+    args: tuple
+    kwargs: dict
+
+    def __str__(self) -> str:
+        return f"{self.role}.{self.method}({_show_args(self.args, self.kwargs)})"
 
 
 class _Guarded:
@@ -202,7 +215,7 @@ class _Guarded:
         return f"guarded {self._ROLE} {self._inner!r}"
 
     def _call(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        label = f"{self._ROLE}.{name}({_show_args(args, kwargs)})"
+        label = _CallLabel(self._ROLE, name, args, kwargs)
         invariant = _invariant_of(name)
         self._context.trail.append(label)
         outer = getattr(_local, "helper_job", None)
@@ -224,7 +237,7 @@ class _Guarded:
                                       f"calls so far: {self._context.describe_trail()}")
         return self._wrap_result(name, result)
 
-    def _with_deadline(self, invariant: str, label: str, fn, args, kwargs) -> Any:
+    def _with_deadline(self, invariant: str, label: "_CallLabel", fn, args, kwargs) -> Any:
         hung_before = self._context.root_id in _hung_roots
         timeout = call_timeout_s(after_hang=hung_before)
         job = _Job(fn, args, kwargs, _current_stream(), pending=[label])
@@ -236,7 +249,7 @@ class _Guarded:
             helper.abandon()
             _hung_roots.add(self._context.root_id)
             raise ImplementationFault(
-                f"[{_invariant_of_label(stuck, invariant)}] {stuck} hung: no return within {timeout:g}s "
+                f"[{_invariant_of(stuck.method)}] {stuck} hung: no return within {timeout:g}s "
                 f"({'already hung before, short deadline' if hung_before else f'${TIMEOUT_ENV_VAR}'}); "
                 f"calls so far: {self._context.describe_trail()}")
         if job.error is not None:
@@ -245,7 +258,7 @@ class _Guarded:
             raise self._raised(invariant, label, job.error) from job.error
         return job.result
 
-    def _raised(self, invariant: str, label: str, exc: BaseException) -> ImplementationFault:
+    def _raised(self, invariant: str, label: "_CallLabel", exc: BaseException) -> ImplementationFault:
         return ImplementationFault(f"[{invariant}] {label} raised {type(exc).__name__}: {exc}; "
                                    f"calls so far: {self._context.describe_trail()}")
 
@@ -310,14 +323,6 @@ def _invariant_of(method: str) -> str:
     return INVARIANT_OF_CAPABILITY.get(_CAPABILITY_OF_METHOD.get(method, ""), "lifecycle")
 
 
-def _invariant_of_label(label: str, default: str) -> str:
-    """Invariant of a trail label ``role.method(...)``."""
-    try:
-        return _invariant_of(label.split("(", 1)[0].split(".", 1)[1])
-    except IndexError:
-        return default
-
-
 def _is_int(value: Any) -> bool:
     if isinstance(value, bool):
         return False
@@ -372,9 +377,12 @@ def _garbage(method: str, result: Any, args: tuple) -> str:
 
 def _show(value: Any) -> str:
     if isinstance(value, torch.Tensor):
+        if value.numel() <= 8 and value.dim() <= 1:
+            return f"tensor({value.tolist()})"
         return f"tensor{tuple(value.shape)}:{str(value.dtype).removeprefix('torch.')}"
-    if isinstance(value, (list, tuple)) and len(value) > 4:
-        return f"[{len(value)} items]"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_show(v) for v in value[:4]) + (f", ... {len(value)} items" if len(value) > 4 else "")
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

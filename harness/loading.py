@@ -10,7 +10,7 @@ Spec forms:
   is.
 * ``package.module`` -- the module's ``make_implementation`` factory.
 * a *name*: an entry point in the ``kvconform.implementations`` group, or a
-  built-in name (``reference``, ``sglang``) that works from a checkout without
+  built-in name (``reference``, ``reference-triton``, ``sglang``) that works from a checkout without
   ``pip install``.  Names win over modules of the same name; write
   ``module:factory`` to mean the module.
 
@@ -42,6 +42,7 @@ ENTRY_POINT_GROUP = "kvconform.implementations"
 #: Names that resolve even when kvconform is not pip-installed.
 BUILTIN_IMPLEMENTATIONS: dict[str, str] = {
     "reference": "reference.plugin:make_implementation",
+    "reference-triton": "reference.plugin:make_triton_implementation",
     "sglang": "harness.adapters.sglang:make_implementation",
 }
 #: Factory looked up when the spec names a module without ``:factory``.

@@ -1,12 +1,16 @@
 """The reference as a kvconform plug-in: ``--impl reference`` (``reference.plugin:make_implementation``).
 
 Maps the suite's interface (plain values and tensors) onto the reference
-modules.  Gather and scatter use the Triton kernels for CUDA tensors when
-Triton is importable, and the portable torch path otherwise.
+modules.  Gather and scatter use the Triton kernels where
+``triton_kv_copy.is_available`` says they make sense (CUDA with Triton, or
+the CPU under ``TRITON_INTERPRET=1``) and the portable torch path otherwise.
+``--impl reference-triton`` forces the Triton kernels everywhere, so the
+conformance suite judges the kernels themselves on a CPU-only machine.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import torch
@@ -17,20 +21,16 @@ from reference.topology import TpTopology
 
 
 def _kernels_for(tensor: torch.Tensor):
-    if tensor.is_cuda:
-        try:
-            from reference import triton_kv_copy
-        except ImportError:  # Triton missing: the torch path is the portable fallback
-            return kv_copy
-        if triton_kv_copy.is_available(tensor.device):
-            return triton_kv_copy
-    return kv_copy
+    from reference import triton_kv_copy  # imports without Triton; is_available says so
+
+    return triton_kv_copy if triton_kv_copy.is_available(tensor.device) else kv_copy
 
 
 class ReferenceImplementation:
     """Every capability, backed by the reference modules."""
 
     name = "reference"
+    kernels = staticmethod(_kernels_for)
     capabilities = frozenset(
         {"head_mapping", "layout", "allocator", "kv_copy", "direct_copy", "decode_handler", "end_to_end"}
     )
@@ -59,11 +59,11 @@ class ReferenceImplementation:
 
     # kv_copy
     def gather(self, k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out) -> None:
-        _kernels_for(out).gather(k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out)
+        self.kernels(out).gather(k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out)
 
     def scatter(self, staging, writer_destinations, heads_per_writer, layers_per_writer, k_layers, v_layers,
                 page_table, page_size, num_tokens) -> None:
-        _kernels_for(staging).scatter(staging, writer_destinations, heads_per_writer, layers_per_writer,
+        self.kernels(staging).scatter(staging, writer_destinations, heads_per_writer, layers_per_writer,
                                       k_layers, v_layers, page_table, page_size, num_tokens)
 
     # direct_copy
@@ -79,5 +79,25 @@ class ReferenceImplementation:
         end_to_end.move_request(**kwargs)
 
 
+class TritonReferenceImplementation(ReferenceImplementation):
+    """The reference with gather and scatter always through the Triton kernels."""
+
+    name = "reference-triton"
+
+    def __init__(self) -> None:
+        from reference import triton_kv_copy
+
+        if triton_kv_copy.triton is None:
+            raise RuntimeError("reference-triton needs Triton: pip install triton")
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            raise RuntimeError("reference-triton on a machine without CUDA needs TRITON_INTERPRET=1 "
+                               "(set before Triton is imported)")
+        self.kernels = lambda tensor: triton_kv_copy
+
+
 def make_implementation() -> ReferenceImplementation:
     return ReferenceImplementation()
+
+
+def make_triton_implementation() -> TritonReferenceImplementation:
+    return TritonReferenceImplementation()

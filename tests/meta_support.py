@@ -32,9 +32,10 @@ def _messages(exc: BaseException) -> list[str]:
     return [str(exc)]
 
 
-def failure_of(test: Callable[..., None], impl: Any, **kwargs: Any) -> str:
+def failure_of(test: Callable[..., None], impl: Any, max_examples: int = META_SETTINGS["max_examples"],
+               **kwargs: Any) -> str:
     """Run a conformance test on ``impl``; return its failure message ('' if it passed)."""
-    with hypothesis_settings(**META_SETTINGS):
+    with hypothesis_settings(**{**META_SETTINGS, "max_examples": max_examples}):
         try:
             test(impl=impl, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the failure is the result

@@ -2,9 +2,10 @@
 
 Load with ``--impl sglang`` or ``--impl harness.adapters.sglang:make_implementation``
 (``make_torch_implementation`` / ``make_triton_implementation`` force one kernel
-path).  Needs ``pip install --no-deps sglang==0.5.23`` and nothing else: the
-adapter loads SGLang's staging modules without running its package
-initialisers.  Full mapping, differences and findings: ``docs/sglang.md``.
+path).  Needs ``pip install --no-deps sglang==0.5.23`` plus ``triton`` and
+``numpy`` (SGLang's staging modules import both), none of SGLang's other
+dependencies: the adapter loads the staging modules without running SGLang's
+package initialisers.  Mapping, differences and findings: ``docs/sglang.md``.
 
 Capabilities and what runs (all SGLang code is the installed 0.5.23 code)
 --------------------------------------------------------------------------
@@ -128,9 +129,11 @@ Stand-ins (SGLang-side environment: state and transport, no staging logic)
 
 Adapter limits (raise ``NotImplementedError("sglang 0.5.23 cannot ...")``)
 ---------------------------------------------------------------------------
-Partial last pages (SGLang stages whole pages), writer parts carrying a subset
-of the layers (prefill PP > decode PP: SGLang's PP stages share a TP writer's
-part) and writer destinations SGLang's formula would not produce.
+Partial last pages (SGLang stages whole pages; this includes ``allocate_chunk``
+sizes that are not whole pages of the region, STAGING_REQ carrying a page
+count), writer parts carrying a subset of the layers (prefill PP > decode PP:
+SGLang's PP stages share a TP writer's part) and writer destinations SGLang's
+formula would not produce.
 """
 
 from __future__ import annotations
@@ -748,6 +751,25 @@ def whole_pages(num_tokens: int, page_size: int, what: str) -> int:
     return num_tokens // page_size
 
 
+def host_page_indices(page_table: torch.Tensor, num_pages: int) -> Any:
+    """The first ``num_pages`` entries as the host int64 array SGLang's gather takes.
+
+    SGLang's prefill page indices already live on the host (numpy); the
+    interface may hand them over on the GPU.  That device-to-host copy is the
+    adapter's, so CUDA's sync debug mode is paused for it alone: a host sync
+    reported in ``gather`` is then SGLang's own.
+    """
+    table = page_table[:num_pages]
+    if table.device.type != "cuda":
+        return table.to(torch.int64).numpy()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        return table.to("cpu", torch.int64).numpy()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
 def rank_mapping(code: SglangCode, prefill_tp: int, decode_tp: int, decode_rank: int) -> types.SimpleNamespace:
     """SGLang's ``_resolve_rank_mapping`` for a non-MLA decode rank (TP only; CP and PP 1)."""
     manager = types.SimpleNamespace(
@@ -774,7 +796,7 @@ class SglangImplementation:
             raise ValueError(f"kernel_path must be one of {KERNEL_PATHS}, got {kernel_path!r}")
         self.code = code
         self.kernel_path = kernel_path
-        self.name = f"sglang {code.version} ({kernel_path} kernels)"
+        self.name = f"sglang {code.version}" + ("" if kernel_path == "auto" else f" ({kernel_path} kernels)")
         self._prefill_buffers: dict[str, Any] = {}
         self._prefill_lock = threading.Lock()
 
@@ -841,7 +863,7 @@ class SglangImplementation:
         expected = num_tokens * head_count * k_layers[0].shape[-1] * element * len(k_layers) * 2
         if out.dtype != torch.uint8 or out.numel() != expected:
             raise ValueError(f"out must be {expected} uint8 bytes (one writer's part), got {out.numel()} {out.dtype}")
-        pages = page_table[:num_pages].to("cpu", torch.int64).numpy()
+        pages = host_page_indices(page_table, num_pages)
         device = k_layers[0].device
         self.select_kernels(device)
         with self._prefill_lock:

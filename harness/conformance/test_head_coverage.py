@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+import torch
+from hypothesis import example, given
 
 import strategies as kst
 from harness import cluster, oracles
 from harness.oracles import InvariantViolation
 from harness.world import World
+from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
+
+# Decode-side replication (D > H): consecutive decode ranks share a head.
+_REPLICATED = TransferCase(TpTopology(2, 2, 4), KvSpec(1, 2, torch.float32, 1),
+                           RequestSpec(1, 0, 1, (0,), 2, (1,), 2), seed=0, nan_payloads=False)
 
 
 def check_head_mapping(impl, topo) -> None:
@@ -42,12 +48,14 @@ def check_head_mapping(impl, topo) -> None:
 
 @pytest.mark.invariant("head_coverage", requires=("head_mapping",))
 @given(topo=kst.topologies())
+@example(topo=_REPLICATED.topology)
 def test_head_coverage_mapping(impl, topo):
     check_head_mapping(impl, topo)
 
 
 @pytest.mark.invariant("head_coverage", requires=("kv_copy",))
 @given(case=kst.transfer_cases(max_tokens=8, max_layers_per_stage=1))
+@example(case=_REPLICATED)
 def test_head_coverage_data(impl, device, case):
     world = World.build(case, device)
     cluster.move_with_kv_copy(impl, world)

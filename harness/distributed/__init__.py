@@ -24,10 +24,20 @@ verdicts and the gathered report), ``worker`` (the rank process), ``group``
 runs Hypothesis-drawn cases and prints a summary (see docs/distributed.md).
 """
 
-from harness.distributed.config import BackendUnavailable, DistributedConfig, config_from_env, rank_devices
+from harness.distributed.config import (
+    BackendUnavailable,
+    DistributedConfig,
+    config_from_env,
+    rank_devices,
+)
 from harness.distributed.group import WorkerGroup
 from harness.distributed.job import CaseJob
-from harness.distributed.results import CaseReport, DistributedFailure, RankError, RankResult
+from harness.distributed.results import (
+    CaseReport,
+    DistributedFailure,
+    RankError,
+    RankResult,
+)
 from harness.distributed.roles import RankRoles, ranks_needed
 
 __all__ = [

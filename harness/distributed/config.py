@@ -112,7 +112,8 @@ def config_from_env(environ: dict[str, str] | None = None, gpu_count: int | None
         ranks = max(2, _gpu_count() if gpu_count is None else gpu_count)
     else:
         ranks = DEFAULT_CPU_RANKS
-    config = DistributedConfig(backend, device, ranks, share_gpus=env.get(SHARE_GPUS_ENV_VAR, "0").strip() in ("1", "true", "yes"))
+    share = env.get(SHARE_GPUS_ENV_VAR, "0").strip().lower() in ("1", "true", "yes")
+    config = DistributedConfig(backend, device, ranks, share_gpus=share)
     timeout = env.get(TIMEOUT_ENV_VAR, "").strip()
     if timeout:
         seconds = float(timeout)

@@ -22,10 +22,15 @@ import os
 import queue
 import signal
 import time
-from typing import Any, Optional
+from functools import partial
+from typing import Any
 
 from harness.distributed import worker
-from harness.distributed.config import BackendUnavailable, DistributedConfig, rank_devices
+from harness.distributed.config import (
+    BackendUnavailable,
+    DistributedConfig,
+    rank_devices,
+)
 from harness.distributed.job import CaseJob, NumberedJob
 from harness.distributed.results import CaseReport, DistributedFailure
 from harness.distributed.roles import ranks_needed
@@ -41,7 +46,7 @@ _NCCL_SHARED_GPU_REFUSAL = ("Duplicate GPU", "duplicate GPU")
 class WorkerGroup:
     """``config.world_size`` rank processes in one process group, reused for every case."""
 
-    def __init__(self, config: DistributedConfig, gpu_count: Optional[int] = None) -> None:
+    def __init__(self, config: DistributedConfig, gpu_count: int | None = None) -> None:
         self.config = config
         self._check_backend()
         self.gpu_count = _gpu_count() if gpu_count is None else gpu_count
@@ -60,7 +65,12 @@ class WorkerGroup:
     def alive(self) -> bool:
         return bool(self._processes) and all(p.is_alive() for p in self._processes)
 
-    def start(self) -> "WorkerGroup":
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Process ids of the running rank processes (empty once closed)."""
+        return tuple(p.pid for p in self._processes)
+
+    def start(self) -> WorkerGroup:
         """Start the rank processes and wait until the group passed its start-up probe (no-op when running)."""
         if self.alive:
             return self
@@ -76,7 +86,8 @@ class WorkerGroup:
         for rank in range(size):
             args = worker.WorkerArgs(rank, size, STORE_HOST, self._store.port, self.config, self.devices[rank], os.getpid())
             jobs = ctx.Queue()
-            process = ctx.Process(target=worker.main, args=(args, jobs, self._results), name=f"kvconform-rank-{rank}", daemon=True)
+            process = ctx.Process(target=worker.main, args=(args, jobs, self._results), name=f"kvconform-rank-{rank}",
+                                  daemon=True)
             process.start()
             self._job_queues.append(jobs)
             self._processes.append(process)
@@ -89,7 +100,7 @@ class WorkerGroup:
         """Stop every rank process; nothing started here survives this call."""
         if self._processes and all(p.is_alive() for p in self._processes):
             for jobs in self._job_queues:
-                _quietly(lambda: jobs.put(worker.Stop()))
+                _quietly(partial(jobs.put, worker.Stop()))
             deadline = time.monotonic() + STOP_GRACE_S
             for p in self._processes:
                 p.join(max(0.0, deadline - time.monotonic()))
@@ -106,7 +117,7 @@ class WorkerGroup:
             q.close()
         self._processes, self._job_queues, self._results, self._store = [], [], None, None
 
-    def __enter__(self) -> "WorkerGroup":
+    def __enter__(self) -> WorkerGroup:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -130,7 +141,8 @@ class WorkerGroup:
             if isinstance(message, CaseReport) and message.job_id == numbered.job_id:
                 return message
             if isinstance(message, worker.Fatal):
-                self._fail(f"the process group broke during case {numbered.job_id}", [message])
+                self._fail(f"the process group broke during case {numbered.job_id} (a rank that times out waiting "
+                           f"for a partner means the partner is stuck, e.g. in implementation code, or dead)", [message])
             if message is None:
                 self._raise_if_dead(f"during case {numbered.job_id}")
                 if time.monotonic() > deadline:
@@ -209,7 +221,7 @@ class WorkerGroup:
             return None
 
 
-def _exit_text(code: Optional[int]) -> str:
+def _exit_text(code: int | None) -> str:
     if code is not None and code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

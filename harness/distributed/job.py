@@ -9,7 +9,6 @@ boundaries before the KV bytes do.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 #: One decode rank's "chunk ready" events: ``(chunk, writer slot)``, duplicates allowed.
 ArrivalOrder = tuple[tuple[int, int], ...]
@@ -29,7 +28,7 @@ class CaseJob:
     case: object  # strategies.TransferCase
     impl_spec: str
     slack: int = 1
-    arrival_orders: Optional[tuple[ArrivalOrder, ...]] = None
+    arrival_orders: tuple[ArrivalOrder, ...] | None = None
     request_id: int = 1
 
     def __post_init__(self) -> None:

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from typing import Any, Optional
+from functools import partial
+from typing import Any
 
 import torch
 
@@ -35,9 +36,23 @@ from harness import cluster, oracles
 from harness.cluster import MAX_POLLS, Guarded, Placed, StagedReceiver, WriterPlan
 from harness.distributed import schedule
 from harness.distributed.job import CaseJob
-from harness.distributed.results import ERROR, IDLE, PASS, PEER_FAILED, VIOLATION, RankResult
-from harness.distributed.roles import DECODE, IDLE as IDLE_ROLE, PREFILL, RankRoles
-from harness.distributed.transport import ABORT, OFFER, OFFER_FIELDS, REPLY_FIELDS, Transport
+from harness.distributed.results import (
+    ERROR,
+    IDLE,
+    PASS,
+    PEER_FAILED,
+    VIOLATION,
+    RankResult,
+)
+from harness.distributed.roles import DECODE, PREFILL, RankRoles
+from harness.distributed.roles import IDLE as IDLE_ROLE
+from harness.distributed.transport import (
+    ABORT,
+    OFFER,
+    OFFER_FIELDS,
+    REPLY_FIELDS,
+    Transport,
+)
 from harness.oracles import InvariantViolation
 from harness.world import World, check_untouched
 
@@ -54,7 +69,7 @@ class CasePlan:
     capacity: int                              # decode staging ring bytes
 
     @classmethod
-    def build(cls, impl: Any, world: World, job: CaseJob) -> "CasePlan":
+    def build(cls, impl: Any, world: World, job: CaseJob) -> CasePlan:
         req, kv = world.case.request, world.case.kv
         plans = [cluster.writer_plans(impl, world, j) for j in range(len(world.decode))]
         grid = oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages)
@@ -71,7 +86,7 @@ class RoleFailure:
     """A rank's first failure; after it the rank only keeps its partners from waiting."""
 
     def __init__(self) -> None:
-        self.outcome: Optional[str] = None
+        self.outcome: str | None = None
         self.message = ""
 
     @property
@@ -80,7 +95,8 @@ class RoleFailure:
 
     def record(self, exc: BaseException) -> None:
         if self.outcome is None:
-            self.outcome, self.message = (VIOLATION, str(exc)) if isinstance(exc, InvariantViolation) else (ERROR, describe(exc))
+            violation = isinstance(exc, InvariantViolation)
+            self.outcome, self.message = (VIOLATION, str(exc)) if violation else (ERROR, describe(exc))
 
     def peer(self, message: str) -> None:
         if self.outcome is None:
@@ -98,14 +114,16 @@ class DecodeSide:
         self.placed: dict[int, Placed] = {}
         self.arrived: dict[int, set[int]] = {c: set() for c in range(len(plan.grid))}
         self.payload_bytes, self.transfer_s = 0, 0.0
-        self.run: Optional[cluster.DecodeRankRun] = None
+        self.run: cluster.DecodeRankRun | None = None
         self._attempt(lambda: self._start(impl))
 
     def _start(self, impl: Any) -> None:
         self.run = cluster.DecodeRankRun(impl, self.world, self.index, self.plan.capacity)
         pool = self.world.decode[self.index]
         req = self.world.case.request
-        if not self.run.handler.register(self.job.request_id, StagedReceiver(), pool.page_table, req.prefix_len, req.num_tokens):
+        staged = self.run.handler.register(self.job.request_id, StagedReceiver(), pool.page_table, req.prefix_len,
+                                           req.num_tokens)
+        if not staged:
             raise InvariantViolation("[receivers] StagedReceiver() took the plain path; require_staging is truthy")
 
     def play(self) -> None:
@@ -115,7 +133,7 @@ class DecodeSide:
             if (chunk, slot) not in seen:
                 seen.add((chunk, slot))
                 self._exchange(chunk, slot)
-            self._attempt(lambda: self._arrive(chunk, slot))
+            self._attempt(partial(self._arrive, chunk, slot))
         self._attempt(self._finish)
         self._attempt(self._check_pool)
 
@@ -130,8 +148,9 @@ class DecodeSide:
         if self._attempt(lambda: self._allocation(chunk)) is _FAILED:
             return self.transport.send_ints([ABORT] + [0] * (OFFER_FIELDS - 1), writer, f"abort of {what}")
         placed, (span_offset, span_bytes) = self.placed[chunk], self.plan.layouts[self.index][chunk][slot]
+        heard = (0, 0)  # the watermark the writer last judged by
         for attempt in range(MAX_POLLS):
-            if attempt and self._attempt(lambda: self._poll_while_waiting(placed, heard)) is _FAILED:
+            if attempt and self._attempt(partial(self._poll_while_waiting, placed, heard)) is _FAILED:
                 break
             wm = self._attempt(self._watermark)
             if wm is _FAILED:
@@ -159,11 +178,13 @@ class DecodeSide:
             nbytes = sum(n for _, n in self.plan.layouts[self.index][chunk])
             got = self.run.allocate(self.job.request_id, chunk, nbytes)
             if got is None:
-                raise InvariantViolation(f"[lifecycle] chunk {chunk} of {nbytes} bytes refused by a {self.run.capacity}-byte ring")
+                raise InvariantViolation(
+                    f"[lifecycle] chunk {chunk} of {nbytes} bytes refused by a {self.run.capacity}-byte ring")
             self.placed[chunk] = got
         for offset, nbytes in self.plan.layouts[self.index][chunk]:
             if offset < 0 or offset + nbytes > self.placed[chunk].nbytes:
-                raise InvariantViolation(f"[layout] writer span {(offset, nbytes)} leaves its {self.placed[chunk].nbytes}-byte allocation")
+                raise InvariantViolation(
+                    f"[layout] writer span {(offset, nbytes)} leaves its {self.placed[chunk].nbytes}-byte allocation")
 
     def _watermark(self) -> tuple[int, int]:
         wm = tuple(self.run.alloc.watermark())
@@ -317,7 +338,8 @@ def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_s
     setups = [a for a in agreed if a is not None]
     broken = [r for r, a in enumerate(agreed) if a is not None and a[1] is not None]
     if broken:
-        return RankResult(rank, role, index, device, PEER_FAILED, f"rank {broken[0]} failed to set up the case: {agreed[broken[0]][1]}")
+        return RankResult(rank, role, index, device, PEER_FAILED,
+                          f"rank {broken[0]} failed to set up the case: {agreed[broken[0]][1]}")
     if len({a[0] for a in setups}) != 1:
         return RankResult(rank, role, index, device, ERROR,
                           "ranks computed different writer plans, layouts or ring sizes from the same case: the "

@@ -22,7 +22,7 @@ class RankRoles:
     world_size: int
 
     @classmethod
-    def of(cls, topology, world_size: int) -> "RankRoles":
+    def of(cls, topology, world_size: int) -> RankRoles:
         roles = cls(topology.prefill_tp * topology.prefill_pp, topology.decode_tp * topology.decode_pp, world_size)
         if roles.needed > world_size:
             raise ValueError(

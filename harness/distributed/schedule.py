@@ -13,9 +13,10 @@ of its ranks ready for it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
+from harness import cluster, oracles
 from harness.cluster import WriterPlan
 
 
@@ -47,11 +48,11 @@ def checked_order(order: Sequence[Sequence[int]], chunks: int, slots: int, decod
 
 
 def arrival_orders(plans: Sequence[Sequence[WriterPlan]], chunks: int,
-                   given: Optional[Sequence[Sequence[Sequence[int]]]]) -> list[tuple[tuple[int, int], ...]]:
+                   given: Sequence[Sequence[Sequence[int]]] | None) -> list[tuple[tuple[int, int], ...]]:
     """Each decode pool's arrival order: the job's (validated) or the default one."""
     if given is None:
         return [default_order(chunks, len(p)) for p in plans]
-    return [checked_order(order, chunks, len(p), index) for index, (order, p) in enumerate(zip(given, plans))]
+    return [checked_order(order, chunks, len(p), index) for index, (order, p) in enumerate(zip(given, plans, strict=True))]
 
 
 def exchanges(orders: Sequence[Sequence[tuple[int, int]]], plans: Sequence[Sequence[WriterPlan]]) -> list[Exchange]:
@@ -72,3 +73,13 @@ def fingerprint(orders: Sequence[Sequence[tuple[int, int]]], plans: Sequence[Seq
     """A digest of everything the ranks must agree on before any byte moves."""
     text = repr(([list(o) for o in orders], [list(p) for p in plans], [[list(s) for s in per] for per in spans]))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def writer_slot_counts(impl, case) -> tuple[list[int], int]:
+    """``(writer slots of each decode pool, chunks)``: what a parent needs to draw arrival orders for a case."""
+    from harness.world import World
+
+    world = World.build(case, "cpu")
+    req, kv = case.request, case.kv
+    chunks = len(oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages))
+    return [len(cluster.writer_plans(impl, world, j)) for j in range(len(world.decode))], chunks

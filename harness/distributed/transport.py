@@ -15,8 +15,9 @@ afterwards and the worker gives up the whole group.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,6 +28,8 @@ ABORT, OFFER = 0, 1
 OFFER_FIELDS = 8
 #: Writer -> decode reply: ``[writer_ok, may_write, wm_round, wm_tail]`` (the watermark the writer judged by).
 REPLY_FIELDS = 4
+#: Characters of a backend's error text kept in a TransportError (NCCL's reasons come after its first line).
+MAX_DETAIL = 600
 
 
 class TransportError(RuntimeError):
@@ -59,7 +62,7 @@ class Transport:
         self._call(lambda: dist.all_gather_object(out, value, group=self.control_group), f"all-gathering {what}")
         return out
 
-    def gather_to_first(self, value: Any, what: str) -> Optional[list[Any]]:
+    def gather_to_first(self, value: Any, what: str) -> list[Any] | None:
         """Every rank's ``value`` on rank 0 (``None`` elsewhere)."""
         out = [None] * dist.get_world_size() if self.rank == 0 else None
         self._call(lambda: dist.gather_object(value, out, dst=0, group=self.control_group), f"gathering {what} to rank 0")
@@ -94,5 +97,6 @@ class Transport:
         try:
             operation()
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TransportError(f"rank {self.rank}: {what} failed (timeout {self.timeout.total_seconds():g}s): {first}") from exc
+            detail = " ".join(str(exc).split())[:MAX_DETAIL] or type(exc).__name__
+            limit = self.timeout.total_seconds()
+            raise TransportError(f"rank {self.rank}: {what} failed (timeout {limit:g}s): {detail}") from exc

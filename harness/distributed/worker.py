@@ -86,11 +86,18 @@ def main(args: WorkerArgs, jobs: Any, results: Any) -> None:
             job_id = -1
     except BaseException as exc:  # the group is unusable: say why, then leave
         results.put(Fatal(args.rank, job_id, _fatal_text(exc)))
-        results.close()
-        results.join_thread()  # the queue's feeder thread must deliver the message before we exit
-        sys.stdout.flush()
-        os._exit(3)  # skip torch.distributed teardown, which may hang on a broken group
+        _exit_now(results, 3)  # skips torch.distributed teardown, which may hang on a broken group
     _leave_group()
+    _exit_now(results, 0)
+
+
+def _exit_now(results, code: int) -> None:
+    """Deliver queued messages, then exit without the interpreter's slow teardown (seconds with torch loaded)."""
+    results.close()
+    results.join_thread()  # the queue's feeder thread must deliver the last message first
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _join_group(args: WorkerArgs):
@@ -180,9 +187,12 @@ def _leave_group() -> None:
 
 
 def _fatal_text(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    """One readable line: a TransportError already says what and with whom; anything else gets its location."""
+    from harness.distributed.transport import TransportError
+
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
     frames = traceback.extract_tb(exc.__traceback__)
-    if frames and not text.startswith("TransportError"):
+    if frames and not isinstance(exc, TransportError):
         last = frames[-1]
         text += f" (at {last.filename}:{last.lineno} in {last.name})"
     return text

@@ -1,0 +1,381 @@
+"""Stateful testing: random interleavings of the allocator's and the decode handler's operations.
+
+Two Hypothesis state machines, run against the plugged-in implementation:
+
+* ``AllocatorMachine`` drives the ring allocator alone: assigns (oversized
+  ones too), frees in any order (double and unknown frees too), and prefill
+  writers that write a region once the watermark they heard allows it.  After
+  every step: no written live region was overwritten, the watermark never
+  moves back nor passes live data, a writer never waits when nothing older is
+  live; ``drain`` frees everything and the whole ring must restart at 0.
+* ``HandlerMachine`` drives the decode staging handler with several requests
+  at once (see ``harness.shared_rank``): registration with any receiver,
+  chunk allocation, writers writing (sometimes only part of their bytes, then
+  dying), arrivals in any order, duplicated, stray ones, prefill done, polls,
+  aborts, clock ticks past the timeout, oversized chunks, misaligned
+  prefixes, release, and late messages after release.  After every step:
+  every pool byte is untouched or correct, chunks wait for all their writer
+  slots, failures have a cause and touch nobody else, nothing leaks, buffers
+  were not written outside their bounds.
+
+On failure Hypothesis prints the shrunk step sequence (``state.register(...)``
+...).  The implementation runs behind ``harness.guard``: a raise, a garbage
+answer or a hang is reported on the invariant of the method that misbehaved.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import pytest
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+import strategies as kst
+from harness.guard import guard
+from harness.oracles import InvariantViolation
+from harness.shared_rank import SharedRank, plan_request, rank_shapes
+
+MAX_REQUESTS = 4
+TIMEOUT_S = 10.0
+
+
+def machine_settings(**overrides) -> settings:
+    """The loaded profile, with a modest number of steps per run (more under the larger profiles)."""
+    steps = 25 if settings.default.max_examples <= 25 else 50
+    return settings(settings.default, **{"stateful_step_count": steps, **overrides})
+
+
+# -- the allocator alone ----------------------------------------------------------------------
+class AllocatorRules(RuleBasedStateMachine):
+    """Rules over ``impl.make_allocator``; ``impl`` is set by :func:`allocator_machine`."""
+
+    impl = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alloc = None
+
+    @initialize(capacity=st.integers(1, 96))
+    def build(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.alloc = self.impl.make_allocator(capacity)
+        self.placed: list[dict] = []           # every assignment, oldest first
+        self.owner: list[int | None] = [None] * capacity  # which written allocation each ring byte holds
+        self.heard = (0, 0)
+        self.last_watermark = tuple(self.alloc.watermark())
+
+    def _fail(self, message: str) -> None:
+        raise InvariantViolation(f"[allocator] {message}")
+
+    def _live(self) -> list[dict]:
+        return [p for p in self.placed if p["live"]]
+
+    @rule(nbytes=st.integers(1, 32))
+    def assign(self, nbytes: int) -> None:
+        self._assign(nbytes)
+
+    @rule(extra=st.integers(0, 1))
+    def assign_whole_ring(self, extra: int) -> None:
+        """Exactly the capacity (must be placed) or one byte more (must be refused)."""
+        self._assign(self.capacity + extra)
+
+    def _assign(self, nbytes: int) -> None:
+        got = self.alloc.assign(nbytes)
+        if nbytes > self.capacity:
+            if got is not None:
+                self._fail(f"assign({nbytes}) on a {self.capacity}-byte ring answered {got} instead of refusing")
+            return
+        if got is None:
+            self._fail(f"assign({nbytes}) refused although it fits the {self.capacity}-byte ring")
+        alloc_id, offset, rnd = (int(x) for x in got)
+        if offset < 0 or offset + nbytes > self.capacity:
+            self._fail(f"assign({nbytes}) placed bytes [{offset}, {offset + nbytes}) outside the {self.capacity}-byte ring")
+        self.placed.append({"id": alloc_id, "offset": offset, "end": offset + nbytes, "round": rnd,
+                            "live": True, "written": False, "n": len(self.placed)})
+
+    @rule(pick=st.integers(0, 15))
+    def free(self, pick: int) -> None:
+        live = self._live()
+        if live:
+            victim = live[pick % len(live)]
+            victim["live"] = False
+            self.alloc.free(victim["id"])
+
+    @rule(pick=st.integers(0, 15))
+    def free_again_or_unknown(self, pick: int) -> None:
+        dead = [p for p in self.placed if not p["live"]]
+        self.alloc.free(dead[pick % len(dead)]["id"] if dead else 10**9 + pick)
+
+    @rule(pick=st.integers(0, 15))
+    def writer_writes(self, pick: int) -> None:
+        """A prefill writer reads the watermark and writes its region if allowed."""
+        live = self._live()
+        if not live:
+            return
+        target = live[pick % len(live)]
+        older = [p for p in live if p["n"] < target["n"]]
+        self.heard = max(self.heard, tuple(int(x) for x in self.alloc.watermark()))
+        if not self.impl.writer_may_write(target["round"], target["end"], self.heard):
+            if not older:
+                self._fail(f"writer of {target} kept waiting under watermark {self.heard} although nothing older is live (liveness)")
+            return
+        for p in older:
+            if p["offset"] < target["end"] and target["offset"] < p["end"]:
+                self._fail(f"writer of {target} may write under watermark {self.heard} while older live {p} overlaps it (safety)")
+        target["written"] = True
+        self.owner[target["offset"]:target["end"]] = [target["n"]] * (target["end"] - target["offset"])
+
+    @rule()
+    def drain(self) -> None:
+        """Free everything: the whole ring must then be one writable allocation at offset 0."""
+        for p in self._live():
+            p["live"] = False
+            self.alloc.free(p["id"])
+        self.check_watermark()
+        got = self.alloc.assign(self.capacity)
+        if got is None or int(got[1]) != 0:
+            self._fail(f"after freeing everything, assign({self.capacity}) gave {got}; the ring still holds something")
+        wm = tuple(int(x) for x in self.alloc.watermark())
+        if not self.impl.writer_may_write(int(got[2]), self.capacity, wm):
+            self._fail(f"after freeing everything, the whole-ring allocation {got} is not writable under {wm}")
+        self.alloc.free(got[0])
+
+    @invariant()
+    def check_watermark(self) -> None:
+        if self.alloc is None:
+            return
+        wm = tuple(int(x) for x in self.alloc.watermark())
+        if wm < self.last_watermark:
+            self._fail(f"watermark moved backwards from {self.last_watermark} to {wm}")
+        self.last_watermark = wm
+        live = self._live()
+        if live and wm > (live[0]["round"], live[0]["offset"]):
+            self._fail(f"watermark {wm} is ahead of the oldest live allocation {live[0]}")
+        for p in live:
+            if p["written"] and any(o != p["n"] for o in self.owner[p["offset"]:p["end"]]):
+                thief = next(o for o in self.owner[p["offset"]:p["end"]] if o != p["n"])
+                self._fail(f"live allocation {p} was overwritten by the writer of {self.placed[thief]}")
+
+
+def allocator_machine(impl) -> type[RuleBasedStateMachine]:
+    return type("AllocatorMachine", (AllocatorRules,), {"impl": guard(impl)})
+
+
+@pytest.mark.invariant("allocator", requires=("allocator",))
+def test_allocator_stateful(impl):
+    run_state_machine_as_test(allocator_machine(impl), settings=machine_settings())
+
+
+# -- the decode staging handler ---------------------------------------------------------------
+#: Staged receivers three times in four.  Drawn inside the rule (``st.data()``): Hypothesis reprs rule
+#: strategies, and the receiver strategy's repr pretty-prints its mock classes, which fails there
+#: (``strategies.receiver._LabelledMock._repr_pretty_`` is unbound when looked up on the class).
+_RECEIVERS = st.one_of(kst.staged_receivers(), kst.receivers())
+
+
+class HandlerRules(RuleBasedStateMachine):
+    """Rules over one decode rank's handler; ``impl`` and ``device`` are set by :func:`handler_machine`.
+
+    ``pick`` chooses a chunk modulo the request's chunk count and ``slot`` a
+    writer slot modulo the slot count.  Coarse rules (``send_chunk``,
+    ``send_request``, ``scheduler_pass``) make progress in a few steps;
+    fine ones (``write``, ``arrive``) interleave single writers.  A rule that
+    does not apply to the chosen request (e.g. a write for a plain request)
+    does nothing, and the shrinker drops it.
+    """
+
+    impl = None
+    device = "cpu"
+    requests = Bundle("requests")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rank: SharedRank | None = None
+
+    @initialize(shape=rank_shapes())
+    def build(self, shape) -> None:
+        self.rank = SharedRank(self.impl, shape, self.device, max_requests=MAX_REQUESTS, timeout_s=TIMEOUT_S)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _open(self, rid: int, staged: bool = True):
+        """The tracked request if it is not released and (when asked) staged, else None."""
+        t = self.rank.requests[rid]
+        return None if t.released or (staged and not t.staged) else t
+
+    def _any_open(self, staged: bool = True) -> bool:
+        return self.rank is not None and any(not t.released and (t.staged or not staged) for t in self.rank.requests.values())
+
+    def _send(self, t, chunk: int, order_seed: int, duplicate: bool) -> bool:
+        """Allocate, write every remaining slot (until one must wait) and report them in a shuffled order."""
+        if chunk not in t.placed and self.rank.allocate(t.rid, chunk) is None:
+            return False
+        placement, writers = t.placed[chunk], self.rank.shape.num_writers
+        for slot in range(writers):
+            if slot not in t.written[chunk] and (chunk, slot) not in t.dead_writers:
+                if not self._wait_writable(placement):
+                    return False
+                self.rank.write(t.rid, chunk, slot)
+        order = [s for s in sorted(t.written[chunk]) if s not in t.arrived[chunk]]
+        random.Random(order_seed).shuffle(order)
+        if duplicate and t.written[chunk]:
+            order.insert(order_seed % (len(order) + 1), min(t.written[chunk]))
+        for slot in order:
+            self.rank.arrive(t.rid, chunk, slot)
+        return len(t.written[chunk]) == writers
+
+    def _wait_writable(self, placement) -> bool:
+        """The writer waits while the scheduler keeps polling the owners of older live regions."""
+        for _ in range(3):
+            if self.rank.writable(placement):
+                return True
+            for p in self.rank.ledger.live():
+                if p.order < placement.order and p.owner and not self.rank.requests[p.owner[0]].released:
+                    self.rank.poll(p.owner[0])
+        return self.rank.writable(placement)
+
+    # -- scheduler side --------------------------------------------------------------------
+    @precondition(lambda self: self.rank is not None and len(self.rank.requests) < MAX_REQUESTS)
+    @rule(target=requests, tokens=st.integers(1, 12), prefix_pages=st.integers(0, 3), chunk_pages=st.integers(1, 3),
+          misaligned=st.integers(0, 5).map(lambda x: x == 5), seed=st.integers(0, 255), data=st.data())
+    def register(self, tokens, prefix_pages, chunk_pages, misaligned, seed, data):
+        receiver = data.draw(_RECEIVERS, label="receiver")
+        return self.rank.register(plan_request(self.rank.shape, tokens, prefix_pages, chunk_pages, misaligned, seed), receiver)
+
+    @precondition(lambda self: self._any_open(staged=False))
+    @rule()
+    def scheduler_pass(self) -> None:
+        """The scheduler polls every open request once (settling the complete ones)."""
+        for rid, t in list(self.rank.requests.items()):
+            if not t.released:
+                self.rank.poll(rid)
+
+    @precondition(lambda self: self._any_open(staged=False))
+    @rule(rid=requests)
+    def poll(self, rid: int) -> None:
+        if self._open(rid, staged=False):
+            self.rank.poll(rid, settle=False)
+
+    @precondition(lambda self: self._any_open(staged=False))
+    @rule(rid=requests)
+    def release(self, rid: int) -> None:
+        if self._open(rid, staged=False):
+            self.rank.release(rid)
+
+    # -- transfer side ---------------------------------------------------------------------
+    @precondition(lambda self: self._any_open())
+    @rule(rid=requests, pick=st.integers(0, 3))
+    def allocate(self, rid: int, pick: int) -> None:
+        t = self._open(rid)
+        if t:
+            self.rank.allocate(rid, pick % len(t.grid))
+
+    @precondition(lambda self: self._any_open())
+    @rule(rid=requests, pick=st.integers(0, 3), slot=st.integers(0, 3), partial=st.integers(0, 3).map(lambda x: x == 3))
+    def write(self, rid: int, pick: int, slot: int, partial: bool) -> None:
+        """One writer waits for the watermark, then writes its part (``partial``: half of it, then it dies)."""
+        t = self._open(rid)
+        if not t:
+            return
+        chunk, slot = pick % len(t.grid), slot % self.rank.shape.num_writers
+        placement = t.placed.get(chunk)
+        if placement is None or slot in t.written[chunk] or (chunk, slot) in t.dead_writers:
+            return
+        if self.rank.writable(placement):
+            self.rank.write(rid, chunk, slot, fraction=0.5 if partial else 1.0)
+
+    @precondition(lambda self: self._any_open())
+    @rule(rid=requests, pick=st.integers(0, 3), slot=st.integers(0, 3))
+    def arrive(self, rid: int, pick: int, slot: int) -> None:
+        """A writer that wrote its part reports it (again, for a duplicate)."""
+        t = self.rank.requests[rid]
+        if t.staged:
+            chunk, slot = pick % len(t.grid), slot % self.rank.shape.num_writers
+            if slot in t.written[chunk]:
+                self.rank.arrive(rid, chunk, slot)
+
+    @precondition(lambda self: self._any_open())
+    @rule(rid=requests, pick=st.integers(0, 3), order_seed=st.integers(0, 7), duplicate=st.booleans())
+    def send_chunk(self, rid: int, pick: int, order_seed: int, duplicate: bool) -> None:
+        """Every remaining writer of one chunk writes and reports, in a shuffled order, maybe twice."""
+        t = self._open(rid)
+        if t:
+            self._send(t, pick % len(t.grid), order_seed, duplicate)
+
+    @precondition(lambda self: self._any_open(staged=False))
+    @rule(rid=requests, order_seed=st.integers(0, 7))
+    def send_request(self, rid: int, order_seed: int) -> None:
+        """Prefill sends every chunk (chunks in order, writers shuffled) and then reports success."""
+        t = self._open(rid, staged=False)
+        if t is None:
+            return
+        if t.staged and not all(self._send(t, chunk, order_seed + chunk, False) for chunk in range(len(t.grid))):
+            return
+        self.rank.prefill_done(rid)
+
+    @precondition(lambda self: self._any_open(staged=False))
+    @rule(rid=requests)
+    def prefill_done(self, rid: int) -> None:
+        """Prefill reports success once every writer wrote (arrivals may still be in flight)."""
+        t = self._open(rid, staged=False)
+        if t and not (t.staged and any(len(t.written[c]) < self.rank.shape.num_writers for c in range(len(t.grid)))):
+            self.rank.prefill_done(rid)
+
+    @rule(rid=requests, kind=st.sampled_from(("abort", "clock +4s", "clock past timeout", "oversized chunk",
+                                              "slot out of range", "unknown chunk", "unknown request",
+                                              "late messages")), pick=st.integers(0, 3))
+    def fault(self, rid: int, kind: str, pick: int) -> None:
+        """An abort, time passing, an oversized chunk (each may fail its request alone), or stray messages that
+        match nothing (they change nothing); after release, arrivals, prefill done, abort and allocation asks are
+        ignored and allocate nothing."""
+        t, writers = self.rank.requests[rid], self.rank.shape.num_writers
+        chunk = pick % len(t.grid)
+        if kind == "abort":
+            if not t.released:
+                self.rank.abort(rid)
+        elif kind.startswith("clock"):
+            self.rank.tick(4.0 if kind == "clock +4s" else TIMEOUT_S + 1)
+        elif kind == "oversized chunk":
+            if self._open(rid) and chunk not in t.placed:
+                self.rank.allocate(rid, chunk, nbytes=self.rank.capacity + 1)
+        elif kind == "slot out of range":
+            self.rank.handler.chunk_arrived(rid, chunk, writers + pick, *t.grid[chunk])
+        elif kind == "unknown chunk":
+            self.rank.handler.chunk_arrived(rid, len(t.grid) + pick, 0, *t.grid[chunk])
+        elif kind == "unknown request":
+            self.rank.handler.chunk_arrived(10**6 + rid, chunk, 0, *t.grid[chunk])
+        elif t.released:
+            for slot in range(writers):
+                self.rank.handler.chunk_arrived(rid, chunk, slot, *t.grid[chunk])
+            self.rank.handler.prefill_done(rid)
+            self.rank.handler.fail(rid, "late abort")
+            if t.staged:
+                self.rank.allocate(rid, chunk)
+
+    # -- after every step ------------------------------------------------------------------
+    @invariant()
+    def bytes_and_allocations(self) -> None:
+        if self.rank is not None:
+            self.rank.check_all()
+
+    def teardown(self) -> None:
+        """Release whatever is left; then nothing may be held (skipped when a step already failed)."""
+        if self.rank is None or sys.exc_info()[0] is not None:
+            return
+        for rid, t in list(self.rank.requests.items()):
+            if not t.released:
+                self.rank.release(rid)
+        self.rank.check_all()
+        held = self.rank.ledger.live()
+        if held:
+            raise InvariantViolation(f"[lifecycle] every request was released but allocations are held: {held}")
+
+
+def handler_machine(impl, device: str = "cpu") -> type[RuleBasedStateMachine]:
+    return type("HandlerMachine", (HandlerRules,), {"impl": guard(impl), "device": device})
+
+
+@pytest.mark.invariant("lifecycle", requires=("allocator", "decode_handler"))
+def test_handler_stateful(impl, device):
+    run_state_machine_as_test(handler_machine(impl, device), settings=machine_settings())
