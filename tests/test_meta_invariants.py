@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from harness.conformance import (
-    test_allocator, test_bad_topology, test_head_coverage, test_isolation, test_layout, test_lifecycle,
+    test_allocator, test_bad_topology, test_device, test_head_coverage, test_isolation, test_layout, test_lifecycle,
     test_path_equivalence, test_receivers, test_round_trip,
 )
 from reference.plugin import ReferenceImplementation
+from tests.broken import device as broken_device
 from tests.broken import kv_copy as broken_copy
 from tests.broken import lifecycle as broken_life
 from tests.broken import mapping as broken_map
@@ -60,3 +62,17 @@ def test_suite_catches_broken_implementation(broken, conformance_test, kwargs, t
 def test_same_tests_pass_on_the_reference(conformance_test, kwargs):
     """The control: each meta-tested conformance test passes on the reference under the same settings."""
     assert failure_of(conformance_test, ReferenceImplementation(), **dict(kwargs)) == ""
+
+
+CUDA_CASES = [
+    (broken_device.SyncsInHotPath, test_device.test_device_no_host_sync_in_hot_path, "[device]"),
+    (broken_device.ScattersOnCallerStream, test_device.test_device_scatter_on_its_own_stream, "[device]"),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: these bugs only exist on accelerators")
+@pytest.mark.parametrize("broken, conformance_test, tag", CUDA_CASES, ids=[c[0].__name__ for c in CUDA_CASES])
+def test_suite_catches_broken_accelerator_implementation(broken, conformance_test, tag):
+    message = failure_of(conformance_test, broken(), max_examples=20)
+    assert message and tag in message, f"{broken.__name__} not caught on {tag}: {message!r}"
+    assert failure_of(conformance_test, ReferenceImplementation(), max_examples=20) == ""

@@ -83,3 +83,40 @@ def test_device_no_host_sync_in_hot_path(impl, case):
     cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver())
     torch.cuda.synchronize()
     world.check_decode("device", indices=[0])
+
+
+@needs_cuda
+@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"))
+@given(case=kst.transfer_cases(max_tokens=32))
+def test_device_scatter_on_its_own_stream(impl, case):
+    """The handler's scatters run on a stream other than the caller's (the transfer thread's),
+    so they overlap with it; regions it frees get overwritten at once from yet another stream
+    (``AllocatorWatch``), so a region freed before its scatter finished shows in the data.
+
+    Judged when the handler scatters through ``impl.scatter``; a handler with a scatter of
+    its own is judged by the data check alone.
+    """
+    caller = torch.cuda.current_stream()
+    streams = []
+    original = impl.scatter
+
+    def recording_scatter(*args):
+        streams.append(torch.cuda.current_stream())
+        original(*args)
+
+    try:
+        impl.scatter = recording_scatter  # seen by handlers that look scatter up on the implementation
+    except (AttributeError, TypeError):
+        pass  # immutable implementation object: the data check still judges it
+    try:
+        world = World.build(case, "cuda")
+        run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, 1))
+        cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver())
+    finally:
+        if getattr(impl, "__dict__", {}).get("scatter") is recording_scatter:
+            del impl.scatter
+    torch.cuda.synchronize()
+    world.check_decode("device", indices=[0])
+    if any(s == caller for s in streams):
+        raise InvariantViolation("[device] the decode handler scattered on the caller's stream; "
+                                 "scatter on a side stream and track completion with an event")
