@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from harness import scope
 from harness.interface import CAPABILITIES
 
 #: Environment variable naming the implementation when ``--impl`` is absent.
@@ -124,6 +125,9 @@ def validate_implementation(implementation: Any, spec: str) -> frozenset[str]:
                 problems.append(f"capability {cap!r} needs method {method}() but it is missing")
             elif not callable(value):
                 problems.append(f"capability {cap!r} needs method {method}() but it is a {type(value).__name__}, not callable")
+    unknown = scope.unknown_limits(getattr(implementation, "limits", ()))
+    if unknown:
+        problems.append(f"'limits' names {unknown}, which the suite does not know; valid: {sorted(scope.LIMITS)}")
     if problems:
         bullets = "".join(f"\n  - {p}" for p in problems)
         raise ImplementationError(

@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 
-from harness import profiles
+from harness import profiles, scope
 from harness.catalogue import BY_ID
 from harness.interface import CAPABILITIES
 from harness.loading import IMPL_ENV_VAR, ImplementationError, LoadedImplementation, load_implementation, resolve_spec
@@ -395,6 +395,7 @@ class ConformanceRun:
             impl_name=loaded.name if loaded else self.spec,
             impl_target=loaded.target if loaded else None,
             capabilities=tuple(sorted(loaded.capabilities)) if loaded else (),
+            limits=tuple(sorted(scope.declared_limits(loaded.implementation))) if loaded else (),
             impl_error=error,
             profile=profiles.current_profile_name(),
             devices_requested=self.device_option,

@@ -9,7 +9,7 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
     {
       "schema_version": 1,
       "impl": {"spec": str, "name": str, "target": str | null,
-               "capabilities": [str], "error": str | null},
+               "capabilities": [str], "limits": [str], "error": str | null},
       "versions": {"python": str, "torch": str, "hypothesis": str,
                    "pytest": str, "kvconform": str},
       "profile": str,                  # Hypothesis profile: default | ci | thorough | other
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.catalogue import INVARIANTS
+from harness.scope import LIMITS
 
 SCHEMA_VERSION = 1
 ROW_STATUSES = ("pass", "fail", "xfail", "not-implemented", "not-run")
@@ -108,6 +109,7 @@ class RunContext:
     impl_name: str
     impl_target: str | None
     capabilities: tuple[str, ...]
+    limits: tuple[str, ...]
     impl_error: str | None
     profile: str
     devices_requested: str
@@ -176,6 +178,7 @@ def build_report(context: RunContext, records: list[TestRecord]) -> dict[str, An
             "name": context.impl_name,
             "target": context.impl_target,
             "capabilities": sorted(context.capabilities),
+            "limits": sorted(context.limits),
             "error": context.impl_error,
         },
         "versions": dict(context.versions),
@@ -257,6 +260,8 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
         f"implementation: {impl['name']} (--impl {impl['spec']}"
         + (f" -> {impl['target']}" if impl["target"] and impl["target"] != impl["spec"] else "") + ")",
         "capabilities: " + (", ".join(impl["capabilities"]) or "(none)"),
+        *(["declared limits (cases generated within them): " + "; ".join(
+            f"{name} ({LIMITS[name]})" for name in impl["limits"])] if impl.get("limits") else []),
         f"profile: {report['profile']}; devices: {', '.join(devices['selected']) or '(none)'}"
         + (f" ({devices['note']})" if devices["note"] else ""),
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),

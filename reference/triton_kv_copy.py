@@ -257,7 +257,7 @@ def _validate_pool(layers: tuple[torch.Tensor, ...], num_k: int, what: str) -> _
         unit //= 2
     return _Pool(
         device=first.device,
-        layer_delta=torch.tensor([(p - ptrs[0]) // (unit * esize) for p in ptrs], dtype=torch.int64, device=first.device),
+        layer_delta=_device_table([(p - ptrs[0]) // (unit * esize) for p in ptrs], torch.int64, first.device),
         delta_unit=unit,
         layers=num_k,
         heads=first.shape[1],
@@ -267,10 +267,19 @@ def _validate_pool(layers: tuple[torch.Tensor, ...], num_k: int, what: str) -> _
     )
 
 
+def _device_table(values: list[int] | tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small table on ``device`` without stalling the host: on CUDA the copy leaves pinned
+    memory asynchronously (a pageable host-to-device copy would synchronise)."""
+    table = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
+
+
 @lru_cache(maxsize=64)
 def _writer_table(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A small int32 table on ``device``, cached by value (pools are long-lived)."""
-    return torch.tensor(values, dtype=torch.int32, device=device)
+    return _device_table(values, torch.int32, device)
 
 
 def _check_page_table(page_table: torch.Tensor, page_size: int, num_tokens: int, device: torch.device, what: str) -> None:

@@ -64,6 +64,7 @@ def test_entry_point_names_resolve_and_are_listed(monkeypatch):
     assert available_implementations() == {
         "fakeimpl": FAKE,
         "reference": "reference.plugin:make_implementation",
+        "reference-triton": "reference.plugin:make_triton_implementation",
         "sglang": "harness.adapters.sglang:make_implementation",
     }
 
@@ -120,3 +121,15 @@ def test_bad_impl_on_command_line_is_one_usage_error_and_runs_nothing(pytester):
     ])
     assert "test session starts" not in result.stdout.str()
     assert not ran.exists()
+
+
+def test_unknown_scope_limit_is_named(tmp_path, monkeypatch):
+    class Narrow:
+        capabilities = frozenset({"layout"})
+        limits = frozenset({"whole_pages", "no_fp8"})
+
+        def staging_layout(self, *args):
+            return []
+
+    with pytest.raises(loading.ImplementationError, match=r"'limits' names \['no_fp8'\].*valid: \['no_pipeline_fan_in', 'whole_pages'\]"):
+        loading.validate_implementation(Narrow(), "narrow")

@@ -108,7 +108,7 @@ def test_json_schema_and_markdown(suite):
                            "rows", "failures"}
     assert report["schema_version"] == 1 and report["profile"] == "default"
     assert report["impl"] == {"spec": FAKE, "name": "fake", "target": FAKE,
-                              "capabilities": ["head_mapping", "layout"], "error": None}
+                              "capabilities": ["head_mapping", "layout"], "limits": [], "error": None}
     assert set(report["versions"]) == {"python", "torch", "hypothesis", "pytest", "kvconform"}
     assert report["devices"]["requested"] == "all" and "cpu" in report["devices"]["selected"]
     assert [row["invariant"] for row in report["rows"]] == [inv.id for inv in INVARIANTS]

@@ -144,6 +144,7 @@ import builtins
 import contextlib
 import copy
 import datetime
+import enum
 import importlib
 import importlib.machinery
 import importlib.metadata
@@ -583,7 +584,7 @@ def _load() -> SglangCode:
     staging_buffer, staging_handler = modules[2], modules[3]
     envs = modules[0].envs
 
-    base = take("srt/disaggregation/base/conn.py", {"__name__": "sglang.srt.disaggregation.base.conn", "enum": __import__("enum")})
+    base = take("srt/disaggregation/base/conn.py", {"__name__": "sglang.srt.disaggregation.base.conn", "enum": enum})
     kv_poll, destination = base["KVPoll"], base["KVTransferDestination"]
     take("srt/disaggregation/utils.py", {
         "__name__": "sglang.srt.disaggregation.utils", "torch": torch, "dist": torch.distributed, "envs": envs,
@@ -790,6 +791,9 @@ class SglangImplementation:
     """SGLang 0.5.23's staging primitives behind kvconform's interface."""
 
     capabilities = frozenset({"head_mapping", "layout", "allocator", "kv_copy", "decode_handler"})
+    # SGLang's design, not bugs: staging moves whole pages (STAGING_REQ counts pages) and
+    # pipeline stages share one TP writer's part.  Declared so the suite generates within them.
+    limits = frozenset({"whole_pages", "no_pipeline_fan_in"})
 
     def __init__(self, code: SglangCode, kernel_path: str = "auto") -> None:
         if kernel_path not in KERNEL_PATHS:

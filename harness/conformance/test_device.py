@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 
 import strategies as kst
-from harness import cluster
+from harness import cluster, scope
 from harness.oracles import InvariantViolation
 from harness.world import World, int_view
 
@@ -38,6 +38,7 @@ def no_host_sync(what: str):
 @pytest.mark.invariant("device", requires=("kv_copy",))
 @given(case=kst.transfer_cases())
 def test_device_cuda_matches_cpu(impl, case):
+    case = scope.fit(impl, case)
     worlds = {}
     for device in ("cpu", "cuda"):
         worlds[device] = World.build(case, device)
@@ -54,6 +55,7 @@ def test_device_cuda_matches_cpu(impl, case):
 @given(case=kst.transfer_cases(max_tokens=32))
 def test_device_no_host_sync_in_hot_path(impl, case):
     """Gather and chunk arrival (which submits the scatter) never wait for the GPU."""
+    case = scope.fit(impl, case)
     world = World.build(case, "cuda")
     run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, 4))
     hot = run.impl
@@ -96,6 +98,7 @@ def test_device_scatter_on_its_own_stream(impl, case):
     Judged when the handler scatters through ``impl.scatter``; a handler with a scatter of
     its own is judged by the data check alone.
     """
+    case = scope.fit(impl, case)
     caller = torch.cuda.current_stream()
     streams = []
     original = impl.scatter

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strategies as kst
+from harness import scope
 from harness.distributed import (
     BackendUnavailable,
     CaseJob,
@@ -30,8 +31,8 @@ from harness.distributed.schedule import writer_slot_counts
 _NEEDS = ("allocator", "kv_copy", "decode_handler")
 _CONFIG = config_from_env()
 _WORLD_SIZE = _CONFIG.world_size if _CONFIG is not None else 2
-# A distributed example costs a round of messages among every rank: run a quarter of the profile's examples.
-_EXAMPLES = max(3, settings().max_examples // 4)
+# A distributed example costs rounds of messages among every rank: run half the profile's examples.
+_EXAMPLES = max(3, settings().max_examples // 2)
 _SETTINGS = settings(max_examples=_EXAMPLES, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
@@ -62,6 +63,7 @@ def worker_group():
 def test_distributed_round_trip(worker_group, loaded_impl, case, slack):
     """Writers in other processes fill each decode rank's ring (holding ``slack`` chunks) through the
     process group; every decode pool ends bit-identical to ground truth, nothing else changes."""
+    case = scope.fit(loaded_impl.implementation, case)
     worker_group.run(CaseJob(case, loaded_impl.spec, slack=slack)).raise_if_failed()
 
 
@@ -71,6 +73,7 @@ def test_distributed_round_trip(worker_group, loaded_impl, case, slack):
 def test_distributed_arrival_orders(worker_group, loaded_impl, case, data):
     """Each decode rank's writers arrive interleaved, out of order and duplicated; every chunk is
     scattered once, after its last writer, and the pools match ground truth."""
+    case = scope.fit(loaded_impl.implementation, case)
     slots, chunks = writer_slot_counts(loaded_impl.implementation, case)
     orders = tuple(
         tuple(data.draw(kst.arrival_orders([(c, s) for c in range(chunks) for s in range(n)]), label=f"arrivals at decode {j}"))

@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given
 
 import strategies as kst
-from harness import cluster, oracles
+from harness import cluster, oracles, scope
 from harness.oracles import InvariantViolation
 from harness.world import World
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
@@ -57,6 +57,7 @@ def test_head_coverage_mapping(impl, topo):
 @given(case=kst.transfer_cases(max_tokens=8, max_layers_per_stage=1))
 @example(case=_REPLICATED)
 def test_head_coverage_data(impl, device, case):
+    case = scope.fit(impl, case)
     world = World.build(case, device)
     cluster.move_with_kv_copy(impl, world)
     world.check_decode("head_coverage", part="request")

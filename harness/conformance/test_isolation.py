@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given
 
 import strategies as kst
-from harness import cluster
+from harness import cluster, scope
 from harness.world import World, check_untouched
 
 
 @pytest.mark.invariant("isolation", requires=("kv_copy",))
 @given(case=kst.transfer_cases())
 def test_isolation_kv_copy(impl, device, case):
+    case = scope.fit(impl, case)
     world = World.build(case, device)
     prefill_before, _ = world.snapshot()
     cluster.move_with_kv_copy(impl, world)  # also checks canary margins around every buffer
@@ -23,6 +24,7 @@ def test_isolation_kv_copy(impl, device, case):
 @pytest.mark.invariant("isolation", requires=("direct_copy",))
 @given(case=kst.transfer_cases(topologies=kst.topologies(pipeline=False)))
 def test_isolation_direct_copy(impl, device, case):
+    case = scope.fit(impl, case)
     world = World.build(case, device)
     prefill_before, _ = world.snapshot()
     cluster.move_with_direct_copy(impl, world)
@@ -33,6 +35,7 @@ def test_isolation_direct_copy(impl, device, case):
 @pytest.mark.invariant("isolation", requires=("end_to_end",))
 @given(case=kst.transfer_cases())
 def test_isolation_end_to_end(impl, device, case):
+    case = scope.fit(impl, case)
     world = World.build(case, device)
     prefill_before, _ = world.snapshot()
     cluster.move_end_to_end(impl, world, staged=True)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 
 import strategies as kst
-from harness import cluster
+from harness import cluster, scope
 from harness.world import World, int_view, slots_of
 
 
@@ -31,6 +31,7 @@ def _paths(impl):
 @pytest.mark.invariant("path_equivalence", requires=("kv_copy", "direct_copy"))
 @given(case=kst.transfer_cases())
 def test_path_equivalence(impl, device, case):
+    case = scope.fit(impl, case)
     results = {}
     for name, move in _paths(impl).items():
         world = World.build(case, device)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 
 import strategies as kst
-from harness import cluster
+from harness import cluster, scope
 from harness.oracles import InvariantViolation
 from harness.world import World
 
@@ -26,6 +26,7 @@ def _lifecycle(impl, world: World, receiver) -> None:
 @pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"))
 @given(case=kst.transfer_cases(max_tokens=16), receiver=kst.receivers())
 def test_receivers_lifecycle(impl, device, case, receiver):
+    case = scope.fit(impl, case)
     _lifecycle(impl, World.build(case, device), receiver)
 
 

@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given, strategies as st
 
 import strategies as kst
-from harness import cluster
+from harness import cluster, scope
 from harness.world import World
 
 
 @pytest.mark.invariant("round_trip", requires=("kv_copy",))
 @given(case=kst.transfer_cases())
 def test_round_trip_kv_copy(impl, device, case):
+    case = scope.fit(impl, case)
     world = World.build(case, device)
     cluster.move_with_kv_copy(impl, world)
     world.check_decode("round_trip", part="request")
@@ -22,6 +23,7 @@ def test_round_trip_kv_copy(impl, device, case):
 @given(case=kst.transfer_cases(), slack=st.integers(1, 3))
 def test_round_trip_decode_handler(impl, device, case, slack):
     """Through the decode handler and a ring that holds ``slack`` chunks (1: every chunk wraps)."""
+    case = scope.fit(impl, case)
     world = World.build(case, device)
     for index in range(len(world.decode)):
         run = cluster.DecodeRankRun(impl, world, index, cluster.ring_capacity_for(world, impl, slack))
@@ -32,6 +34,7 @@ def test_round_trip_decode_handler(impl, device, case, slack):
 @pytest.mark.invariant("round_trip", requires=("end_to_end",))
 @given(case=kst.transfer_cases())
 def test_round_trip_end_to_end(impl, device, case):
+    case = scope.fit(impl, case)
     world = World.build(case, device)
     cluster.move_end_to_end(impl, world, staged=True)
     world.check_decode("round_trip", part="request")

@@ -194,9 +194,13 @@ class HandlerRules(RuleBasedStateMachine):
         super().__init__()
         self.rank: SharedRank | None = None
 
-    @initialize(shape=rank_shapes())
-    def build(self, shape) -> None:
+    @initialize(target=requests, shape=rank_shapes(), tokens=st.integers(1, 12), chunk_pages=st.integers(1, 3),
+                data=st.data())
+    def build(self, shape, tokens, chunk_pages, data):
+        """The rank, and a first staged request (rules need one to act on)."""
         self.rank = SharedRank(self.impl, shape, self.device, max_requests=MAX_REQUESTS, timeout_s=TIMEOUT_S)
+        receiver = data.draw(kst.staged_receivers(), label="receiver")
+        return self.rank.register(plan_request(shape, tokens, 0, chunk_pages, False, 0), receiver)
 
     # -- helpers ---------------------------------------------------------------------------
     def _open(self, rid: int, staged: bool = True):
@@ -204,19 +208,16 @@ class HandlerRules(RuleBasedStateMachine):
         t = self.rank.requests[rid]
         return None if t.released or (staged and not t.staged) else t
 
-    def _any_open(self, staged: bool = True) -> bool:
-        return self.rank is not None and any(not t.released and (t.staged or not staged) for t in self.rank.requests.values())
-
-    def _send(self, t, chunk: int, order_seed: int, duplicate: bool) -> bool:
-        """Allocate, write every remaining slot (until one must wait) and report them in a shuffled order."""
+    def _send(self, t, chunk: int, order_seed: int, duplicate: bool, upto: int = 4) -> bool:
+        """Allocate, write up to ``upto`` remaining slots (until one must wait) and report them, shuffled;
+        whether every slot of the chunk was written."""
         if chunk not in t.placed and self.rank.allocate(t.rid, chunk) is None:
             return False
         placement, writers = t.placed[chunk], self.rank.shape.num_writers
-        for slot in range(writers):
-            if slot not in t.written[chunk] and (chunk, slot) not in t.dead_writers:
-                if not self._wait_writable(placement):
-                    return False
-                self.rank.write(t.rid, chunk, slot)
+        for slot in [s for s in range(writers) if s not in t.written[chunk] and (chunk, s) not in t.dead_writers][:upto]:
+            if not self._wait_writable(placement):
+                return False
+            self.rank.write(t.rid, chunk, slot)
         order = [s for s in sorted(t.written[chunk]) if s not in t.arrived[chunk]]
         random.Random(order_seed).shuffle(order)
         if duplicate and t.written[chunk]:
@@ -243,7 +244,6 @@ class HandlerRules(RuleBasedStateMachine):
         receiver = data.draw(_RECEIVERS, label="receiver")
         return self.rank.register(plan_request(self.rank.shape, tokens, prefix_pages, chunk_pages, misaligned, seed), receiver)
 
-    @precondition(lambda self: self._any_open(staged=False))
     @rule()
     def scheduler_pass(self) -> None:
         """The scheduler polls every open request once (settling the complete ones)."""
@@ -251,27 +251,23 @@ class HandlerRules(RuleBasedStateMachine):
             if not t.released:
                 self.rank.poll(rid)
 
-    @precondition(lambda self: self._any_open(staged=False))
     @rule(rid=requests)
     def poll(self, rid: int) -> None:
         if self._open(rid, staged=False):
             self.rank.poll(rid, settle=False)
 
-    @precondition(lambda self: self._any_open(staged=False))
     @rule(rid=requests)
     def release(self, rid: int) -> None:
         if self._open(rid, staged=False):
             self.rank.release(rid)
 
     # -- transfer side ---------------------------------------------------------------------
-    @precondition(lambda self: self._any_open())
     @rule(rid=requests, pick=st.integers(0, 3))
     def allocate(self, rid: int, pick: int) -> None:
         t = self._open(rid)
         if t:
             self.rank.allocate(rid, pick % len(t.grid))
 
-    @precondition(lambda self: self._any_open())
     @rule(rid=requests, pick=st.integers(0, 3), slot=st.integers(0, 3), partial=st.integers(0, 3).map(lambda x: x == 3))
     def write(self, rid: int, pick: int, slot: int, partial: bool) -> None:
         """One writer waits for the watermark, then writes its part (``partial``: half of it, then it dies)."""
@@ -285,7 +281,6 @@ class HandlerRules(RuleBasedStateMachine):
         if self.rank.writable(placement):
             self.rank.write(rid, chunk, slot, fraction=0.5 if partial else 1.0)
 
-    @precondition(lambda self: self._any_open())
     @rule(rid=requests, pick=st.integers(0, 3), slot=st.integers(0, 3))
     def arrive(self, rid: int, pick: int, slot: int) -> None:
         """A writer that wrote its part reports it (again, for a duplicate)."""
@@ -295,15 +290,14 @@ class HandlerRules(RuleBasedStateMachine):
             if slot in t.written[chunk]:
                 self.rank.arrive(rid, chunk, slot)
 
-    @precondition(lambda self: self._any_open())
-    @rule(rid=requests, pick=st.integers(0, 3), order_seed=st.integers(0, 7), duplicate=st.booleans())
-    def send_chunk(self, rid: int, pick: int, order_seed: int, duplicate: bool) -> None:
-        """Every remaining writer of one chunk writes and reports, in a shuffled order, maybe twice."""
+    @rule(rid=requests, pick=st.integers(0, 3), order_seed=st.integers(0, 7), duplicate=st.booleans(),
+          upto=st.integers(1, 4))
+    def send_chunk(self, rid: int, pick: int, order_seed: int, duplicate: bool, upto: int) -> None:
+        """Up to ``upto`` remaining writers of one chunk write and report, in a shuffled order, maybe twice."""
         t = self._open(rid)
         if t:
-            self._send(t, pick % len(t.grid), order_seed, duplicate)
+            self._send(t, pick % len(t.grid), order_seed, duplicate, upto)
 
-    @precondition(lambda self: self._any_open(staged=False))
     @rule(rid=requests, order_seed=st.integers(0, 7))
     def send_request(self, rid: int, order_seed: int) -> None:
         """Prefill sends every chunk (chunks in order, writers shuffled) and then reports success."""
@@ -314,7 +308,6 @@ class HandlerRules(RuleBasedStateMachine):
             return
         self.rank.prefill_done(rid)
 
-    @precondition(lambda self: self._any_open(staged=False))
     @rule(rid=requests)
     def prefill_done(self, rid: int) -> None:
         """Prefill reports success once every writer wrote (arrivals may still be in flight)."""

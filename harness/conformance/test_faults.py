@@ -1,0 +1,313 @@
+"""Fault injection: each fault fails only the request it hits, with a clear reason; the others lose nothing.
+
+Every test moves a healthy *bystander* request through the handler, writer
+by writer, and at a drawn step hits a *victim* request sharing the rank:
+
+* a writer that never arrives: the victim times out, fails and frees everything;
+* a partial write (a writer writes half its part, then dies; the transfer
+  error aborts the victim, or it times out): the half-written region never
+  reaches the pool;
+* a duplicate completion (every "chunk ready" and "prefill done" of a finished
+  victim again, after its regions were reused by the bystander): nothing is
+  scattered twice, the victim stays done;
+* a release in the middle of a chunk's fan-in or right after its last writer
+  (on CUDA the scatter is still running on the side stream): release frees
+  everything only once no scatter reads the region;
+* a chunk larger than the ring: refused, the victim fails;
+* a non-page-aligned decode prefix on the staged path: the victim fails, and
+  nothing of it lands misplaced even if its writers go on.
+
+After the fault: the victim's state and reason, nothing held after its
+release, and every pool byte of both requests (see ``harness.shared_rank``).
+``test_regions_outlive_their_scatters`` moves megabyte chunks through a ring
+of one chunk, so on CUDA a region freed (or released) before its scatter
+completed is overwritten while the scatter still reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import strategies as kst
+from harness import oracles
+from harness.cluster import MAX_POLLS, StagedReceiver
+from harness.guard import guard
+from harness.interface import DONE, FAILED
+from harness.oracles import InvariantViolation
+from harness.shared_rank import RankShape, RequestPlan, SharedRank, chunk_bytes, plan_request, rank_shapes, request_plans
+
+_REQUIRES = ("allocator", "decode_handler")
+TIMEOUT_S = 10.0
+#: Words a clear failure reason contains, per fault (checked when the handler has ``failure_reason``).
+REASON_WORDS = {
+    "timed out": ("time",),
+    "oversized chunk": ("ring", "byte", "large", "size", "capacity"),
+    "misaligned prefix": ("page", "align"),
+}
+
+
+@st.composite
+def scenarios(draw, misaligned_victim: bool = False):
+    """A rank shape, a victim and a bystander request, and the bystander step at which the fault hits."""
+    shape = draw(rank_shapes(min_page_size=2 if misaligned_victim else 1))
+    victim = draw(request_plans(shape, misaligned=misaligned_victim))
+    bystander = draw(request_plans(shape))
+    return shape, victim, bystander, draw(st.integers(0, 63))
+
+
+def request_bytes(impl, shape: RankShape, plan: RequestPlan) -> int:
+    """Staging bytes of all of a request's chunks at once."""
+    grid = oracles.chunk_grid(plan.prefix_len, plan.num_tokens, shape.page_size, plan.chunk_pages)
+    return sum(chunk_bytes(impl, shape, tokens)[0] for _, _, tokens in grid)
+
+
+def roomy_rank(impl, device, shape: RankShape, victim: RequestPlan, bystander: RequestPlan, **kwargs) -> SharedRank:
+    """A ring holding both requests whole: the bystander never waits on the victim's regions."""
+    ring = request_bytes(impl, shape, victim) + request_bytes(impl, shape, bystander)
+    return SharedRank(impl, shape, device, max_requests=2, ring_bytes=ring, timeout_s=TIMEOUT_S, **kwargs)
+
+
+def wait_writable(rank: SharedRank, placement) -> None:
+    """The writer waits for the watermark while the scheduler polls the owners of older live regions."""
+    for _ in range(MAX_POLLS):
+        if rank.writable(placement):
+            return
+        for p in rank.ledger.live():
+            if p.order < placement.order and p.owner and not rank.requests[p.owner[0]].released:
+                rank.poll(p.owner[0])
+    raise InvariantViolation(f"[allocator] {placement} never became writable; live: {rank.ledger.live()}")
+
+
+def send_chunk(rank: SharedRank, rid: int, chunk: int, slots: range | list[int] | None = None,
+               between: Callable[[], None] = lambda: None) -> None:
+    """Allocate one chunk, then each writer slot writes and arrives; ``between`` runs after each arrival."""
+    placement = rank.allocate(rid, chunk)
+    if placement is None:
+        raise InvariantViolation(f"[lifecycle] chunk {chunk} of request {rid} was refused by a ring with room for it")
+    for slot in range(rank.shape.num_writers) if slots is None else slots:
+        wait_writable(rank, placement)
+        rank.write(rid, chunk, slot)
+        rank.arrive(rid, chunk, slot)
+        rank.check_all()
+        between()
+
+
+def run_bystander(rank: SharedRank, rid: int, fault_at: int, fault: Callable[[], None]) -> None:
+    """Move the bystander writer by writer; the fault hits after arrival number ``fault_at`` (modulo their count)."""
+    t = rank.requests[rid]
+    steps = len(t.grid) * rank.shape.num_writers
+    counter = iter(range(steps))
+
+    def maybe_fault() -> None:
+        if next(counter) == fault_at % steps:
+            fault()
+            rank.check_all()
+
+    for chunk in range(len(t.grid)):
+        send_chunk(rank, rid, chunk, between=maybe_fault)
+    rank.prefill_done(rid)
+    if rank.poll(rid) != DONE:
+        raise InvariantViolation(f"[lifecycle] bystander request {rid} did not complete: {rank.reason(rid)}")
+    rank.check_all()
+    rank.release(rid)
+    rank.check_all()
+
+
+def expect_failed(rank: SharedRank, rid: int, cause: str) -> None:
+    """The victim polls failed (``SharedRank.poll`` judges it), with a reason naming the cause when one is given."""
+    state = rank.poll(rid)
+    if state != FAILED:
+        raise InvariantViolation(f"[lifecycle] request {rid} hit by {cause} is {state!r}, expected 'failed'")
+    reason = rank.reason(rid)
+    words = REASON_WORDS.get(cause, ())
+    if callable(getattr(rank.handler, "failure_reason", None)) and words and not any(w in reason.lower() for w in words):
+        raise InvariantViolation(f"[lifecycle] request {rid} failed by {cause} gives an unclear reason: {reason!r} "
+                                 f"(expected a mention of {' or '.join(words)})")
+
+
+def start(impl, device, scenario, **kwargs) -> tuple[SharedRank, int]:
+    """A roomy rank whose victim registered long ago (staged); the bystander is registered later by the caller."""
+    shape, victim, bystander, _ = scenario
+    rank = roomy_rank(guard(impl), device, shape, victim, bystander, **kwargs)
+    return rank, rank.register(victim, StagedReceiver())
+
+
+def register_bystander(rank: SharedRank, plan: RequestPlan) -> int:
+    rank.tick(TIMEOUT_S - 1)  # the victim is old by now; the bystander is new
+    return rank.register(plan, StagedReceiver())
+
+
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@given(scenario=scenarios())
+def test_writer_never_arrives(impl, device, scenario):
+    """The victim's last writer never reports: the victim times out, fails, and frees everything on release."""
+    rank, victim = start(impl, device, scenario)
+    writers = rank.shape.num_writers
+    send_chunk(rank, victim, 0, slots=range(writers - 1))
+    bystander = register_bystander(rank, scenario[2])
+
+    def fault() -> None:
+        rank.tick(1.5)
+        expect_failed(rank, victim, "timed out")
+        rank.release(victim)
+        rank.handler.chunk_arrived(victim, 0, writers - 1, *rank.requests[victim].grid[0])  # far too late
+
+    run_bystander(rank, bystander, scenario[3], fault)
+
+
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@given(scenario=scenarios(), how=st.sampled_from(("abort", "timeout")))
+def test_partial_write_never_lands(impl, device, scenario, how):
+    """Writer 0 writes half its part and dies; the others write and arrive.  The transfer error aborts the
+    victim (or it times out): it fails, and its half-written region never reaches the pool."""
+    rank, victim = start(impl, device, scenario)
+    send_chunk(rank, victim, 0, slots=range(1, rank.shape.num_writers))
+    rank.write(victim, 0, 0, fraction=0.5)
+    bystander = register_bystander(rank, scenario[2])
+
+    def fault() -> None:
+        if how == "abort":
+            rank.abort(victim, "transfer of writer 0 failed")
+            expect_failed(rank, victim, "aborted")
+        else:
+            rank.tick(1.5)
+            expect_failed(rank, victim, "timed out")
+        rank.release(victim)
+
+    run_bystander(rank, bystander, scenario[3], fault)
+
+
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@given(scenario=scenarios())
+def test_duplicate_completion(impl, device, scenario):
+    """A finished victim's every "chunk ready" and "prefill done" arrive again while the bystander reuses its
+    regions (a ring of 1-3 chunks): nothing is scattered twice, the victim stays done."""
+    shape, victim_plan, bystander_plan, fault_at = scenario
+    rank = SharedRank(guard(impl), shape, device, max_requests=2, timeout_s=TIMEOUT_S)
+    victim = rank.register(victim_plan, StagedReceiver())
+    t = rank.requests[victim]
+    for chunk in range(len(t.grid)):
+        send_chunk(rank, victim, chunk)
+    rank.prefill_done(victim)
+    if rank.poll(victim) != DONE:
+        raise InvariantViolation(f"[lifecycle] request {victim} did not complete: {rank.reason(victim)}")
+    bystander = rank.register(bystander_plan, StagedReceiver())
+
+    def duplicates() -> None:
+        for chunk in range(len(t.grid)):
+            for slot in range(shape.num_writers):
+                rank.arrive(victim, chunk, slot)
+        rank.prefill_done(victim)
+        rank.poll(victim)
+
+    run_bystander(rank, bystander, fault_at, duplicates)
+    duplicates()
+    rank.check_all()
+    rank.release(victim)
+    for chunk in range(len(t.grid)):
+        rank.handler.chunk_arrived(victim, chunk, 0, *t.grid[chunk])
+    rank.check_all()
+
+
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@given(scenario=scenarios(), arrived=st.integers(0, 4))
+def test_release_mid_scatter(impl, device, scenario, arrived):
+    """The victim is released after ``arrived`` of its chunk's writers reported (all of them: its scatter was
+    just submitted); late reports follow; the bystander then reuses its region.  Release frees everything,
+    and no byte of the region reaches the pool after it was freed."""
+    shape, victim_plan, bystander_plan, fault_at = scenario
+    rank = SharedRank(guard(impl), shape, device, max_requests=2, timeout_s=TIMEOUT_S)
+    victim = rank.register(victim_plan, StagedReceiver())
+    writers = shape.num_writers
+    arrived = min(arrived, writers)
+    placement = rank.allocate(victim, 0)
+    if placement is None:
+        raise InvariantViolation(f"[lifecycle] chunk 0 of request {victim} was refused by a ring with room for it")
+    for slot in range(writers):
+        rank.write(victim, 0, slot)
+    for slot in range(arrived):
+        rank.arrive(victim, 0, slot)
+    rank.abort(victim, "released mid-transfer")
+    rank.release(victim)
+    for slot in range(writers):
+        rank.handler.chunk_arrived(victim, 0, slot, *rank.requests[victim].grid[0])
+    rank.check_all()
+    bystander = rank.register(bystander_plan, StagedReceiver())
+    run_bystander(rank, bystander, fault_at, lambda: None)
+
+
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@given(scenario=scenarios())
+def test_oversized_chunk(impl, device, scenario):
+    """The victim asks for a chunk one byte larger than the ring: refused; the victim alone fails."""
+    rank, victim = start(impl, device, scenario)
+    bystander = register_bystander(rank, scenario[2])
+
+    def fault() -> None:
+        if rank.allocate(victim, 0, nbytes=rank.capacity + 1) is not None:
+            raise InvariantViolation(f"[lifecycle] a chunk larger than the {rank.capacity}-byte ring was accepted")
+        expect_failed(rank, victim, "oversized chunk")
+        rank.release(victim)
+
+    run_bystander(rank, bystander, scenario[3], fault)
+
+
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@given(scenario=scenarios(misaligned_victim=True))
+def test_misaligned_prefix(impl, device, scenario):
+    """A staged victim whose cached prefix is not page-aligned registers mid-transfer: it fails; if the
+    handler still hands out regions, its writers write and report, and nothing of it lands misplaced."""
+    shape, victim_plan, bystander_plan, fault_at = scenario
+    rank = roomy_rank(guard(impl), device, shape, victim_plan, bystander_plan)
+    bystander = rank.register(bystander_plan, StagedReceiver())
+
+    def fault() -> None:
+        victim = rank.register(victim_plan, StagedReceiver())
+        expect_failed(rank, victim, "misaligned prefix")
+        t = rank.requests[victim]
+        for chunk in range(len(t.grid)):
+            placement = rank.allocate(victim, chunk)
+            if placement is not None and rank.writable(placement, strict=False):
+                for slot in range(shape.num_writers):
+                    rank.write(victim, chunk, slot)
+                    rank.arrive(victim, chunk, slot)
+        rank.poll(victim)
+        rank.check_all()
+        rank.release(victim)
+
+    run_bystander(rank, bystander, fault_at, fault)
+
+
+#: Megabyte chunks: on CUDA a scatter takes long enough for an early free to lose the race.
+BIG_SHAPE = RankShape(page_size=16, tp_writers=2, pp_writers=1, heads_per_writer=4, layers_per_writer=4,
+                      head_dim=128, dtype=torch.float32, max_chunk_pages=32, ring_chunks=1)
+SMALL_SHAPE = RankShape(page_size=2, tp_writers=2, pp_writers=1, heads_per_writer=1, layers_per_writer=2,
+                        head_dim=4, dtype=torch.float32, max_chunk_pages=2, ring_chunks=1)
+BIG_TOKENS, SMALL_TOKENS = 4 * 32 * 16, 8
+
+
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+def test_regions_outlive_their_scatters(impl, device):
+    """Chunks through a ring of one chunk: each region is reused as soon as it is freed.  Request 1 finishes
+    normally; request 2 is released right after its first chunk's last writer; request 3 then reuses the
+    region.  A region freed before its scatter completed corrupts the pool (on CUDA: megabyte chunks, so the
+    side-stream scatter is still running when an early free lets the next writer in)."""
+    big = torch.device(device).type == "cuda"
+    shape, tokens = (BIG_SHAPE, BIG_TOKENS) if big else (SMALL_SHAPE, SMALL_TOKENS)
+    rank = SharedRank(guard(impl), shape, device, max_requests=3, timeout_s=TIMEOUT_S, max_tokens=tokens)
+    plan = plan_request(shape, tokens, 0, shape.max_chunk_pages, False, 1, max_tokens=tokens)
+    first = rank.register(plan, StagedReceiver())
+    run_bystander(rank, first, 0, lambda: None)
+    second = rank.register(plan_request(shape, tokens, 0, shape.max_chunk_pages, False, 2, max_tokens=tokens),
+                           StagedReceiver())
+    send_chunk(rank, second, 0)
+    rank.abort(second, "released mid-scatter")
+    rank.release(second)
+    third = rank.register(plan_request(shape, tokens, 0, shape.max_chunk_pages, False, 3, max_tokens=tokens),
+                          StagedReceiver())
+    run_bystander(rank, third, 0, lambda: None)
+    rank.check_all()

@@ -1,0 +1,36 @@
+"""Declared scope limits map generated cases into the implementation's scope, visibly."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+
+import strategies as kst
+from harness import scope
+from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
+
+CASE = TransferCase(TpTopology(2, 2, 1, prefill_pp=2, decode_pp=1), KvSpec(2, 2, torch.float32, 4),
+                    RequestSpec(5, 0, 1, (0, 1), 3, (1, 2), 3), seed=0, nan_payloads=False)
+
+
+class Narrow:
+    limits = frozenset({"whole_pages", "no_pipeline_fan_in"})
+
+
+def test_no_limits_means_the_case_itself():
+    assert scope.fit(object(), CASE) is CASE
+
+
+def test_limits_fill_the_last_page_and_drop_pipeline_fan_in():
+    fitted = scope.fit(Narrow(), CASE)
+    assert fitted.request.num_tokens == 8 and fitted.topology.prefill_pp == fitted.topology.decode_pp == 1
+    assert fitted.request.prefill_page_table == CASE.request.prefill_page_table  # still enough pages
+
+
+@given(case=kst.transfer_cases())
+def test_fitted_cases_are_within_scope(case):
+    fitted = scope.fit(Narrow(), case)
+    assert fitted.request.num_tokens % fitted.kv.page_size == 0
+    assert fitted.request.num_tokens <= len(fitted.request.decode_page_table) * fitted.kv.page_size
+    assert fitted.topology.prefill_pp == fitted.topology.decode_pp
+    assert fitted.kv.num_layers % fitted.topology.prefill_pp == 0
