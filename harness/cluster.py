@@ -366,7 +366,7 @@ def staged_request(run: DecodeRankRun, request_id: int, receiver: Any,
         run.handler.chunk_arrived(request_id, chunk, slot, page_start, num_pages, tokens)
         arrived[chunk].add(slot)
         if len(arrived[chunk]) < len(slots):
-            _check_not_scattered(run, chunk, grid[chunk], arrived[chunk])
+            check_not_scattered(run, chunk, grid[chunk], arrived[chunk])
         between(step)
     run.handler.prefill_done(request_id)
     run.poll_until(request_id, "done")
@@ -379,7 +379,7 @@ def staged_request(run: DecodeRankRun, request_id: int, receiver: Any,
     return True
 
 
-def _check_not_scattered(run: DecodeRankRun, chunk: int, geometry, arrived: set[int]) -> None:
+def check_not_scattered(run: DecodeRankRun, chunk: int, geometry, arrived: set[int]) -> None:
     """Before the last distinct writer arrives, the chunk's decode pages hold no suffix data."""
     world, req, kv = run.world, run.world.case.request, run.world.case.kv
     page_start, _, tokens = geometry

@@ -151,7 +151,33 @@ class _HelperOwner:
 
 
 _local = threading.local()
-_hung_roots: set[int] = set()  # ids of implementations that hung once: later calls get the short deadline
+
+
+class _HungImplementations:
+    """Implementations that hung once: their later calls get the short deadline (weakly held when possible)."""
+
+    def __init__(self) -> None:
+        self._objects: weakref.WeakSet = weakref.WeakSet()
+        self._ids: set[int] = set()  # implementations that cannot be weakly referenced
+
+    def add(self, impl: Any) -> None:
+        try:
+            self._objects.add(impl)
+        except TypeError:
+            self._ids.add(id(impl))
+
+    def __contains__(self, impl: Any) -> bool:
+        try:
+            return impl in self._objects
+        except TypeError:
+            return id(impl) in self._ids
+
+    def clear(self) -> None:
+        self._objects.clear()
+        self._ids.clear()
+
+
+_hung = _HungImplementations()
 
 
 def _helper() -> _Helper:
@@ -175,7 +201,7 @@ def _current_stream() -> Any:
 class _Context:
     """What every guarded object of one implementation shares."""
 
-    root_id: int
+    root: Any
     trail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TRAIL_LENGTH))
 
     def describe_trail(self) -> str:
@@ -238,7 +264,7 @@ class _Guarded:
         return self._wrap_result(name, result)
 
     def _with_deadline(self, invariant: str, label: "_CallLabel", fn, args, kwargs) -> Any:
-        hung_before = self._context.root_id in _hung_roots
+        hung_before = self._context.root in _hung
         timeout = call_timeout_s(after_hang=hung_before)
         job = _Job(fn, args, kwargs, _current_stream(), pending=[label])
         helper = _helper()
@@ -247,7 +273,7 @@ class _Guarded:
             _local.owner = None  # the next call gets a fresh helper
             stuck = job.pending[-1] if job.pending else label
             helper.abandon()
-            _hung_roots.add(self._context.root_id)
+            _hung.add(self._context.root)
             raise ImplementationFault(
                 f"[{_invariant_of(stuck.method)}] {stuck} hung: no return within {timeout:g}s "
                 f"({'already hung before, short deadline' if hung_before else f'${TIMEOUT_ENV_VAR}'}); "
@@ -306,12 +332,12 @@ def guard(impl: Any) -> GuardedImplementation:
     """``impl`` with deadlines, exception and garbage checks on every call (idempotent)."""
     if isinstance(impl, GuardedImplementation):
         return impl
-    return GuardedImplementation(impl, _Context(id(impl)))
+    return GuardedImplementation(impl, _Context(impl))
 
 
 def forget_hangs() -> None:
     """Give every implementation the full deadline again (for tests of the guard itself)."""
-    _hung_roots.clear()
+    _hung.clear()
 
 
 # -- what the calls return --------------------------------------------------------------------

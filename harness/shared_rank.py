@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from hypothesis import strategies as st
@@ -90,32 +90,33 @@ class RequestPlan:
     seed: int
 
 
-def rank_shapes(min_page_size: int = 1, big: bool = False) -> st.SearchStrategy[RankShape]:
-    """Small geometries (``big``: megabyte chunks, for races with real CUDA streams)."""
-    scale = 32 if big else 1
+def rank_shapes(min_page_size: int = 1) -> st.SearchStrategy[RankShape]:
+    """Small geometries: 1-4 writer slots splitting heads and/or layers, pages of 1-4 tokens, rings of 1-3 chunks."""
     return st.builds(
         RankShape,
         page_size=st.sampled_from([p for p in (1, 2, 4) if p >= min_page_size]),
         tp_writers=st.integers(1, 2), pp_writers=st.integers(1, 2),
         heads_per_writer=st.integers(1, 2), layers_per_writer=st.integers(1, 2),
-        head_dim=st.sampled_from((1, 2, 4)).map(lambda d: d * scale),
+        head_dim=st.sampled_from((1, 2, 4)),
         dtype=st.sampled_from((torch.float32, torch.float16, torch.float8_e4m3fn)),
         max_chunk_pages=st.integers(1, 3), ring_chunks=st.integers(1, 3),
     )
 
 
-def plan_request(shape: RankShape, tokens: int, prefix_pages: int, chunk_pages: int, misaligned: bool, seed: int) -> RequestPlan:
+def plan_request(shape: RankShape, tokens: int, prefix_pages: int, chunk_pages: int, misaligned: bool, seed: int,
+                 max_tokens: int = MAX_TOKENS) -> RequestPlan:
     """A request from loosely drawn numbers: the prefix leaves a suffix; ``misaligned`` adds one token to it."""
-    tokens = max(1, min(tokens, MAX_TOKENS))
-    pages = -(-tokens // shape.page_size)
-    prefix = min(prefix_pages, pages - 1) * shape.page_size
-    if misaligned and shape.page_size > 1 and prefix + 1 < tokens:
-        prefix += 1
+    tokens, page = max(1, min(tokens, max_tokens)), shape.page_size
+    if misaligned and page > 1 and tokens >= 2:
+        prefix = min(prefix_pages, (tokens - 2) // page) * page + 1
+    else:
+        prefix = min(prefix_pages, -(-tokens // page) - 1) * page
     return RequestPlan(tokens, prefix, max(1, min(chunk_pages, shape.max_chunk_pages)), seed)
 
 
 def request_plans(shape: RankShape, misaligned: bool = False) -> st.SearchStrategy[RequestPlan]:
-    return st.builds(plan_request, st.just(shape), st.integers(1, MAX_TOKENS), st.integers(0, 3),
+    """Requests of up to ``MAX_TOKENS`` tokens; ``misaligned`` ones (on pages of 2+ tokens) fail when staged."""
+    return st.builds(plan_request, st.just(shape), st.integers(2 if misaligned else 1, MAX_TOKENS), st.integers(0, 3),
                      st.integers(1, 3), st.just(misaligned), st.integers(0, 2**16))
 
 
@@ -153,10 +154,10 @@ class Placement:
 class RingLedger:
     """The allocator the handler is given: the implementation's, with a ledger and checks.
 
-    A freed region is scribbled *before* the implementation's allocator learns
-    it is free (so its next user never races the scribble), and synchronised
-    on CUDA; a region freed while its scatter still reads it therefore
-    corrupts the pool, visibly.
+    A freed region (the part no other live allocation overlaps) is scribbled
+    *before* the implementation's allocator learns it is free, so its next
+    user never races the scribble; on CUDA from a stream of its own, so a
+    region freed while a scatter still reads it corrupts the pool, visibly.
     """
 
     def __init__(self, inner: Any, ring: torch.Tensor) -> None:
@@ -166,7 +167,9 @@ class RingLedger:
         self.ledger: list[Placement] = []
         self.violations: list[str] = []
         self.last_watermark: tuple[int, int] = (0, 0)
+        self.on_free: Optional[Callable[[Placement], None]] = None  # called (under the lock) for each freed placement
         self._lock = threading.Lock()
+        self._scribble_stream = torch.cuda.Stream(device=ring.device) if ring.is_cuda else None
 
     def assign(self, nbytes: int):
         placed = self.inner.assign(nbytes)
@@ -187,12 +190,32 @@ class RingLedger:
             dying = [p for p in self.ledger if p.live and p.alloc_id == alloc_id]
             for p in dying:
                 p.live = False
-        for p in dying:
-            self.ring[max(0, p.offset):max(0, p.end)] = SCRIBBLE_BYTE  # its next user may overwrite it right away
-        if dying and self.ring.is_cuda:
-            torch.cuda.current_stream(self.ring.device).synchronize()
+                if self.on_free is not None:
+                    self.on_free(p)
+            spans = [span for p in dying for span in self._unshared(p)]
+        if self._scribble_stream is None:
+            for start, end in spans:
+                self.ring[start:end] = SCRIBBLE_BYTE  # its next user may overwrite it right away
+        elif spans:
+            # The next writer (RDMA in production) is ordered after none of the handler's streams: scribble
+            # from a stream of our own; wait for it (only it) so the next writer never races the scribble.
+            with torch.cuda.stream(self._scribble_stream):
+                for start, end in spans:
+                    self.ring[start:end].fill_(SCRIBBLE_BYTE)
+            self._scribble_stream.synchronize()
         self.inner.free(alloc_id)
         self.watermark()
+
+    def _unshared(self, freed: Placement) -> list[tuple[int, int]]:
+        """Byte ranges of ``freed`` that no live allocation overlaps (overcommit: older data may still sit there)."""
+        spans, cursor = [], max(0, freed.offset)
+        for p in sorted((p for p in self.ledger if p.live and p.overlaps(freed)), key=lambda p: p.offset):
+            if p.offset > cursor:
+                spans.append((cursor, min(p.offset, freed.end)))
+            cursor = max(cursor, p.end)
+        if cursor < min(freed.end, self.capacity):
+            spans.append((cursor, min(freed.end, self.capacity)))
+        return spans
 
     def watermark(self) -> tuple[int, int]:
         with self._lock:
@@ -210,11 +233,11 @@ class RingLedger:
             return [p for p in self.ledger if p.live]
 
     def placement_of(self, answer: tuple[int, int, int], nbytes: int) -> Optional[Placement]:
-        """The newest live placement matching an ``allocate_chunk`` answer ``(offset, round, end)``."""
+        """The newest placement (live or not) matching an ``allocate_chunk`` answer ``(offset, round, end)``."""
         offset, rnd, end = answer
         with self._lock:
             return next((p for p in reversed(self.ledger)
-                         if p.live and (p.offset, p.round, p.end) == (offset, rnd, end) and p.nbytes == nbytes), None)
+                         if (p.offset, p.round, p.end) == (offset, rnd, end) and p.nbytes == nbytes), None)
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -240,7 +263,8 @@ class Tracked:
     cause: str = ""              # why it may fail
     complete_at_cause: bool = False
     observed: str = PENDING
-    released: bool = False
+    released: bool = False       # set before release is called
+    release_returned: bool = False
 
     def __post_init__(self) -> None:
         for chunk in range(len(self.grid)):
@@ -252,12 +276,12 @@ class SharedRank:
     """The implementation's handler on one decode rank, with fenced buffers, writers and oracles."""
 
     def __init__(self, impl: Any, shape: RankShape, device: str | torch.device, *, max_requests: int,
-                 ring_bytes: Optional[int] = None, timeout_s: float = 10.0) -> None:
+                 ring_bytes: Optional[int] = None, timeout_s: float = 10.0, max_tokens: int = MAX_TOKENS) -> None:
         self.impl, self.shape, self.device = impl, shape, torch.device(device)
         self.timeout_s = timeout_s
         self.clock = FakeClock()
         self.fence = CanaryFence(self.device)
-        pages_per_request = -(-MAX_TOKENS // shape.page_size)
+        pages_per_request = -(-max_tokens // shape.page_size)
         self.pool_pages = max_requests * pages_per_request + SPARE_PAGES
         self.free_pages = list(range(self.pool_pages))
         random.Random(len(self.free_pages)).shuffle(self.free_pages)  # fragmented page tables
@@ -267,6 +291,7 @@ class SharedRank:
         capacity = ring_bytes if ring_bytes is not None else largest_chunk_bytes(impl, shape) * shape.ring_chunks
         self.ring = self.fence.bytes(capacity, "staging ring", CANARY_BYTE)
         self.ledger = RingLedger(impl.make_allocator(capacity), self.ring)
+        self.ledger.on_free = self._judge_free
         self.handler = impl.make_decode_handler(
             staging=self.ring, allocator=self.ledger, k_layers=self.k, v_layers=self.v, page_size=shape.page_size,
             num_writers=shape.num_writers, writer_destinations=shape.destinations(),
@@ -333,9 +358,17 @@ class SharedRank:
         t = self.requests[rid]
         t.released = True
         self.handler.release(rid)
+        t.release_returned = True
         held = [p for p in self.ledger.live() if p.owner is not None and p.owner[0] == rid]
         if held:
             raise InvariantViolation(f"[lifecycle] release of request {rid} left allocations held: {held}")
+
+    def raise_if_leaked(self) -> None:
+        """No live allocation belongs to a request whose release returned (checkable while other threads run)."""
+        for p in self.ledger.live():
+            if p.owner is not None and self.requests[p.owner[0]].release_returned:
+                raise InvariantViolation(f"[lifecycle] allocation {p} of chunk {p.owner[1]} is still held after request "
+                                         f"{p.owner[0]} was released (leak)")
 
     def reason(self, rid: int) -> str:
         getter = getattr(self.handler, "failure_reason", None)
@@ -343,28 +376,34 @@ class SharedRank:
 
     # -- transfer side --------------------------------------------------------------------------
     def allocate(self, rid: int, chunk: int, nbytes: Optional[int] = None) -> Optional[Placement]:
-        """Ask for a chunk's region twice; both answers must agree and match one live allocation of that size."""
+        """Ask for a chunk's region twice; both answers must agree and match one allocation of that size.
+
+        Judged conservatively, so the scheduler thread may abort or release the
+        request meanwhile: only a request released *before* the ask must get
+        nothing, only one with no cause at all must not be refused.
+        """
         t = self.requests[rid]
         size, spans = chunk_bytes(self.impl, self.shape, t.grid[chunk][2])
         nbytes = size if nbytes is None else nbytes
-        before = len(self.ledger.ledger)
+        released_before, before = t.released, len(self.ledger.ledger)
         if nbytes > self.capacity:
             self._set_cause(t, "oversized chunk")
         answer = self.handler.allocate_chunk(rid, chunk, nbytes)
         self.raise_if_violated()
         if answer is None:
-            fresh = [p for p in self.ledger.ledger[before:] if p.live]
+            fresh = [p for p in self.ledger.ledger[before:] if p.live]  # only the transfer side allocates
             if fresh:
                 raise InvariantViolation(f"[lifecycle] allocate_chunk({rid}, {chunk}) refused but keeps {fresh} (leak)")
             if not (t.cause or t.released or t.observed != PENDING):
-                self._set_cause(t, "refused allocation")
                 raise InvariantViolation(f"[lifecycle] chunk {chunk} of {nbytes} bytes refused by the {self.capacity}-byte "
                                          f"ring for pending request {rid}")
             return None
         answer = tuple(int(x) for x in answer)
         again = self.handler.allocate_chunk(rid, chunk, nbytes)
-        if again is None or tuple(int(x) for x in again) != answer:
+        if (again is None and not (t.cause or t.released)) or (again is not None and tuple(int(x) for x in again) != answer):
             raise InvariantViolation(f"[lifecycle] chunk {chunk} of request {rid} allocated twice: {answer} then {again}")
+        if released_before:
+            raise InvariantViolation(f"[lifecycle] allocate_chunk answered {answer} for released request {rid} (leak)")
         earlier = t.placed.get(chunk)
         if earlier is not None:  # a repeated ask, maybe after the region was freed: the same answer
             if answer != (earlier.offset, earlier.round, earlier.end):
@@ -372,11 +411,9 @@ class SharedRank:
                                          f"{(earlier.offset, earlier.round, earlier.end)}, later {answer}")
             return earlier
         placement = self.ledger.placement_of(answer, nbytes)
-        if placement is None or placement.owner not in (None, (rid, chunk)):
+        if placement is None or placement.owner not in (None, (rid, chunk)) or not (placement.live or t.cause or t.released):
             raise InvariantViolation(f"[lifecycle] allocate_chunk({rid}, {chunk}, {nbytes}) answered {answer}, which "
                                      f"matches no live allocation of its own")
-        if t.released:
-            raise InvariantViolation(f"[lifecycle] allocate_chunk answered {answer} for released request {rid} (leak)")
         placement.owner = (rid, chunk)
         t.placed[chunk], t.spans[chunk] = placement, spans
         return placement
@@ -461,6 +498,18 @@ class SharedRank:
             raise InvariantViolation(f"[lifecycle] {where} is complete (every slot arrived, prefill done) but still "
                                      f"pending after {MAX_POLLS} polls")
         t.observed = state
+
+    def _judge_free(self, placement: Placement) -> None:
+        """A region may be freed once its chunk was scattered, or once its request failed or was released."""
+        if placement.owner is None:
+            return
+        rid, chunk = placement.owner
+        t = self.requests[rid]
+        waiting = len(t.arrived[chunk]) < self.shape.num_writers
+        if waiting and not (t.cause or t.released or t.observed != PENDING):
+            self.ledger.violations.append(
+                f"[lifecycle] the region of request {rid} chunk {chunk} was freed while the request is pending and the "
+                f"chunk still waits for writers (slots {sorted(t.arrived[chunk])} of {self.shape.num_writers} arrived)")
 
     # -- oracles --------------------------------------------------------------------------------
     def raise_if_violated(self) -> None:

@@ -295,7 +295,9 @@ def test_a_hang_becomes_a_clear_failure_and_no_rank_survives():
 def test_xdist_workers_each_run_their_own_process_group(tmp_path):
     """``pytest -n 2`` on the distributed conformance module: each xdist worker starts its own pool
     (its own free port) and the controller's report holds both invariants."""
-    env = dict(os.environ, KVCONFORM_DIST_RANKS="2", KVCONFORM_PROFILE="default", PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, KVCONFORM_DIST_BACKEND="gloo", KVCONFORM_DIST_DEVICE="cpu", KVCONFORM_DIST_RANKS="2",
+               KVCONFORM_IMPL="reference", KVCONFORM_PROFILE="default", KVCONFORM_HYPOTHESIS_DB=str(tmp_path / "db"),
+               PYTHONPATH=str(REPO_ROOT))
     done = subprocess.run(  # noqa: PLW1510 - the return code is asserted below, with the output
         [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-q", "harness/conformance/test_distributed.py",
          "--kvconform-report", str(tmp_path)],

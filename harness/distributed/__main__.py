@@ -148,7 +148,7 @@ def _sweep(group: WorkerGroup, spec: str, tally: _Tally) -> None:
             report = _run(group, CaseJob(case, spec, slack=1), tally, label)
             print(f"{label}: pass ({report.summary()}, {report.payload_bytes} bytes, {report.wall_s:.2f}s)")
         except AssertionError as exc:
-            print(f"{label}: FAIL")
+            print(f"{label}: FAIL: {_first_line(exc)}")
             tally.fail(f"{label}: {exc}")
 
 
@@ -160,7 +160,7 @@ def _hypothesis(name: str, examples: int, seed: int, tally: _Tally, test: Callab
         print(f"{name}: {tally.cases - before} cases, pass")
     except AssertionError as exc:
         notes = "\n".join(getattr(exc, "__notes__", []))
-        print(f"{name}: FAIL")
+        print(f"{name}: FAIL: {_first_line(exc)}")
         tally.fail(f"{name}: {exc}\n{notes}")
 
 
@@ -198,7 +198,7 @@ def _bandwidth(group: WorkerGroup, spec: str, tokens: int, tally: _Tally) -> Non
         for _ in range(2):
             report = _run(group, CaseJob(case, spec, slack=2), tally, label)
     except AssertionError as exc:
-        print(f"{label}: FAIL")
+        print(f"{label}: FAIL: {_first_line(exc)}")
         tally.fail(f"{label}: {exc}")
         return
     per_rank = report.payload_bytes / half
@@ -240,6 +240,11 @@ def fixed_case(topology: TpTopology, *, tokens: int, page_size: int, prefix: int
 def _name(t: TpTopology) -> str:
     pp = f" pp {t.prefill_pp}->{t.decode_pp}" if (t.prefill_pp, t.decode_pp) != (1, 1) else ""
     return f"H={t.total_kv_heads} P={t.prefill_tp} D={t.decode_tp}{pp}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _devices(devices: tuple[str, ...]) -> str:

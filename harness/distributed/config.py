@@ -52,7 +52,7 @@ class DistributedConfig:
     share_gpus: bool = False
     op_timeout_s: float = 60.0
     job_timeout_s: float = 300.0
-    start_timeout_s: float = 180.0
+    start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -86,10 +86,11 @@ def rank_devices(config: DistributedConfig, gpu_count: int) -> tuple[str, ...]:
     if gpu_count < 1:
         raise BackendUnavailable(f"{config.backend} on CUDA needs at least one GPU; torch sees none")
     if config.backend == "nccl" and gpu_count < ranks and not config.share_gpus:
+        fewer = f"use fewer ranks ({RANKS_ENV_VAR}={gpu_count}), " if gpu_count >= 2 else ""
         raise BackendUnavailable(
-            f"nccl with one GPU per rank needs {ranks} GPUs for {ranks} ranks, {gpu_count} visible; "
-            f"use fewer ranks ({RANKS_ENV_VAR}={gpu_count}), let ranks share GPUs ({SHARE_GPUS_ENV_VAR}=1, "
-            f"if NCCL permits it), or backend gloo with device cuda (bytes staged through host memory)")
+            f"nccl with one GPU per rank needs {ranks} GPUs for {ranks} ranks, {gpu_count} visible; {fewer}"
+            f"let ranks share GPUs ({SHARE_GPUS_ENV_VAR}=1, if NCCL permits it), or use backend gloo with "
+            f"device cuda (ranks share GPUs, bytes staged through host memory)")
     return tuple(f"cuda:{rank % gpu_count}" for rank in range(ranks))
 
 

@@ -220,7 +220,7 @@ class DecodeSide:
         self.run.handler.chunk_arrived(self.job.request_id, chunk, slot, page_start, num_pages, tokens)
         self.arrived[chunk].add(slot)
         if len(self.arrived[chunk]) < len(self.plan.plans[self.index]):
-            cluster._check_not_scattered(self.run, chunk, self.plan.grid[chunk], self.arrived[chunk])
+            cluster.check_not_scattered(self.run, chunk, self.plan.grid[chunk], self.arrived[chunk])
 
     def _finish(self) -> None:
         """As in process: prefill done, poll to completion, late duplicates harmless, release frees everything."""

@@ -113,10 +113,24 @@ def _join_group(args: WorkerArgs):
         torch.cuda.set_device(device)
     store = dist.TCPStore(args.store_host, args.store_port, None, is_master=False,
                           timeout=timedelta(seconds=config.start_timeout_s))
+    _await_all_ranks(store, args)
     extra = {"device_id": device} if config.backend == "nccl" else {}
     dist.init_process_group(config.backend, store=store, rank=args.rank, world_size=args.world_size, timeout=timeout, **extra)
     control = dist.new_group(backend="gloo", timeout=timeout) if config.backend != "gloo" else dist.group.WORLD
     return Transport(args.rank, dist.group.WORLD, control, config.op_timeout_s, config.stages_through_host)
+
+
+def _await_all_ranks(store, args: WorkerArgs) -> None:
+    """Wait (up to the start timeout) until every rank reached the store, so that the group's own
+    rendezvous, bounded by the shorter operation timeout, never waits on a rank still importing torch."""
+    arrived_key = "kvconform/arrived"
+    store.add(arrived_key, 1)
+    deadline = time.monotonic() + args.config.start_timeout_s
+    while (arrived := store.add(arrived_key, 0)) < args.world_size:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {arrived} of {args.world_size} ranks reached the rendezvous store within "
+                               f"{args.config.start_timeout_s:g}s (machine overloaded?)")
+        time.sleep(0.05)
 
 
 def _probe_data_plane(args: WorkerArgs, transport) -> None:
@@ -151,7 +165,7 @@ def _run_job(args: WorkerArgs, transport, numbered, impls: dict, results) -> Non
     except TransportError:
         raise
     except Exception as exc:  # outside any exchange (e.g. a topology too large): every rank fails alike
-        result = RankResult(args.rank, "?", -1, args.device, ERROR, describe(exc))
+        result = RankResult(args.rank, "unknown", -1, args.device, ERROR, describe(exc))
     gathered = transport.gather_to_first(result, f"results of job {numbered.job_id}")
     if args.rank == 0:
         results.put(CaseReport(numbered.job_id, tuple(gathered), time.perf_counter() - started))
