@@ -1,9 +1,8 @@
 """The reference as a kvconform plug-in: ``--impl reference`` (``reference.plugin:make_implementation``).
 
 Maps the suite's interface (plain values and tensors) onto the reference
-modules.  Gather and scatter use the Triton kernels where
-``triton_kv_copy.is_available`` says they make sense (CUDA with Triton, or
-the CPU under ``TRITON_INTERPRET=1``) and the portable torch path otherwise.
+modules.  Gather and scatter use the Triton kernels for CUDA tensors when
+Triton is available, and the portable torch path otherwise.
 ``--impl reference-triton`` forces the Triton kernels everywhere, so the
 conformance suite judges the kernels themselves on a CPU-only machine.
 """
@@ -21,6 +20,10 @@ from reference.topology import TpTopology
 
 
 def _kernels_for(tensor: torch.Tensor):
+    """Triton for CUDA tensors when available; the torch path otherwise (CPU included, whatever
+    ``TRITON_INTERPRET`` says: the interpreter is for judging the kernels, not for speed)."""
+    if not tensor.is_cuda:
+        return kv_copy
     from reference import triton_kv_copy  # imports without Triton; is_available says so
 
     return triton_kv_copy if triton_kv_copy.is_available(tensor.device) else kv_copy
