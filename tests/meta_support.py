@@ -5,11 +5,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 #: Deterministic and patient: a meta-test must not depend on luck.
 META_SETTINGS = dict(max_examples=300, database=None, deadline=None, derandomize=True,
-                     suppress_health_check=list(HealthCheck), print_blob=True)
+                     suppress_health_check=list(HealthCheck), print_blob=True, report_multiple_bugs=False)
 
 
 @contextmanager
@@ -33,9 +33,14 @@ def _messages(exc: BaseException) -> list[str]:
 
 
 def failure_of(test: Callable[..., None], impl: Any, max_examples: int = META_SETTINGS["max_examples"],
-               **kwargs: Any) -> str:
-    """Run a conformance test on ``impl``; return its failure message ('' if it passed)."""
-    with hypothesis_settings(**{**META_SETTINGS, "max_examples": max_examples}):
+               shrink: bool = False, **kwargs: Any) -> str:
+    """Run a conformance test on ``impl``; return its failure message ('' if it passed).
+
+    Without ``shrink`` the first failing example is reported as found: a meta-test
+    asks whether the suite catches a bug, not for the smallest example of it.
+    """
+    phases = tuple(Phase) if shrink else (Phase.explicit, Phase.reuse, Phase.generate)
+    with hypothesis_settings(**{**META_SETTINGS, "max_examples": max_examples, "phases": phases}):
         try:
             test(impl=impl, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the failure is the result

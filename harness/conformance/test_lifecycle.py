@@ -54,6 +54,8 @@ _FAULTS = ("abort", "timeout", "oversized", "misaligned_prefix")
 
 @pytest.mark.invariant("lifecycle", requires=_LIFECYCLE)
 @given(case=kst.transfer_cases(max_tokens=16), fault=st.sampled_from(_FAULTS), when=st.integers(0, 64))
+@example(case=_TWO_WRITERS, fault="abort", when=1)
+@example(case=_TWO_WRITERS, fault="misaligned_prefix", when=2)
 def test_lifecycle_failure_is_contained(impl, device, case, fault, when):
     """Another request fails (abort, timeout, oversized chunk, misaligned prefix) and is released
     while this one moves: it alone fails, leaves nothing held, and this request is unharmed."""

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 
 import strategies as kst
 from harness import cluster, scope
 from harness.oracles import InvariantViolation
 from harness.world import World
+from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
+
+
+class _NoFlagReceiver:
+    """A backend receiver class that never heard of staging."""
+
+    def __repr__(self) -> str:
+        return "_NoFlagReceiver()"
 
 
 def _lifecycle(impl, world: World, receiver) -> None:
@@ -25,6 +33,9 @@ def _lifecycle(impl, world: World, receiver) -> None:
 
 @pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"))
 @given(case=kst.transfer_cases(max_tokens=16), receiver=kst.receivers())
+@example(case=TransferCase(TpTopology(1, 1, 1), KvSpec(1, 1, torch.float32, 1), RequestSpec(1, 0, 1, (0,), 2, (0,), 2),
+                           seed=0, nan_payloads=False),
+         receiver=_NoFlagReceiver())  # the receiver of SGLang PR #22153: no require_staging at all
 def test_receivers_lifecycle(impl, device, case, receiver):
     case = scope.fit(impl, case)
     _lifecycle(impl, World.build(case, device), receiver)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+import torch
+from hypothesis import example, given, strategies as st
 
 import strategies as kst
 from harness import cluster, scope
 from harness.world import World
+from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
+
+# Random bit patterns (NaN payloads, signalling NaNs, -0.0) must survive: no float arithmetic on the way.
+_NAN_PAYLOADS = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 4, torch.bfloat16, 2),
+                             RequestSpec(6, 2, 1, (2, 0, 1), 4, (1, 3, 0), 4), seed=7, nan_payloads=True)
 
 
 @pytest.mark.invariant("round_trip", requires=("kv_copy",))
 @given(case=kst.transfer_cases())
+@example(case=_NAN_PAYLOADS)
 def test_round_trip_kv_copy(impl, device, case):
     case = scope.fit(impl, case)
     world = World.build(case, device)
