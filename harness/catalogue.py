@@ -44,6 +44,10 @@ INVARIANTS: tuple[Invariant, ...] = (
               "Each chunk is scattered exactly once, after all its writer slots arrived, in any "
               "order; duplicates and late messages are harmless; pages land at prefix + page "
               "offset; failure and release free everything and leave other requests alone."),
+    Invariant("concurrency", "Concurrent use",
+              "Driven from a transfer thread (allocations, arrivals, scatter submission) and a scheduler "
+              "thread (polls, aborts, releases) at once, the handler keeps the lifecycle and allocator "
+              "invariants: no exception, no hang, no lost or corrupted byte, no leaked allocation."),
     Invariant("device", "Accelerator behaviour",
               "On an accelerator: results bit-identical to the CPU run of the same example, no host "
               "synchronisation inside the per-chunk hot path (gather, arrival, scatter submission), "

@@ -184,13 +184,20 @@ class AllocatorWatch:
         for p in self.live():
             if p.alloc_id == alloc_id:
                 p.live = False
-                # The region's next user may overwrite it right away.
-                if self.scribble_stream is None:
-                    self.ring[p.offset:p.end] = SCRIBBLE_BYTE
-                else:
-                    with torch.cuda.stream(self.scribble_stream):
-                        self.ring[p.offset:p.end].fill_(SCRIBBLE_BYTE)
+                # The region's next user may overwrite it right away (only its bytes that no
+                # other live allocation still covers: overcommit lets regions overlap).
+                for start, end in _uncovered(p, self.live()):
+                    if self.scribble_stream is None:
+                        self.ring[start:end] = SCRIBBLE_BYTE
+                    else:
+                        with torch.cuda.stream(self.scribble_stream):
+                            self.ring[start:end].fill_(SCRIBBLE_BYTE)
         self.watermark()
+
+    def before_write(self) -> None:
+        """Order a writer's bytes after pending scribbles (both stand for writes into the ring)."""
+        if self.scribble_stream is not None:
+            torch.cuda.current_stream(self.ring.device).wait_stream(self.scribble_stream)
 
     def watermark(self) -> tuple[int, int]:
         wm = tuple(self.inner.watermark())
@@ -255,6 +262,8 @@ class DecodeRankRun:
                 raise InvariantViolation(
                     f"[allocator] writer kept waiting for {placed} under watermark {self.writer_watermark} "
                     f"although nothing older is live (liveness)")
+            if self.world.device.type == "cuda":
+                torch.cuda.synchronize(self.world.device)  # let time pass: in-flight scatters finish
             self.handler.poll(request_id)
         else:
             raise InvariantViolation(f"[allocator] {placed} never became writable; live: {self.alloc.live()}")
@@ -277,6 +286,7 @@ class DecodeRankRun:
         start = placed.offset + span[0]
         if span[0] < 0 or span[0] + span[1] > placed.nbytes:
             raise InvariantViolation(f"[layout] writer {plan.slot} span {span} leaves its {placed.nbytes}-byte allocation")
+        self.alloc.before_write()
         self.ring[start:start + span[1]].copy_(buf.inner)
 
     # request driving -------------------------------------------------------------------
@@ -318,6 +328,15 @@ class DecodeRankRun:
         leaked = [p for p in self.alloc.live()]
         if leaked:
             raise InvariantViolation(f"[lifecycle] release of request {request_id} left allocations held: {leaked}")
+
+
+def _uncovered(freed: Placed, live: Sequence[Placed]) -> list[tuple[int, int]]:
+    """Byte ranges of ``freed`` that no live allocation overlaps."""
+    ranges = [(freed.offset, freed.end)]
+    for other in live:
+        ranges = [piece for start, end in ranges
+                  for piece in ((start, min(end, other.offset)), (max(start, other.end), end)) if piece[0] < piece[1]]
+    return ranges
 
 
 def _before(a: Placed, b: Placed) -> bool:

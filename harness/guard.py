@@ -7,12 +7,14 @@ the allocators and handlers it makes:
   thread, so two threads driving a handler still overlap); the caller waits
   for it like a watchdog.  A call that does not return in time is reported as
   an :class:`ImplementationFault` ("hung") on the invariant of the method,
-  with the calls that led there; the stuck helper is abandoned (and, when it
-  is running Python code, stopped) so the rest of the suite goes on.  The
-  deadline is ``$KVCONFORM_CALL_TIMEOUT_S`` (default 30 s, generous for a
-  first CUDA call that compiles kernels); once an implementation has hung,
-  later calls get ``$KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S`` (default 1 s) so
-  that shrinking a hang does not take minutes;
+  with the calls that led there, and Hypothesis adds the repro; the stuck
+  helper is abandoned (and, when it spins in Python code, stopped) so the
+  rest of the suite goes on.  The deadline is ``$KVCONFORM_CALL_TIMEOUT_S``
+  (default 30 s, generous for a first CUDA call that compiles kernels); once
+  an implementation has hung, its later calls get
+  ``$KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S`` (default 0.05 s), so that
+  shrinking a hang takes seconds, not hours (each shrink step that reaches
+  the hang waits that long);
 * turns an exception into an :class:`ImplementationFault` naming the method,
   its arguments and the invariant (an ``InvariantViolation`` raised by harness
   code the implementation called back passes through untouched);
@@ -32,8 +34,11 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import dis
 import os
+import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -47,7 +52,7 @@ from harness.oracles import InvariantViolation
 TIMEOUT_ENV_VAR = "KVCONFORM_CALL_TIMEOUT_S"
 AFTER_HANG_ENV_VAR = "KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S"
 DEFAULT_CALL_TIMEOUT_S = 30.0
-DEFAULT_AFTER_HANG_TIMEOUT_S = 1.0
+DEFAULT_AFTER_HANG_TIMEOUT_S = 0.05
 TRAIL_LENGTH = 12
 
 #: Invariant a failing call is reported on, by the capability its method belongs to.
@@ -86,10 +91,13 @@ class _Job:
     args: tuple
     kwargs: dict
     stream: Any
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Lock = field(default_factory=threading.Lock)  # held until the call returned
     result: Any = None
     error: Optional[BaseException] = None
     pending: list["_CallLabel"] = field(default_factory=list)  # calls in progress on the helper, outermost first
+
+    def __post_init__(self) -> None:
+        self.done.acquire()
 
     def run(self) -> None:
         try:
@@ -103,43 +111,81 @@ class _Job:
         except BaseException as exc:  # handed to the caller, who decides what it means
             self.error = exc
         finally:
-            self.done.set()
+            self.done.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self.done.acquire(timeout=timeout)
 
 
 class _Helper(threading.Thread):
-    """Runs the calls of one calling thread; abandoned (and told to stop) when a call hangs."""
+    """Runs the calls of one calling thread, one at a time; abandoned (and maybe stopped) when a call hangs.
+
+    Plain locks hand the job over (a condition variable costs several times more per call).
+    """
 
     def __init__(self) -> None:
         super().__init__(name="kvconform-call", daemon=True)
-        self.inbox: collections.deque[Optional[_Job]] = collections.deque()
-        self.wake = threading.Semaphore(0)
-        self.job: Optional[_Job] = None
+        self._wake = threading.Lock()
+        self._wake.acquire()  # held while there is nothing to do
+        self._job: Optional[_Job] = None
+        self._stopping = False
 
     def submit(self, job: Optional[_Job]) -> None:
-        self.inbox.append(job)
-        self.wake.release()
+        if job is None:
+            self._stopping = True
+        else:
+            self._job = job
+        try:
+            self._wake.release()
+        except RuntimeError:  # already woken (a stop request after an abandon): nothing more to do
+            pass
 
     def run(self) -> None:
         _local.helper_job = None
         try:
             while True:
-                self.wake.acquire()
-                job = self.inbox.popleft()
-                if job is None:
+                self._wake.acquire()
+                job, self._job = self._job, None
+                if self._stopping or job is None:
                     return
-                self.job = _local.helper_job = job
+                _local.helper_job = job
                 job.run()
-                self.job = _local.helper_job = None
+                _local.helper_job = None
         except _Abandoned:
             return
 
     def abandon(self) -> None:
-        """Stop the helper: ask it to leave its loop, and interrupt Python code it is stuck in."""
+        """Stop the helper: ask it to leave its loop and, when it spins in Python code, interrupt it.
+
+        A thread blocked in C (a lock, an event, a sleep) is left blocked: before
+        Python 3.13 an asynchronous exception pending on a thread that never runs
+        keeps every other thread's eval breaker set, which livelocks the test thread.
+        """
         self.submit(None)
+        if sys.version_info < (3, 13) and not _spins_in_python(self.ident):
+            return
         try:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Abandoned))
         except Exception:  # not CPython: the daemon thread is simply left behind
             pass
+
+
+def _spins_in_python(ident: int) -> bool:
+    """Whether thread ``ident`` burns CPU in Python bytecode (then an asynchronous exception reaches it at once),
+    rather than waiting or computing inside a C call (where it would stay pending)."""
+    try:
+        clock = time.pthread_getcpuclockid(ident)
+        before = time.clock_gettime(clock)
+        time.sleep(0.02)
+        busy = time.clock_gettime(clock) - before > 0.001
+    except (AttributeError, OSError):  # no per-thread CPU clocks here: never interrupt
+        return False
+    frame = sys._current_frames().get(ident)
+    if not busy or frame is None:
+        return False
+    code = frame.f_code.co_code
+    opcode = dis.opname[code[frame.f_lasti]] if 0 <= frame.f_lasti < len(code) else "CALL"
+    return "CALL" not in opcode
 
 
 class _HelperOwner:
@@ -202,6 +248,7 @@ class _Context:
     """What every guarded object of one implementation shares."""
 
     root: Any
+    convert_errors: bool = True
     trail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TRAIL_LENGTH))
 
     def describe_trail(self) -> str:
@@ -249,10 +296,11 @@ class _Guarded:
             outer.pending.append(label)
             try:
                 result = fn(*args, **kwargs)
-            except InvariantViolation:
-                raise
             except Exception as exc:
-                raise self._raised(invariant, label, exc) from exc
+                converted = self._raised(invariant, label, exc)
+                if converted is exc:
+                    raise
+                raise converted from exc
             finally:
                 outer.pending.pop()
         else:
@@ -269,7 +317,7 @@ class _Guarded:
         job = _Job(fn, args, kwargs, _current_stream(), pending=[label])
         helper = _helper()
         helper.submit(job)
-        if not job.done.wait(timeout):
+        if not job.wait(timeout):
             _local.owner = None  # the next call gets a fresh helper
             stuck = job.pending[-1] if job.pending else label
             helper.abandon()
@@ -279,12 +327,16 @@ class _Guarded:
                 f"({'already hung before, short deadline' if hung_before else f'${TIMEOUT_ENV_VAR}'}); "
                 f"calls so far: {self._context.describe_trail()}")
         if job.error is not None:
-            if isinstance(job.error, InvariantViolation):
-                raise job.error
-            raise self._raised(invariant, label, job.error) from job.error
+            converted = self._raised(invariant, label, job.error)
+            if converted is job.error:
+                raise converted
+            raise converted from job.error
         return job.result
 
-    def _raised(self, invariant: str, label: "_CallLabel", exc: BaseException) -> ImplementationFault:
+    def _raised(self, invariant: str, label: "_CallLabel", exc: BaseException) -> BaseException:
+        """What to raise for an exception out of the implementation (harness violations pass through)."""
+        if isinstance(exc, InvariantViolation) or not self._context.convert_errors:
+            return exc
         return ImplementationFault(f"[{invariant}] {label} raised {type(exc).__name__}: {exc}; "
                                    f"calls so far: {self._context.describe_trail()}")
 
@@ -321,18 +373,23 @@ class GuardedImplementation(_Guarded):
         return self._inner
 
     def _wrap_result(self, name: str, result: Any) -> Any:
+        # Each allocator and handler keeps its own trail: a message lists that object's calls only.
         if name == "make_allocator":
-            return GuardedAllocator(result, self._context)
+            return GuardedAllocator(result, _Context(self._context.root, self._context.convert_errors))
         if name == "make_decode_handler":
-            return GuardedHandler(result, self._context)
+            return GuardedHandler(result, _Context(self._context.root, self._context.convert_errors))
         return result
 
 
-def guard(impl: Any) -> GuardedImplementation:
-    """``impl`` with deadlines, exception and garbage checks on every call (idempotent)."""
+def guard(impl: Any, convert_errors: bool = True) -> GuardedImplementation:
+    """``impl`` with deadlines, exception and garbage checks on every call (idempotent).
+
+    ``convert_errors=False`` lets the implementation's exceptions through
+    unchanged, for tests that expect some (a ``ValueError`` for a bad topology).
+    """
     if isinstance(impl, GuardedImplementation):
         return impl
-    return GuardedImplementation(impl, _Context(impl))
+    return GuardedImplementation(impl, _Context(impl, convert_errors))
 
 
 def forget_hangs() -> None:

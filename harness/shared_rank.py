@@ -281,6 +281,7 @@ class SharedRank:
         self.timeout_s = timeout_s
         self.clock = FakeClock()
         self.fence = CanaryFence(self.device)
+        self._layouts: dict[int, tuple[int, list[tuple[int, int]]]] = {}
         pages_per_request = -(-max_tokens // shape.page_size)
         self.pool_pages = max_requests * pages_per_request + SPARE_PAGES
         self.free_pages = list(range(self.pool_pages))
@@ -305,8 +306,11 @@ class SharedRank:
     def capacity(self) -> int:
         return self.ring.numel()
 
-    def has_room(self, plan: RequestPlan) -> bool:
-        return len(self.free_pages) >= -(-plan.num_tokens // self.shape.page_size)
+    def chunk_bytes(self, tokens: int) -> tuple[int, list[tuple[int, int]]]:
+        """``chunk_bytes`` for this rank, asked of the implementation once per token count."""
+        if tokens not in self._layouts:
+            self._layouts[tokens] = chunk_bytes(self.impl, self.shape, tokens)
+        return self._layouts[tokens]
 
     # -- scheduler side -------------------------------------------------------------------------
     def register(self, plan: RequestPlan, receiver: Any) -> int:
@@ -314,6 +318,9 @@ class SharedRank:
         shape, rid = self.shape, self._next_rid
         self._next_rid += 1
         pages = -(-plan.num_tokens // shape.page_size)
+        if pages > len(self.free_pages):
+            raise ValueError(f"the pool has {len(self.free_pages)} free pages left, request {plan} needs {pages}: "
+                             f"size the rank with a larger max_requests or max_tokens")
         table = torch.tensor([self.free_pages.pop() for _ in range(pages)], dtype=torch.int64, device=self.device)
         truth = self._truth(plan)
         staged = oracles.expects_staging(receiver)
@@ -383,7 +390,7 @@ class SharedRank:
         nothing, only one with no cause at all must not be refused.
         """
         t = self.requests[rid]
-        size, spans = chunk_bytes(self.impl, self.shape, t.grid[chunk][2])
+        size, spans = self.chunk_bytes(t.grid[chunk][2])
         nbytes = size if nbytes is None else nbytes
         released_before, before = t.released, len(self.ledger.ledger)
         if nbytes > self.capacity:
@@ -455,8 +462,7 @@ class SharedRank:
         t = self.requests[rid]
         if 0 <= slot < self.shape.num_writers and slot in t.written.get(chunk, ()):
             t.arrived[chunk].add(slot)
-        page_start, num_pages, tokens = t.grid[chunk] if chunk < len(t.grid) else (chunk * t.plan.chunk_pages, 1, 1)
-        self.handler.chunk_arrived(rid, chunk, slot, page_start, num_pages, tokens)
+        self.handler.chunk_arrived(rid, chunk, slot, *t.grid[chunk])
 
     def prefill_done(self, rid: int) -> None:
         t = self.requests[rid]

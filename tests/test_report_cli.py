@@ -27,7 +27,7 @@ CASES = REPO_ROOT / "tests" / "fakes" / "conformance_cases.py"
 EXPECTED_STATUSES = {
     "head_coverage": "pass", "layout": "fail", "round_trip": "not-implemented", "isolation": "fail",
     "path_equivalence": "not-run", "receivers": "pass", "allocator": "not-run", "lifecycle": "not-run",
-    "device": "not-run", "bad_topology": "pass",
+    "concurrency": "not-run", "device": "not-run", "bad_topology": "pass",
 }
 
 

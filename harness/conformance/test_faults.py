@@ -19,9 +19,10 @@ by writer, and at a drawn step hits a *victim* request sharing the rank:
 
 After the fault: the victim's state and reason, nothing held after its
 release, and every pool byte of both requests (see ``harness.shared_rank``).
-``test_regions_outlive_their_scatters`` moves megabyte chunks through a ring
-of one chunk, so on CUDA a region freed (or released) before its scatter
-completed is overwritten while the scatter still reads it.
+``test_regions_outlive_their_scatters`` moves chunks through a ring of one
+chunk; on CUDA it stalls the caller's stream before each last report, so a
+region freed (or released) before its side-stream scatter ran is scribbled
+under it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-import strategies as kst
 from harness import oracles
 from harness.cluster import MAX_POLLS, StagedReceiver
 from harness.guard import guard
@@ -282,32 +282,60 @@ def test_misaligned_prefix(impl, device, scenario):
     run_bystander(rank, bystander, fault_at, fault)
 
 
-#: Megabyte chunks: on CUDA a scatter takes long enough for an early free to lose the race.
-BIG_SHAPE = RankShape(page_size=16, tp_writers=2, pp_writers=1, heads_per_writer=4, layers_per_writer=4,
-                      head_dim=128, dtype=torch.float32, max_chunk_pages=32, ring_chunks=1)
-SMALL_SHAPE = RankShape(page_size=2, tp_writers=2, pp_writers=1, heads_per_writer=1, layers_per_writer=2,
-                        head_dim=4, dtype=torch.float32, max_chunk_pages=2, ring_chunks=1)
-BIG_TOKENS, SMALL_TOKENS = 4 * 32 * 16, 8
+#: Chunks of two writers through a ring that holds one chunk: every region is reused as soon as it is freed.
+ONE_CHUNK_RING = RankShape(page_size=2, tp_writers=2, pp_writers=1, heads_per_writer=1, layers_per_writer=2, head_dim=8,
+                           dtype=torch.float32, max_chunk_pages=2, ring_chunks=1)
+STALL_CYCLES = 100_000_000  # about 50 ms of GPU clock
+
+
+def stall_caller_stream(device: torch.device) -> None:
+    """On CUDA, keep the caller's stream busy for a while, so a scatter ordered after it (the reference orders it
+    after the writers' stream) is still pending when an early free lets the region's next user in."""
+    if device.type == "cuda":
+        torch.cuda._sleep(STALL_CYCLES)
+
+
+def send_chunk_late(rank: SharedRank, rid: int, chunk: int) -> None:
+    """``send_chunk``, with the caller's CUDA stream stalled just before the last writer reports."""
+    placement = rank.allocate(rid, chunk)
+    if placement is None:
+        raise InvariantViolation(f"[lifecycle] chunk {chunk} of request {rid} was refused by a ring with room for it")
+    wait_writable(rank, placement)
+    for slot in range(rank.shape.num_writers):
+        rank.write(rid, chunk, slot)
+    for slot in range(rank.shape.num_writers):
+        if slot == rank.shape.num_writers - 1:
+            stall_caller_stream(rank.device)
+        rank.arrive(rid, chunk, slot)
 
 
 @pytest.mark.invariant("lifecycle", requires=_REQUIRES)
 def test_regions_outlive_their_scatters(impl, device):
-    """Chunks through a ring of one chunk: each region is reused as soon as it is freed.  Request 1 finishes
-    normally; request 2 is released right after its first chunk's last writer; request 3 then reuses the
-    region.  A region freed before its scatter completed corrupts the pool (on CUDA: megabyte chunks, so the
-    side-stream scatter is still running when an early free lets the next writer in)."""
-    big = torch.device(device).type == "cuda"
-    shape, tokens = (BIG_SHAPE, BIG_TOKENS) if big else (SMALL_SHAPE, SMALL_TOKENS)
-    rank = SharedRank(guard(impl), shape, device, max_requests=3, timeout_s=TIMEOUT_S, max_tokens=tokens)
-    plan = plan_request(shape, tokens, 0, shape.max_chunk_pages, False, 1, max_tokens=tokens)
-    first = rank.register(plan, StagedReceiver())
-    run_bystander(rank, first, 0, lambda: None)
-    second = rank.register(plan_request(shape, tokens, 0, shape.max_chunk_pages, False, 2, max_tokens=tokens),
-                           StagedReceiver())
-    send_chunk(rank, second, 0)
+    """A ring of one chunk, so each region is reused as soon as it is freed.  Request 1 moves chunk after chunk;
+    request 2 is released right after its first chunk's last writer reported; request 3 then reuses the region.
+    A region freed (or released) before its scatter completed is scribbled or rewritten under the scatter and
+    corrupts the pool.  On CUDA the caller's stream is stalled before each last report, so a scatter ordered
+    after it is still pending when an early free happens (on CPU the reference scatters synchronously)."""
+    if torch.device(device).type == "cuda":
+        regions_outlive_their_scatters(guard(impl), device)  # a first pass compiles and loads the kernels: the
+    regions_outlive_their_scatters(guard(impl), device)      # stall must not be spent waiting for a compiler
+
+
+def regions_outlive_their_scatters(impl, device) -> None:
+    rank = SharedRank(impl, ONE_CHUNK_RING, device, max_requests=3, timeout_s=TIMEOUT_S)
+    first = rank.register(plan_request(ONE_CHUNK_RING, 8, 0, 1, False, 1), StagedReceiver())
+    for chunk in range(len(rank.requests[first].grid)):
+        send_chunk_late(rank, first, chunk)
+    rank.prefill_done(first)
+    if rank.poll(first) != DONE:
+        raise InvariantViolation(f"[lifecycle] request {first} did not complete: {rank.reason(first)}")
+    rank.release(first)
+    rank.check_all()
+    second = rank.register(plan_request(ONE_CHUNK_RING, 8, 0, 2, False, 2), StagedReceiver())
+    send_chunk_late(rank, second, 0)
     rank.abort(second, "released mid-scatter")
     rank.release(second)
-    third = rank.register(plan_request(shape, tokens, 0, shape.max_chunk_pages, False, 3, max_tokens=tokens),
-                          StagedReceiver())
+    rank.check_all()
+    third = rank.register(plan_request(ONE_CHUNK_RING, 8, 0, 1, False, 3), StagedReceiver())
     run_bystander(rank, third, 0, lambda: None)
     rank.check_all()

@@ -30,7 +30,8 @@ import sys
 
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant, multiple, precondition, rule,
+                                 run_state_machine_as_test)
 
 import strategies as kst
 from harness.guard import guard
@@ -43,7 +44,7 @@ TIMEOUT_S = 10.0
 
 def machine_settings(**overrides) -> settings:
     """The loaded profile, with a modest number of steps per run (more under the larger profiles)."""
-    steps = 25 if settings.default.max_examples <= 25 else 50
+    steps = 30 if settings.default.max_examples <= 25 else 50
     return settings(settings.default, **{"stateful_step_count": steps, **overrides})
 
 
@@ -197,10 +198,11 @@ class HandlerRules(RuleBasedStateMachine):
     @initialize(target=requests, shape=rank_shapes(), tokens=st.integers(1, 12), chunk_pages=st.integers(1, 3),
                 data=st.data())
     def build(self, shape, tokens, chunk_pages, data):
-        """The rank, and a first staged request (rules need one to act on)."""
+        """The rank and two staged requests, so that rules interleave requests from the first step."""
         self.rank = SharedRank(self.impl, shape, self.device, max_requests=MAX_REQUESTS, timeout_s=TIMEOUT_S)
-        receiver = data.draw(kst.staged_receivers(), label="receiver")
-        return self.rank.register(plan_request(shape, tokens, 0, chunk_pages, False, 0), receiver)
+        first, second = (data.draw(kst.staged_receivers(), label="receiver") for _ in range(2))
+        return multiple(self.rank.register(plan_request(shape, tokens, 0, chunk_pages, False, 0), first),
+                        self.rank.register(plan_request(shape, tokens, 0, chunk_pages, False, 1), second))
 
     # -- helpers ---------------------------------------------------------------------------
     def _open(self, rid: int, staged: bool = True):
@@ -255,6 +257,11 @@ class HandlerRules(RuleBasedStateMachine):
     def poll(self, rid: int) -> None:
         if self._open(rid, staged=False):
             self.rank.poll(rid, settle=False)
+
+    @rule(rid=requests)
+    def abort(self, rid: int) -> None:
+        if self._open(rid, staged=False):
+            self.rank.abort(rid)
 
     @rule(rid=requests)
     def release(self, rid: int) -> None:
@@ -315,19 +322,16 @@ class HandlerRules(RuleBasedStateMachine):
         if t and not (t.staged and any(len(t.written[c]) < self.rank.shape.num_writers for c in range(len(t.grid)))):
             self.rank.prefill_done(rid)
 
-    @rule(rid=requests, kind=st.sampled_from(("abort", "clock +4s", "clock past timeout", "oversized chunk",
+    @rule(rid=requests, kind=st.sampled_from(("clock +4s", "clock past timeout", "oversized chunk",
                                               "slot out of range", "unknown chunk", "unknown request",
                                               "late messages")), pick=st.integers(0, 3))
     def fault(self, rid: int, kind: str, pick: int) -> None:
-        """An abort, time passing, an oversized chunk (each may fail its request alone), or stray messages that
-        match nothing (they change nothing); after release, arrivals, prefill done, abort and allocation asks are
+        """Time passing, an oversized chunk (each may fail its request alone), or stray messages that match
+        nothing (they change nothing); after release, arrivals, prefill done, abort and allocation asks are
         ignored and allocate nothing."""
         t, writers = self.rank.requests[rid], self.rank.shape.num_writers
         chunk = pick % len(t.grid)
-        if kind == "abort":
-            if not t.released:
-                self.rank.abort(rid)
-        elif kind.startswith("clock"):
+        if kind.startswith("clock"):
             self.rank.tick(4.0 if kind == "clock +4s" else TIMEOUT_S + 1)
         elif kind == "oversized chunk":
             if self._open(rid) and chunk not in t.placed:
