@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from hypothesis import example, given, strategies as st
 
 import strategies as kst
+from harness.cluster import Placed
 from harness.oracles import InvariantViolation
-
-
-@dataclass
-class _Placed:
-    alloc_id: int
-    offset: int
-    nbytes: int
-    round: int
-    live: bool = True
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.nbytes
 
 
 def _fail(msg: str, history: list[str]) -> None:
@@ -30,7 +16,7 @@ def _fail(msg: str, history: list[str]) -> None:
 
 def check_program(impl, capacity: int, program) -> None:
     alloc = impl.make_allocator(capacity)
-    placed: list[_Placed | None] = []
+    placed: list[Placed | None] = []
     history: list[str] = []
     last_wm = tuple(alloc.watermark())
     for op in list(program) + [("free", k) for k in range(len([o for o in program if o[0] == "assign"]))]:
@@ -44,7 +30,7 @@ def check_program(impl, capacity: int, program) -> None:
                 continue
             if got is None:
                 _fail(f"assign({op[1]}) refused although it fits the {capacity}-byte ring", history)
-            p = _Placed(*got[:1], got[1], op[1], got[2])
+            p = Placed(got[0], got[1], op[1], got[2])
             if p.offset < 0 or p.end > capacity:
                 _fail(f"{p} lies outside the ring [0, {capacity})", history)
             placed.append(p)
