@@ -298,7 +298,7 @@ def bench_shape(shape: Shape, device: str, reps: int, sweep: bool, sglang, gen: 
                         sglang_fn=sglang_gather(sglang, *args) if sglang else None,
                         fresh=lambda: torch.empty_like(out), result=lambda dst: dst, expected=expected))
     rows.append(row)
-    del k, v, out, expected
+    k = v = out = expected = None  # free the pools before the scatter shapes (the lambdas above are done)
 
     # Scatter on a decode rank.
     held, per_writer, destinations = scatter_plan(shape)

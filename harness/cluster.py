@@ -91,7 +91,7 @@ def move_with_kv_copy(impl: Any, world: World) -> None:
     first_page = req.prefix_len // kv.page_size
     for index, pool in enumerate(world.decode):
         plans = writer_plans(impl, world, index)
-        for page_start, num_pages, tokens in oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, _chunk_pages(case)):
+        for page_start, num_pages, tokens in oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages):
             layout = spans(impl, world, plans, tokens)
             region = Guarded(sum(n for _, n in layout), world.device)
             for plan, (offset, nbytes) in zip(plans, layout):
@@ -128,12 +128,8 @@ def move_end_to_end(impl: Any, world: World, staged: bool = True) -> None:
         prefill_pp=topo.prefill_pp, decode_pp=topo.decode_pp, page_size=kv.page_size,
         prefill_pools=[(p.k, p.v) for p in world.prefill], prefill_page_tables=[p.page_table for p in world.prefill],
         decode_pools=[(p.k, p.v) for p in world.decode], decode_page_tables=[p.page_table for p in world.decode],
-        prefix_len=req.prefix_len, num_tokens=req.num_tokens, chunk_pages=_chunk_pages(world.case), staged=staged,
+        prefix_len=req.prefix_len, num_tokens=req.num_tokens, chunk_pages=req.chunk_pages, staged=staged,
     )
-
-
-def _chunk_pages(case) -> int:
-    return case.request.chunk_pages
 
 
 # -- level 2: the decode handler, its ring, and writers honouring the watermark -------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from reference import handler
 from reference.plugin import ReferenceImplementation
