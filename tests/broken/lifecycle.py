@@ -6,7 +6,16 @@ from reference import allocator, handler
 from reference.plugin import ReferenceImplementation
 
 
-class UnguardedRequireStaging(ReferenceImplementation):
+class _CustomHandler(ReferenceImplementation):
+    """Base of the handler bugs below: the reference with its handler class swapped for ``Handler``."""
+
+    Handler = handler.DecodeStagingHandler
+
+    def make_decode_handler(self, **kwargs):
+        return self.Handler(scatter=self.scatter, **kwargs)
+
+
+class UnguardedRequireStaging(_CustomHandler):
     """Registration reads ``receiver.require_staging`` unguarded (SGLang PR #22153)."""
 
     class Handler(handler.DecodeStagingHandler):
@@ -15,11 +24,8 @@ class UnguardedRequireStaging(ReferenceImplementation):
                 pass
             return super().register(request_id, receiver, page_table, prefix_len, num_tokens)
 
-    def make_decode_handler(self, **kwargs):
-        return self.Handler(scatter=self.scatter, **kwargs)
 
-
-class StagingOnlyIfTrue(ReferenceImplementation):
+class StagingOnlyIfTrue(_CustomHandler):
     """Routes with ``require_staging is True``: truthy non-bools (1, "yes", a Mock) take the plain path."""
 
     class Handler(handler.DecodeStagingHandler):
@@ -30,9 +36,6 @@ class StagingOnlyIfTrue(ReferenceImplementation):
                     self._requests[request_id].staged = False
                 return False
             return staged
-
-    def make_decode_handler(self, **kwargs):
-        return self.Handler(scatter=self.scatter, **kwargs)
 
 
 class WatermarkJumpsOnFree(allocator.RingAllocator):
@@ -74,7 +77,7 @@ class RoundZeroForever(ReferenceImplementation):
         return True
 
 
-class CountsDuplicateArrivals(ReferenceImplementation):
+class CountsDuplicateArrivals(_CustomHandler):
     """Counts arrivals, not distinct writer slots: a duplicate message triggers an early scatter."""
 
     class Handler(handler.DecodeStagingHandler):
@@ -90,11 +93,8 @@ class CountsDuplicateArrivals(ReferenceImplementation):
                     return
             super().chunk_arrived(request_id, chunk_index, writer_slot, page_start, num_pages, num_tokens)
 
-    def make_decode_handler(self, **kwargs):
-        return self.Handler(scatter=self.scatter, **kwargs)
 
-
-class ReleaseLeaks(ReferenceImplementation):
+class ReleaseLeaks(_CustomHandler):
     """Release forgets the request but frees only the chunks already scattered."""
 
     class Handler(handler.DecodeStagingHandler):
@@ -105,11 +105,8 @@ class ReleaseLeaks(ReferenceImplementation):
                     if chunk.scattered:
                         self._free(chunk)
 
-    def make_decode_handler(self, **kwargs):
-        return self.Handler(scatter=self.scatter, **kwargs)
 
-
-class IgnoresPrefix(ReferenceImplementation):
+class IgnoresPrefix(_CustomHandler):
     """Scatter lands chunk pages at the page offset alone, forgetting the decode prefix."""
 
     class Handler(handler.DecodeStagingHandler):
@@ -120,11 +117,8 @@ class IgnoresPrefix(ReferenceImplementation):
             finally:
                 req.prefix_len = prefix
 
-    def make_decode_handler(self, **kwargs):
-        return self.Handler(scatter=self.scatter, **kwargs)
 
-
-class TimeoutFailsEveryone(ReferenceImplementation):
+class TimeoutFailsEveryone(_CustomHandler):
     """A failure marks every pending request failed, not just the one that failed."""
 
     class Handler(handler.DecodeStagingHandler):
@@ -134,11 +128,8 @@ class TimeoutFailsEveryone(ReferenceImplementation):
                     if req.state == handler.PENDING:
                         self._fail(req, reason)
 
-    def make_decode_handler(self, **kwargs):
-        return self.Handler(scatter=self.scatter, **kwargs)
 
-
-class NoMisalignedPrefixCheck(ReferenceImplementation):
+class NoMisalignedPrefixCheck(_CustomHandler):
     """Accepts a non-page-aligned decode prefix on the staged path."""
 
     class Handler(handler.DecodeStagingHandler):
@@ -148,6 +139,3 @@ class NoMisalignedPrefixCheck(ReferenceImplementation):
                 req = self._requests[request_id]
                 req.state, req.reason = handler.PENDING, ""
             return staged
-
-    def make_decode_handler(self, **kwargs):
-        return self.Handler(scatter=self.scatter, **kwargs)
