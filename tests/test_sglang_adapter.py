@@ -91,7 +91,7 @@ def test_entry_points_name_the_adapters_factories():
     assert names["sglang-triton"] == "adapters.sglang:make_triton_implementation"
 
 
-# ---------------------------------------------------------------- head_mapping (DOMAIN.md formulas)
+# ---------------------------------------------------------------- head_mapping (docs/domain.md#who-writes-to-whom)
 def _valid_topologies():
     for H, P, D in itertools.product((1, 2, 4, 8), (1, 2, 4, 8, 16), (1, 2, 4, 8, 16)):
         if all(a % b == 0 or b % a == 0 for a, b in ((H, P), (H, D), (P, D))):
