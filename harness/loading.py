@@ -9,8 +9,9 @@ Spec forms:
   is called with no arguments when callable; a non-callable object is used as
   is.
 * ``package.module`` -- the module's ``make_implementation`` factory.
-* a *name*: an entry point in the ``kvconform.implementations`` group, or a
-  built-in name (``reference``, ``reference-triton``, ``sglang``) that works from a checkout without
+* a *name*: an entry point in the ``kvconform.implementations`` group (third-party
+  adapters such as ``sglang`` are registered only there, by ``pip install -e .``), or a
+  built-in name (``reference``, ``reference-triton``) that works from a checkout without
   ``pip install``.  Names win over modules of the same name; write
   ``module:factory`` to mean the module.
 
@@ -40,11 +41,11 @@ IMPL_ENV_VAR = "KVCONFORM_IMPL"
 DEFAULT_SPEC = "reference"
 #: Entry-point group third-party packages register their factories in.
 ENTRY_POINT_GROUP = "kvconform.implementations"
-#: Names that resolve even when kvconform is not pip-installed.
+#: Names that resolve even when kvconform is not pip-installed: the reference only.  Adapters
+#: of other engines are entry points, never named by the harness (tests/test_import_graph.py).
 BUILTIN_IMPLEMENTATIONS: dict[str, str] = {
     "reference": "reference.plugin:make_implementation",
     "reference-triton": "reference.plugin:make_triton_implementation",
-    "sglang": "harness.adapters.sglang:make_implementation",
 }
 #: Factory looked up when the spec names a module without ``:factory``.
 DEFAULT_FACTORY = "make_implementation"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from strategies.cases import TpTopology
 
-#: Reasons drawn by default, one per rule of DOMAIN.md:
+#: Reasons drawn by default, one per rule of docs/domain.md#valid-topologies:
 #: ``heads_not_positive`` H < 1; ``tp_not_positive`` a TP size < 1;
 #: ``pp_not_positive`` a PP size < 1; ``heads_tp_not_divisible`` H and a TP
 #: size neither divide the other; ``pp_not_divisible`` prefill PP is not a
@@ -26,7 +26,7 @@ INVALID_TOPOLOGY_REASONS = (
     "heads_tp_not_divisible",
     "pp_not_divisible",
 )
-#: Outside the suite's scope rather than refused by DOMAIN.md: both TP sizes
+#: Outside the suite's scope (docs/domain.md#valid-topologies), not a rule: both TP sizes
 #: are valid for H but neither is a multiple of the other (H=6, P=2, D=3).
 #: Opt in with ``invalid_topologies(reasons=...)``.
 TP_NOT_NESTED = "tp_not_nested"

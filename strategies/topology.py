@@ -1,6 +1,6 @@
 """Valid prefill/decode topologies: head counts, TP and PP sizes, GQA shapes.
 
-Validity (DOMAIN.md): every size >= 1; on each side ``H % T == 0`` or
+Validity (docs/domain.md#valid-topologies): every size >= 1; on each side ``H % T == 0`` or
 ``T % H == 0``.  Suite scope on top of that: the larger TP size is a multiple
 of the smaller one (the writer formulas use ``P/D`` or ``D/P``), and the
 decode PP size divides the prefill PP size.

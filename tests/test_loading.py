@@ -65,7 +65,6 @@ def test_entry_point_names_resolve_and_are_listed(monkeypatch):
         "fakeimpl": FAKE,
         "reference": "reference.plugin:make_implementation",
         "reference-triton": "reference.plugin:make_triton_implementation",
-        "sglang": "harness.adapters.sglang:make_implementation",
     }
 
 

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(
     reason="sglang is not installed (pip install --no-deps sglang==0.5.23; tox -e sglang)",
 )
 
-from harness.adapters import sglang as adapter  # noqa: E402  (after the skip marker on purpose)
+from adapters import sglang as adapter  # noqa: E402  (after the skip marker on purpose)
+from adapters.toolkit import parameters_of  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -38,14 +39,14 @@ def impl():
 def test_installed_version_is_the_pinned_one(code):
     assert code.version == adapter.SGLANG_VERSION, (
         f"the sglang adapter was written against sglang {adapter.SGLANG_VERSION}; installed: {code.version}. "
-        "Install that version or re-check harness/adapters/sglang.py and docs/sglang.md against the new one.")
+        "Install that version or re-check adapters/sglang/ and docs/sglang.md against the new one.")
 
 
 @pytest.mark.parametrize("name", sorted(adapter.EXPECTED_SIGNATURES))
 def test_sglang_signature_unchanged(code, name):
     expected = adapter.EXPECTED_SIGNATURES[name]
     try:
-        found = adapter.parameters_of(code.resolve(name))
+        found = parameters_of(code.resolve(name))
     except (AttributeError, KeyError):
         pytest.fail(f"sglang {code.version}: {name} no longer exists (sglang {adapter.SGLANG_VERSION} has {name}{expected})")
     assert found == expected, (
@@ -78,15 +79,19 @@ def test_package_initialisers_were_skipped(code):
     assert code.staging_buffer.__file__.endswith("sglang/srt/disaggregation/common/staging_buffer.py")
 
 
-def test_borrowing_reports_an_unprovided_global(code, tmp_path):
-    source = tmp_path / "m.py"
-    source.write_text("def f(x: Ann) -> Ann:\n    return helper(x) + len([x])\n")
-    found, problems = adapter.borrow(tmp_path, "m.py", ("f",), {})
-    assert "f" in found and problems == ["m.py: f now reads globals the adapter does not provide: helper"]
-    assert adapter.borrow(tmp_path, "m.py", ("g",), {})[1] == ["m.py: g no longer exists"]
+def test_entry_points_name_the_adapters_factories():
+    """``--impl sglang`` (and the forced kernel paths) resolve through the entry points, not the harness."""
+    from harness.loading import available_implementations
+
+    names = available_implementations()
+    if "sglang" not in names:
+        pytest.fail("no 'sglang' entry point in kvconform.implementations: install kvconform (pip install -e .)")
+    assert names["sglang"] == "adapters.sglang:make_implementation"
+    assert names["sglang-torch"] == "adapters.sglang:make_torch_implementation"
+    assert names["sglang-triton"] == "adapters.sglang:make_triton_implementation"
 
 
-# ---------------------------------------------------------------- head_mapping (DOMAIN.md formulas)
+# ---------------------------------------------------------------- head_mapping (docs/domain.md#who-writes-to-whom)
 def _valid_topologies():
     for H, P, D in itertools.product((1, 2, 4, 8), (1, 2, 4, 8, 16), (1, 2, 4, 8, 16)):
         if all(a % b == 0 or b % a == 0 for a, b in ((H, P), (H, D), (P, D))):

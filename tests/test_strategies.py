@@ -1,6 +1,6 @@
 """The public strategies produce what their docstrings promise.
 
-Validity is recomputed here from DOMAIN.md's rules, independently of the
+Validity is recomputed here from docs/domain.md#valid-topologies, independently of the
 strategies' own code; distribution claims ("every regime is common") are
 checked with a deterministic census of generated examples.
 """
@@ -38,7 +38,7 @@ def census(strategy: st.SearchStrategy, n: int) -> list:
     return drawn
 
 
-# --- independent oracles (DOMAIN.md) ---------------------------------------------------------
+# --- independent oracles (docs/domain.md) ----------------------------------------------------
 
 
 def broken_rules(t: TpTopology) -> set[str]:
@@ -358,7 +358,7 @@ def kind_of(receiver) -> str:
 
 
 def asks_for_staging(receiver) -> bool:
-    """DOMAIN.md: the attribute present and truthy."""
+    """docs/domain.md#receivers: the attribute present and truthy."""
     return bool(getattr(receiver, "require_staging", False))
 
 
