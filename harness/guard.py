@@ -432,7 +432,7 @@ def _show(value: Any) -> str:
         return f"tensor{tuple(value.shape)}:{str(value.dtype).removeprefix('torch.')}"
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_show(v) for v in value[:4]) + (f", ... {len(value)} items" if len(value) > 4 else "")
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' * (len(value) == 1)})"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
