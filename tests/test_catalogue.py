@@ -145,6 +145,11 @@ def test_marker_reader_sees_function_and_module_markers():
     """The control for the conformance-test reader."""
     planted = types.ModuleType("planted")
     planted.pytestmark = [pytest.mark.invariant("layout").mark]  # type: ignore[attr-defined]
-    planted.test_x = pytest.mark.invariant("isolation", requires=("kv_copy",))(lambda: None)  # type: ignore[attr-defined]
+
+    @pytest.mark.invariant("isolation", requires=("kv_copy",))
+    def test_x():
+        pass
+
+    planted.test_x = test_x  # type: ignore[attr-defined]
     planted.helper = lambda: None  # type: ignore[attr-defined]
     assert marked_invariants(planted) == {"layout", "isolation"}
