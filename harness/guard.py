@@ -48,7 +48,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from harness import cluster
-from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, Allocator, DecodeHandler, protocol_methods
+from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, Allocator, DecodeHandler, method_owners, protocol_methods
 from harness.oracles import InvariantViolation
 from harness.returns import check_return, expected_return
 
@@ -68,21 +68,10 @@ class _Documented:
     invariant: str
 
 
-def _documented_methods() -> dict[str, _Documented]:
-    """Every method the guard wraps, from the Protocols: each capability's methods, the methods of what its
-    factories make (allocators, handlers, their optional extras), reported on the capability's invariant."""
-    table: dict[str, _Documented] = {}
-    for cap in CAPABILITY_TABLE:
-        protocols = [cap.protocol] + [p for made in cap.products.values() for p in (made, OPTIONAL_EXTRAS.get(made)) if p]
-        for protocol in protocols:
-            for method in protocol_methods(protocol):
-                if method in table:
-                    raise TypeError(f"interface method name {method!r} is declared twice: the guard tells methods apart by name")
-                table[method] = _Documented(expected_return(protocol, method), cap.invariant)
-    return table
-
-
-_DOCUMENTED = _documented_methods()
+#: Every method the guard wraps (each capability's, and those of the allocators and handlers its factories
+#: make), with its documented return and the invariant of its capability.
+_DOCUMENTED = {method: _Documented(expected_return(protocol, method), cap.invariant)
+               for method, (cap, protocol) in method_owners().items()}
 _IMPLEMENTATION_METHODS = frozenset(method for cap in CAPABILITY_TABLE for method in cap.methods)
 
 

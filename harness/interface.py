@@ -33,6 +33,7 @@ Conventions shared by every method:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Collection, Literal, Optional, Protocol, Sequence
@@ -315,20 +316,43 @@ def protocol_methods(protocol: type) -> tuple[str, ...]:
     return tuple(name for name, value in vars(protocol).items() if inspect.isfunction(value) and not name.startswith("_"))
 
 
+@functools.cache
 def documented_signature(protocol: type, method: str) -> inspect.Signature:
     """How the harness calls ``method``: its Protocol signature without ``self``, annotations resolved."""
     signature = inspect.signature(getattr(protocol, method), eval_str=True)
     return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
-def documented_arguments(protocol: type, method: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-    """``args``/``kwargs`` of a call of ``method`` bound to the documented parameter names.
+def documented_arguments(method: str, args: tuple, kwargs: Optional[dict] = None) -> inspect.BoundArguments:
+    """``args``/``kwargs`` of a call of interface method ``method`` bound to its documented parameter names.
 
-    For wrappers that change one argument without re-typing the signature:
-    ``call = documented_arguments(KvCopy, "scatter", args, {})``, edit
-    ``call.arguments[...]``, then call on with ``*call.args, **call.kwargs``.
+    For wrappers that read or change one argument without re-typing the signature:
+    ``call = documented_arguments("scatter", args)``, read or edit
+    ``call.arguments["page_table"]``, then call on with ``*call.args, **call.kwargs``.
     """
-    return documented_signature(protocol, method).bind(*args, **kwargs)
+    _, protocol = method_owners()[method]
+    return documented_signature(protocol, method).bind(*args, **(kwargs or {}))
+
+
+@functools.cache
+def method_owners() -> dict[str, tuple[Capability, type]]:
+    """Every interface method -> the capability it belongs to and the Protocol declaring it.
+
+    A capability owns its Protocol's methods and those of the objects its
+    factories make (with their optional extras): ``assign`` belongs to
+    ``allocator`` through :class:`Allocator`.  Names are unique across Protocols,
+    so a method name alone says what is called.
+    """
+    owners: dict[str, tuple[Capability, type]] = {}
+    for cap in CAPABILITY_TABLE:
+        made = [p for product in cap.products.values() for p in (product, OPTIONAL_EXTRAS.get(product)) if p]
+        for protocol in (cap.protocol, *made):
+            for method in protocol_methods(protocol):
+                if method in owners:
+                    raise TypeError(f"interface method {method!r} is declared by {owners[method][1].__name__} "
+                                    f"and {protocol.__name__}: method names must be unique across Protocols")
+                owners[method] = (cap, protocol)
+    return owners
 
 
 CAPABILITY_TABLE: tuple[Capability, ...] = (
