@@ -6,15 +6,12 @@ whose required capabilities the implementation lacks is reported as
 "not implemented" rather than run.
 
 README.md's invariant table is generated from :data:`INVARIANTS`
-(``python -m harness.catalogue --update README.md``); a test fails when they differ.
+(``python -m harness.docs --update README.md``); a test fails when they differ.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -65,42 +62,3 @@ INVARIANTS: tuple[Invariant, ...] = (
 )
 
 BY_ID: dict[str, Invariant] = {inv.id: inv for inv in INVARIANTS}
-
-#: Markers around the generated invariant table in README.md.
-README_BEGIN = "<!-- BEGIN invariant table: generated from harness/catalogue.py, do not edit by hand -->"
-README_END = "<!-- END invariant table -->"
-#: The command that rewrites README.md's table from this catalogue.
-UPDATE_COMMAND = "python -m harness.catalogue --update README.md"
-
-
-def markdown_table() -> str:
-    """The invariants as a Markdown table: one row per id, its title and what is checked."""
-    lines = ["| id | invariant | what is checked |", "|---|---|---|"]
-    lines += [f"| `{inv.id}` | {inv.title} | {inv.statement} |" for inv in INVARIANTS]
-    return "\n".join(lines) + "\n"
-
-
-def with_table(readme: str) -> str:
-    """``readme`` with the text between the markers replaced by :func:`markdown_table`."""
-    head, begin, rest = readme.partition(README_BEGIN)
-    _, end, tail = rest.partition(README_END)
-    if not begin or not end:
-        raise ValueError(f"README lacks the markers {README_BEGIN!r} ... {README_END!r}: add them where the table goes")
-    return f"{head}{README_BEGIN}\n{markdown_table()}{README_END}{tail}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.catalogue", description=__doc__.splitlines()[0])
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--markdown", action="store_true", help="print the invariant table as Markdown")
-    action.add_argument("--update", metavar="README", type=Path, help="rewrite the table between the markers in README")
-    args = parser.parse_args(argv)
-    if args.markdown:
-        print(markdown_table(), end="")
-    else:
-        args.update.write_text(with_table(args.update.read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -65,7 +65,7 @@ Pool = tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]
 
 
 class HeadMapping(Protocol):
-    """Which heads live where, and who writes to whom (capability ``head_mapping``)."""
+    """Which heads each rank holds, and which prefill ranks write which heads to each decode rank."""
 
     def heads_of_rank(self, total_kv_heads: int, tp_size: int, rank: int) -> Sequence[int]:
         """Global KV heads held by ``rank`` of a TP group of ``tp_size``, in local order."""
@@ -83,7 +83,7 @@ class HeadMapping(Protocol):
 
 
 class Layout(Protocol):
-    """Staging region byte layout (capability ``layout``)."""
+    """Where each writer's part of a chunk's staging region goes, in bytes."""
 
     def staging_layout(
         self,
@@ -113,7 +113,7 @@ class Allocator(Protocol):
 
 
 class AllocatorFactory(Protocol):
-    """Capability ``allocator``."""
+    """Ring staging allocators, and the rule a writer follows to honour the watermark."""
 
     def make_allocator(self, capacity: int) -> Allocator:
         """A fresh, empty ring allocator of ``capacity`` bytes."""
@@ -124,7 +124,7 @@ class AllocatorFactory(Protocol):
 
 
 class KvCopy(Protocol):
-    """Gather and scatter between paged pools and staging (capability ``kv_copy``)."""
+    """Gather a head slice from a paged pool into staging; scatter a whole chunk from staging into a paged pool."""
 
     def gather(
         self,
@@ -161,7 +161,7 @@ class KvCopy(Protocol):
 
 
 class DirectCopy(Protocol):
-    """Non-staged path (capability ``direct_copy``)."""
+    """The non-staged path: copy a head slice straight from a prefill pool into a decode pool."""
 
     def direct_copy(
         self,
@@ -225,7 +225,7 @@ class ExplainsFailures(Protocol):
 
 
 class DecodeHandlerFactory(Protocol):
-    """Capability ``decode_handler``."""
+    """One decode rank's staging handler, which drives each request's lifecycle."""
 
     def make_decode_handler(
         self,
@@ -247,7 +247,7 @@ class DecodeHandlerFactory(Protocol):
 
 
 class EndToEnd(Protocol):
-    """Capability ``end_to_end``."""
+    """Move a request's KV from prefill to decode pools your own way (e.g. decode ranks pulling head slices)."""
 
     def move_request(
         self,
@@ -292,9 +292,13 @@ class Capability:
     """One capability: its Protocol (the methods and their signatures) and where its faults are reported."""
 
     name: str
-    protocol: type
+    protocol: type  #: declares the methods; its docstring's first line says what the capability is
     level: str  #: "primitives" (the harness orchestrates) or "end to end"
     invariant: str  #: invariant a raising, hanging or garbage-returning call of its methods is reported on
+
+    @property
+    def summary(self) -> str:
+        return (self.protocol.__doc__ or "").strip().splitlines()[0]
 
     @property
     def methods(self) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
-"""The catalogue drives the docs and is covered: README's table is generated from it, every invariant has
-conformance tests, and every invariant has a deliberately broken implementation that a meta-test catches on it."""
+"""The registries drive the docs and the catalogue is covered: README's invariant and capability tables are
+generated (``harness/docs.py``), every invariant has conformance tests, and every invariant has a deliberately
+broken implementation that a meta-test catches on it."""
 
 from __future__ import annotations
 
@@ -12,31 +13,34 @@ from pathlib import Path
 
 import pytest
 
-from harness import catalogue, conformance
+from harness import catalogue, conformance, docs
 
 ROOT = Path(__file__).resolve().parents[1]
 META_TESTS = sorted((ROOT / "tests").glob("test_meta_*.py"))
 _TAG = re.compile(r"\[(\w+)\]")
 
 
-def test_readme_table_is_generated_from_the_catalogue():
+def test_readme_tables_are_generated_from_the_registries():
     readme = (ROOT / "README.md").read_text()
-    assert catalogue.with_table(readme) == readme, (
-        f"README.md's invariant table differs from harness/catalogue.py; regenerate it: {catalogue.UPDATE_COMMAND}")
+    assert docs.with_blocks(readme) == readme, (
+        f"README.md's generated tables differ from harness/catalogue.py / harness/interface.py; "
+        f"regenerate them: {docs.UPDATE_COMMAND}")
 
 
-def test_table_regeneration_replaces_only_the_block():
-    stale = f"intro\n{catalogue.README_BEGIN}\n| old | row |\n{catalogue.README_END}\nrest\n"
-    fresh = catalogue.with_table(stale)
-    assert fresh.startswith("intro\n") and fresh.endswith(f"{catalogue.README_END}\nrest\n")
-    assert "| old | row |" not in fresh and all(f"| `{inv.id}` |" in fresh for inv in catalogue.INVARIANTS)
-    with pytest.raises(ValueError, match="lacks the markers"):
-        catalogue.with_table("no markers here")
+def test_regeneration_replaces_only_the_blocks():
+    stale = "".join(f"intro {name}\n{docs.begin(name)}\n| old | row |\n{docs.end(name)}\n" for name in docs.BLOCKS)
+    fresh = docs.with_blocks(stale + "rest\n")
+    assert "| old | row |" not in fresh and fresh.startswith("intro ") and fresh.endswith(f"{docs.end(list(docs.BLOCKS)[-1])}\nrest\n")
+    assert all(f"| `{inv.id}` |" in fresh for inv in catalogue.INVARIANTS)
+    assert "| `allocator` | `make_allocator` (→ `assign`, `free`, `watermark`), `writer_may_write` |" in fresh
+    with pytest.raises(ValueError, match="lacks the markers of the invariants table"):
+        docs.with_blocks("no markers here")
 
 
-def test_markdown_command_prints_the_table(capsys):
-    assert catalogue.main(["--markdown"]) == 0
-    assert capsys.readouterr().out == catalogue.markdown_table()
+@pytest.mark.parametrize("name", sorted(docs.BLOCKS))
+def test_markdown_command_prints_a_table(capsys, name):
+    assert docs.main(["--markdown", name]) == 0
+    assert capsys.readouterr().out == docs.BLOCKS[name]()
 
 
 # -- every invariant has conformance tests -------------------------------------------------------------
