@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal, Union
 
 from harness.interface import OPTIONAL_EXTRAS, Named, protocol_methods
+from harness.signatures import signature_mismatch
 
 
 def expected_return(protocol: type, method: str) -> Any:
@@ -113,11 +114,17 @@ def _is_int_tuple(value: Any, length: int) -> bool:
 
 
 def _protocol_problem(protocol: type, value: Any) -> str:
-    """Why ``value`` cannot serve as a ``protocol`` (missing methods, non-callable optional extras), or ``""``."""
+    """Why ``value`` cannot serve as a ``protocol`` (missing methods, non-callable optional extras, signatures
+    that cannot take the documented call), or ``""``."""
     extras = OPTIONAL_EXTRAS.get(protocol)
     missing = [m for m in protocol_methods(protocol) if not callable(getattr(value, m, None))]
     broken = [m for m in (protocol_methods(extras) if extras else ()) if hasattr(value, m) and not callable(getattr(value, m))]
     problems = ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"has non-callable {', '.join(broken)}"] if broken else [])
+    for declaring in (protocol, extras) if extras else (protocol,):
+        for method in protocol_methods(declaring):
+            if callable(getattr(value, method, None)):
+                mismatch = signature_mismatch(getattr(value, method), declaring, method)
+                problems += [f"has {mismatch}"] if mismatch else []
     return f"is not a {protocol.__name__}: it " + " and ".join(problems) if problems else ""
 
 

@@ -202,6 +202,24 @@ def test_returns_are_checked_against_the_protocol_annotation(method, args, retur
     assert str(caught.value).startswith(f"[{invariant}] impl.{method}(") and fragment in str(caught.value), caught.value
 
 
+def test_made_objects_with_wrong_signatures_are_refused_where_they_are_made():
+    class Handler:
+        def __getattr__(self, name):
+            return lambda *args: None
+
+        def chunk_arrived(self, request_id, chunk_index):
+            pass
+
+    impl = ReferenceImplementation()
+    impl.make_decode_handler = lambda **kwargs: Handler()  # type: ignore[method-assign]
+    with pytest.raises(guard.ImplementationFault) as caught:
+        guard.guard(impl).make_decode_handler(staging=None)
+    message = str(caught.value)
+    assert message.startswith("[lifecycle] impl.make_decode_handler(staging=None) returned garbage:"), message
+    assert "is not a DecodeHandler: it has chunk_arrived(request_id, chunk_index) cannot accept" in message
+    assert "add parameter(s) writer_slot, page_start, num_pages, num_tokens" in message
+
+
 def test_made_objects_are_checked_against_their_protocol():
     class Allocator:
         def __init__(self, inner):
