@@ -29,6 +29,16 @@ Conventions shared by every method:
   parts follow each other in writer-slot order.
 * Invalid topologies raise ``ValueError`` (with a message saying what to fix)
   before any byte moves.
+* The harness passes positional-or-keyword parameters by position (an
+  implementation may name them as it likes) and keyword-only parameters
+  (``make_decode_handler``, ``move_request``) by keyword.
+
+This module is the single source: :data:`CAPABILITY_TABLE` pairs each
+capability with its Protocol, and everything else derives from the Protocols
+-- the method lists (:data:`CAPABILITIES`, ...), the load-time signature check
+(``harness/signatures.py``), the guard's return checks (``harness/returns.py``
+reads the return annotations) and README's capability table
+(``harness/docs.py``).
 """
 
 from __future__ import annotations
@@ -283,7 +293,7 @@ class Implementation(HeadMapping, Layout, AllocatorFactory, KvCopy, DirectCopy, 
 
     @property
     def capabilities(self) -> Collection[str]:
-        """Capability names, each a key of :data:`CAPABILITY_TABLE`."""
+        """Capability names, each the name of a :class:`Capability` in :data:`CAPABILITY_TABLE`."""
 
 
 # -- what derives from the Protocols ----------------------------------------------------------------
