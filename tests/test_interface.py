@@ -241,3 +241,18 @@ def test_made_objects_are_checked_against_their_protocol():
     with pytest.raises(guard.ImplementationFault, match=r"^\[allocator\] allocator.assign\(4\) returned garbage: \(1, 2\) "
                                                         r"is neither None nor \(alloc_id, offset, round\) integers"):
         allocator.assign(4)
+
+
+def test_readme_adapter_example_fits_the_interface(monkeypatch):
+    """README's minimal adapter is an example, not a second definition: it must load against the Protocols."""
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (example,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "kvconform_adapter" in block]
+    monkeypatch.setitem(sys.modules, "mykv", types.ModuleType("mykv"))
+    namespace: dict = {}
+    exec(compile(example, "README.md example", "exec"), namespace)
+    assert validate_implementation(namespace["make_implementation"](), "README example") == {"kv_copy"}
