@@ -4,6 +4,9 @@ Conformance tests (``harness/conformance/test_*.py``) tag themselves with
 ``@pytest.mark.invariant("<id>", requires=("<capability>", ...))``.  A test
 whose required capabilities the implementation lacks is reported as
 "not implemented" rather than run.
+
+README.md's invariant table is generated from :data:`INVARIANTS`
+(``python -m harness.docs --update README.md``); a test fails when they differ.
 """
 
 from __future__ import annotations
@@ -20,40 +23,42 @@ class Invariant:
 
 INVARIANTS: tuple[Invariant, ...] = (
     Invariant("head_coverage", "Head coverage",
-              "Every head a decode rank must hold is written with the right global head's data; "
-              "no writer's source or destination range leaves its rank's heads."),
+              "Every head a decode rank must hold is written with the right global head's data; no writer's "
+              "source or destination range leaves its rank's heads."),
     Invariant("layout", "Staging layout",
-              "Writer regions are disjoint, ordered and sum to the total; sizes follow from "
-              "tokens, heads, head_dim, element size and layers."),
+              "Writer regions are disjoint, ordered and sum to the total; sizes follow from tokens, heads, "
+              "head_dim, element size and layers."),
     Invariant("round_trip", "Round trip",
-              "gather -> transfer -> scatter leaves each decode rank's pages bit-identical to "
-              "ground truth, all layers, K and V."),
+              "gather → transfer → scatter leaves decode pages bit-identical to ground truth (all layers, K and V, "
+              "fp8 and NaN payloads included), through raw kv_copy, the decode handler with a wrapping ring, "
+              "and end to end."),
     Invariant("isolation", "Isolation",
-              "Nothing outside the request's pages changes in the decode pool, gather leaves "
-              "prefill pools untouched, nothing is written outside the staging allocation."),
+              "Nothing outside the request's pages changes (canary-filled pools), gather leaves prefill pools "
+              "untouched, nothing is written outside a buffer (canary margins)."),
     Invariant("path_equivalence", "Path equivalence",
-              "Staged path, non-staged path and (for equal TP) plain copy give identical decode KV."),
+              "Staged, non-staged and (equal TP) plain page copy give identical decode KV."),
     Invariant("receivers", "Receivers",
-              "Any receiver object goes through the whole decode lifecycle without an exception; "
-              "only a truthy require_staging takes the staged path."),
+              "Any receiver object (attribute missing, `__slots__` unset, property, Mock, truthy non-bool, ...) "
+              "goes through the whole lifecycle; only a truthy `require_staging` stages."),
     Invariant("allocator", "Allocator and watermark",
-              "Writers that respect the watermark never write a live allocation; a writer with "
-              "nothing older live never waits; the watermark never moves backwards nor ahead of "
-              "live data; nothing is held once all is freed; oversized requests are refused."),
+              "Safety (a writer allowed by the watermark never overlaps an older live allocation), liveness "
+              "(nothing older live → never waits, empty ring and wraps included), watermark monotonic and never "
+              "ahead of live data, whole ring usable once all is freed, oversized refused."),
     Invariant("lifecycle", "Request lifecycle",
-              "Each chunk is scattered exactly once, after all its writer slots arrived, in any "
-              "order; duplicates and late messages are harmless; pages land at prefix + page "
-              "offset; failure and release free everything and leave other requests alone."),
+              "Each chunk scattered exactly once after all distinct writer slots arrived, in any order with "
+              "duplicates and late messages; pages at prefix + page offset; failures (abort, timeout, oversized, "
+              "misaligned prefix, a writer that never arrives, partial writes) stay contained and release frees "
+              "everything; Hypothesis state machines drive the allocator and handler through random "
+              "interleavings of all of these (`test_stateful.py`, `test_faults.py`)."),
     Invariant("concurrency", "Concurrent use",
-              "Driven from a transfer thread (allocations, arrivals, scatter submission) and a scheduler "
-              "thread (polls, aborts, releases) at once, the handler keeps the lifecycle and allocator "
-              "invariants: no exception, no hang, no lost or corrupted byte, no leaked allocation."),
+              "A transfer thread (allocations, arrivals, scatter submission) and a scheduler thread (polls, "
+              "aborts, releases) drive the handler at once: no exception, hang, lost byte or leak."),
     Invariant("device", "Accelerator behaviour",
-              "On an accelerator: results bit-identical to the CPU run of the same example, no host "
-              "synchronisation inside the per-chunk hot path (gather, arrival, scatter submission), "
-              "and staging regions freed only after their scatter completed."),
+              "On CUDA: results bit-identical to the CPU run, no host sync in the per-chunk hot path (gather, "
+              "arrival, scatter submission), scatters on a side stream, regions freed only after their "
+              "scatter completed."),
     Invariant("bad_topology", "Bad topology",
-              "Invalid configurations raise a clear ValueError instead of moving bytes."),
+              "Invalid configurations raise a `ValueError` that names the problem, before any byte moves."),
 )
 
 BY_ID: dict[str, Invariant] = {inv.id: inv for inv in INVARIANTS}

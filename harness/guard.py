@@ -18,9 +18,11 @@ the allocators and handlers it makes:
 * turns an exception into an :class:`ImplementationFault` naming the method,
   its arguments and the invariant (an ``InvariantViolation`` raised by harness
   code the implementation called back passes through untouched);
-* checks the shape of what comes back (``poll`` returns a state, ``assign``
-  ``None`` or three integers, ...), so garbage is reported where it appears
-  instead of as a confusing failure later.
+* checks what comes back against the return annotation its Protocol documents
+  in ``harness/interface.py`` (``poll`` returns a state, ``assign`` ``None`` or
+  three integers, ...; ``harness/returns.py``), so garbage is reported where
+  it appears instead of as a confusing failure later.  A returned generator is
+  materialized once and that list is passed on: checking never consumes it.
 
 :class:`CanaryFence` hands out buffers with canary margins on both sides and
 reports a write outside any of them as an ``[isolation]`` violation.
@@ -46,8 +48,9 @@ from typing import Any, Callable, Optional
 import torch
 
 from harness import cluster
-from harness.interface import ALLOCATOR_METHODS, CAPABILITIES, DECODE_HANDLER_METHODS, DONE, FAILED, PENDING
+from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, Allocator, DecodeHandler, method_owners, protocol_methods
 from harness.oracles import InvariantViolation
+from harness.returns import check_return, expected_return
 
 TIMEOUT_ENV_VAR = "KVCONFORM_CALL_TIMEOUT_S"
 AFTER_HANG_ENV_VAR = "KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S"
@@ -55,18 +58,21 @@ DEFAULT_CALL_TIMEOUT_S = 30.0
 DEFAULT_AFTER_HANG_TIMEOUT_S = 0.05
 TRAIL_LENGTH = 12
 
-#: Invariant a failing call is reported on, by the capability its method belongs to.
-INVARIANT_OF_CAPABILITY = {
-    "head_mapping": "head_coverage",
-    "layout": "layout",
-    "allocator": "allocator",
-    "kv_copy": "round_trip",
-    "direct_copy": "path_equivalence",
-    "decode_handler": "lifecycle",
-    "end_to_end": "round_trip",
-}
-_CAPABILITY_OF_METHOD = {method: cap for cap, methods in CAPABILITIES.items() for method in methods}
-_STATES = (PENDING, DONE, FAILED)
+
+
+@dataclass(frozen=True)
+class _Documented:
+    """What the interface says about one method: its return annotation and the invariant its faults go to."""
+
+    returns: Any
+    invariant: str
+
+
+#: Every method the guard wraps (each capability's, and those of the allocators and handlers its factories
+#: make), with its documented return and the invariant of its capability.
+_DOCUMENTED = {method: _Documented(expected_return(protocol, method), cap.invariant)
+               for method, (cap, protocol) in method_owners().items()}
+_IMPLEMENTATION_METHODS = frozenset(method for cap in CAPABILITY_TABLE for method in cap.methods)
 
 
 class ImplementationFault(InvariantViolation):
@@ -162,10 +168,11 @@ class _Helper(threading.Thread):
         keeps every other thread's eval breaker set, which livelocks the test thread.
         """
         self.submit(None)
-        if sys.version_info < (3, 13) and not _spins_in_python(self.ident):
-            return
+        ident = self.ident
+        if ident is None or (sys.version_info < (3, 13) and not _spins_in_python(ident)):
+            return  # never started, or blocked in C
         try:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Abandoned))
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_Abandoned))
         except Exception:  # not CPython: the daemon thread is simply left behind
             pass
 
@@ -305,9 +312,9 @@ class _Guarded:
                 outer.pending.pop()
         else:
             result = self._with_deadline(invariant, label, fn, args, kwargs)
-        problem = _garbage(name, result, args)
+        result, problem = check_return(_DOCUMENTED[name].returns, result)
         if problem:
-            raise ImplementationFault(f"[{invariant}] {label} returned garbage: {problem}; "
+            raise ImplementationFault(f"[{invariant}] {label} returned garbage: {_show(result)} {problem}; "
                                       f"calls so far: {self._context.describe_trail()}")
         return self._wrap_result(name, result)
 
@@ -346,19 +353,19 @@ class _Guarded:
 
 class GuardedAllocator(_Guarded):
     _ROLE = "allocator"
-    _METHODS = frozenset(ALLOCATOR_METHODS)
+    _METHODS = frozenset(protocol_methods(Allocator))
 
 
 class GuardedHandler(_Guarded):
     _ROLE = "handler"
-    _METHODS = frozenset(DECODE_HANDLER_METHODS) | {"failure_reason"}
+    _METHODS = frozenset(protocol_methods(DecodeHandler) + protocol_methods(OPTIONAL_EXTRAS[DecodeHandler]))
 
 
 class GuardedImplementation(_Guarded):
     """An implementation whose every interface method is guarded; allocators and handlers it makes are too."""
 
     _ROLE = "impl"
-    _METHODS = frozenset(_CAPABILITY_OF_METHOD)
+    _METHODS = _IMPLEMENTATION_METHODS
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -374,11 +381,15 @@ class GuardedImplementation(_Guarded):
 
     def _wrap_result(self, name: str, result: Any) -> Any:
         # Each allocator and handler keeps its own trail: a message lists that object's calls only.
-        if name == "make_allocator":
-            return GuardedAllocator(result, _Context(self._context.root, self._context.convert_errors))
-        if name == "make_decode_handler":
-            return GuardedHandler(result, _Context(self._context.root, self._context.convert_errors))
-        return result
+        made = _MADE_BY.get(name)
+        if made is None:
+            return result
+        return _GUARD_OF[made](result, _Context(self._context.root, self._context.convert_errors))
+
+
+#: Factory method -> Protocol of what it makes, and the guard each made object gets.
+_MADE_BY: dict[str, type] = {factory: made for cap in CAPABILITY_TABLE for factory, made in cap.products.items()}
+_GUARD_OF: dict[type, type[_Guarded]] = {Allocator: GuardedAllocator, DecodeHandler: GuardedHandler}
 
 
 def guard(impl: Any, convert_errors: bool = True) -> GuardedImplementation:
@@ -399,63 +410,8 @@ def forget_hangs() -> None:
 
 # -- what the calls return --------------------------------------------------------------------
 def _invariant_of(method: str) -> str:
-    if method in ALLOCATOR_METHODS:
-        return "allocator"
-    if method in DECODE_HANDLER_METHODS or method == "failure_reason":
-        return "lifecycle"
-    return INVARIANT_OF_CAPABILITY.get(_CAPABILITY_OF_METHOD.get(method, ""), "lifecycle")
-
-
-def _is_int(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    try:
-        value.__index__()
-    except (AttributeError, TypeError):
-        return False
-    return True
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool) or type(value).__name__ == "bool_" or (_is_int(value) and int(value) in (0, 1))
-
-
-def _int_tuple(value: Any, length: int) -> bool:
-    try:
-        items = tuple(value)
-    except TypeError:
-        return False
-    return len(items) == length and all(_is_int(v) for v in items)
-
-
-def _garbage(method: str, result: Any, args: tuple) -> str:
-    """Why ``result`` cannot be what ``method`` returns, or ``""``."""
-    if method == "assign" and result is not None and not _int_tuple(result, 3):
-        return f"{result!r} is neither None nor (alloc_id, offset, round) integers"
-    if method == "watermark" and not _int_tuple(result, 2):
-        return f"{result!r} is not a (round, tail) pair of integers"
-    if method == "allocate_chunk" and result is not None and not _int_tuple(result, 3):
-        return f"{result!r} is neither None nor (offset, round, end) integers"
-    if method == "poll" and (not isinstance(result, str) or result not in _STATES):
-        return f"{result!r} is not one of {', '.join(map(repr, _STATES))}"
-    if method in ("register", "writer_may_write") and not _is_bool(result):
-        return f"{result!r} is not a bool"
-    if method == "failure_reason" and not isinstance(result, str):
-        return f"{result!r} is not a string"
-    if method == "make_allocator":
-        missing = [m for m in ALLOCATOR_METHODS if not callable(getattr(result, m, None))]
-        return f"{result!r} lacks {', '.join(missing)}" if missing else ""
-    if method == "make_decode_handler":
-        missing = [m for m in DECODE_HANDLER_METHODS if not callable(getattr(result, m, None))]
-        return f"{result!r} lacks {', '.join(missing)}" if missing else ""
-    if method == "staging_layout":
-        try:
-            spans = list(result)
-        except TypeError:
-            return f"{result!r} is not a sequence of (offset, nbytes)"
-        if not all(_int_tuple(s, 2) for s in spans):
-            return f"{result!r} is not a sequence of (offset, nbytes) integer pairs"
-    return ""
+    documented = _DOCUMENTED.get(method)
+    return documented.invariant if documented else "lifecycle"
 
 
 def _show(value: Any) -> str:
@@ -465,7 +421,7 @@ def _show(value: Any) -> str:
         return f"tensor{tuple(value.shape)}:{str(value.dtype).removeprefix('torch.')}"
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_show(v) for v in value[:4]) + (f", ... {len(value)} items" if len(value) > 4 else "")
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' * (len(value) == 1)})"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

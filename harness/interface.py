@@ -29,44 +29,53 @@ Conventions shared by every method:
   parts follow each other in writer-slot order.
 * Invalid topologies raise ``ValueError`` (with a message saying what to fix)
   before any byte moves.
+* The harness passes positional-or-keyword parameters by position (an
+  implementation may name them as it likes) and keyword-only parameters
+  (``make_decode_handler``, ``move_request``) by keyword.
+
+This module is the single source: :data:`CAPABILITY_TABLE` pairs each
+capability with its Protocol, and everything else derives from the Protocols
+-- the method lists (:data:`CAPABILITIES`, ...), the load-time signature check
+(``harness/signatures.py``), the guard's return checks (``harness/returns.py``
+reads the return annotations) and README's capability table
+(``harness/docs.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Collection, Literal, Optional, Protocol, Sequence
 
 import torch
 
-#: Capability name -> methods an implementation claiming it must provide.
-CAPABILITIES: dict[str, tuple[str, ...]] = {
-    "head_mapping": ("heads_of_rank", "writers_of_decode_rank", "head_slice"),
-    "layout": ("staging_layout",),
-    "allocator": ("make_allocator", "writer_may_write"),
-    "kv_copy": ("gather", "scatter"),
-    "direct_copy": ("direct_copy",),
-    "decode_handler": ("make_decode_handler",),
-    "end_to_end": ("move_request",),
-}
 
-#: Methods every allocator object must have.
-ALLOCATOR_METHODS = ("assign", "free", "watermark")
-#: Methods every decode handler object must have.
-DECODE_HANDLER_METHODS = (
-    "register",
-    "allocate_chunk",
-    "chunk_arrived",
-    "prefill_done",
-    "poll",
-    "fail",
-    "release",
-)
+@dataclass(frozen=True)
+class Named:
+    """``Annotated`` metadata: the names of a fixed-length integer tuple's items (for messages)."""
 
+    names: tuple[str, ...]
+
+
+#: The answers methods return.  The guard checks every return value against its method's annotation
+#: (``harness/returns.py``), so these aliases are the one description of what comes back.
+Span = Annotated[tuple[int, int], Named(("offset", "nbytes"))]
+HeadSlice = Annotated[tuple[int, int, int], Named(("source_head_start", "head_count", "destination_head_start"))]
+Placement = Annotated[tuple[int, int, int], Named(("alloc_id", "offset", "round"))]
+WatermarkPosition = Annotated[tuple[int, int], Named(("round", "tail"))]
+ChunkRegion = Annotated[tuple[int, int, int], Named(("offset", "round", "end"))]
 #: Request states returned by ``DecodeHandler.poll``.
-PENDING, DONE, FAILED = "pending", "done", "failed"
+PollState = Literal["pending", "done", "failed"]
+PENDING: PollState = "pending"
+DONE: PollState = "done"
+FAILED: PollState = "failed"
+#: A rank's pool: per-layer K tensors and per-layer V tensors.
+Pool = tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]
 
 
 class HeadMapping(Protocol):
-    """Which heads live where, and who writes to whom (capability ``head_mapping``)."""
+    """Which heads each rank holds, and which prefill ranks write which heads to each decode rank."""
 
     def heads_of_rank(self, total_kv_heads: int, tp_size: int, rank: int) -> Sequence[int]:
         """Global KV heads held by ``rank`` of a TP group of ``tp_size``, in local order."""
@@ -78,13 +87,13 @@ class HeadMapping(Protocol):
 
     def head_slice(
         self, total_kv_heads: int, prefill_tp: int, decode_tp: int, prefill_rank: int, decode_rank: int
-    ) -> tuple[int, int, int]:
+    ) -> HeadSlice:
         """``(source_head_start, head_count, destination_head_start)``, local head
         indices on the prefill and decode rank, for the pair's transfer."""
 
 
 class Layout(Protocol):
-    """Staging region byte layout (capability ``layout``)."""
+    """Where each writer's part of a chunk's staging region goes, in bytes."""
 
     def staging_layout(
         self,
@@ -94,38 +103,38 @@ class Layout(Protocol):
         layers_per_writer: int,
         head_dim: int,
         element_size: int,
-    ) -> Sequence[tuple[int, int]]:
+    ) -> Sequence[Span]:
         """``(offset, nbytes)`` of each writer's part of one chunk's staging region."""
 
 
 class Allocator(Protocol):
     """A ring staging allocator over ``capacity`` bytes."""
 
-    def assign(self, nbytes: int) -> Optional[tuple[int, int, int]]:
+    def assign(self, nbytes: int) -> Optional[Placement]:
         """Place ``nbytes``; return ``(alloc_id, offset, round)``, or ``None`` to
         refuse explicitly when ``nbytes`` exceeds the capacity.  Never waits."""
 
     def free(self, alloc_id: int) -> None:
         """Release an allocation; unknown or already-freed ids are ignored."""
 
-    def watermark(self) -> tuple[int, int]:
+    def watermark(self) -> WatermarkPosition:
         """``(round, tail)``: position of the oldest live allocation, or the
         current head when nothing is live."""
 
 
 class AllocatorFactory(Protocol):
-    """Capability ``allocator``."""
+    """Ring staging allocators, and the rule a writer follows to honour the watermark."""
 
     def make_allocator(self, capacity: int) -> Allocator:
         """A fresh, empty ring allocator of ``capacity`` bytes."""
 
-    def writer_may_write(self, alloc_round: int, alloc_end: int, watermark: tuple[int, int]) -> bool:
+    def writer_may_write(self, alloc_round: int, alloc_end: int, watermark: WatermarkPosition) -> bool:
         """Whether a writer may write allocation ``(round, end)`` given the last
         watermark it received."""
 
 
 class KvCopy(Protocol):
-    """Gather and scatter between paged pools and staging (capability ``kv_copy``)."""
+    """Gather a head slice from a paged pool into staging; scatter a whole chunk from staging into a paged pool."""
 
     def gather(
         self,
@@ -162,7 +171,7 @@ class KvCopy(Protocol):
 
 
 class DirectCopy(Protocol):
-    """Non-staged path (capability ``direct_copy``)."""
+    """The non-staged path: copy a head slice straight from a prefill pool into a decode pool."""
 
     def direct_copy(
         self,
@@ -182,7 +191,6 @@ class DirectCopy(Protocol):
         to a decode pool (same layer count), for receivers without staging."""
 
 
-@runtime_checkable
 class DecodeHandler(Protocol):
     """One decode rank's staging handler and request lifecycle."""
 
@@ -194,7 +202,7 @@ class DecodeHandler(Protocol):
         and truthy).  Must accept *any* receiver object.  ``page_table`` covers
         all ``num_tokens`` tokens; the first ``prefix_len`` are already cached."""
 
-    def allocate_chunk(self, request_id: int, chunk_index: int, nbytes: int) -> Optional[tuple[int, int, int]]:
+    def allocate_chunk(self, request_id: int, chunk_index: int, nbytes: int) -> Optional[ChunkRegion]:
         """Staging allocation for one chunk: ``(offset, round, end)``; the same
         answer for repeated asks; ``None`` when refused (the request fails)."""
 
@@ -208,7 +216,7 @@ class DecodeHandler(Protocol):
     def prefill_done(self, request_id: int) -> None:
         """The prefill side reported that every chunk was sent."""
 
-    def poll(self, request_id: int) -> str:
+    def poll(self, request_id: int) -> PollState:
         """``"pending"``, ``"done"`` or ``"failed"``; runs pending scatters and
         timeout checks."""
 
@@ -219,8 +227,15 @@ class DecodeHandler(Protocol):
         """Forget a request, freeing every allocation it holds."""
 
 
+class ExplainsFailures(Protocol):
+    """Optional extra of a decode handler: called, when present, to check that a failure says why."""
+
+    def failure_reason(self, request_id: int) -> str:
+        """Why request ``request_id`` failed, in words (``""`` when it did not)."""
+
+
 class DecodeHandlerFactory(Protocol):
-    """Capability ``decode_handler``."""
+    """One decode rank's staging handler, which drives each request's lifecycle."""
 
     def make_decode_handler(
         self,
@@ -242,7 +257,7 @@ class DecodeHandlerFactory(Protocol):
 
 
 class EndToEnd(Protocol):
-    """Capability ``end_to_end``."""
+    """Move a request's KV from prefill to decode pools your own way (e.g. decode ranks pulling head slices)."""
 
     def move_request(
         self,
@@ -253,9 +268,9 @@ class EndToEnd(Protocol):
         prefill_pp: int,
         decode_pp: int,
         page_size: int,
-        prefill_pools: Sequence[tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]],
+        prefill_pools: Sequence[Pool],
         prefill_page_tables: Sequence[torch.Tensor],
-        decode_pools: Sequence[tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]],
+        decode_pools: Sequence[Pool],
         decode_page_tables: Sequence[torch.Tensor],
         prefix_len: int,
         num_tokens: int,
@@ -265,3 +280,111 @@ class EndToEnd(Protocol):
         """Move tokens ``[prefix_len, num_tokens)`` of one request.  Pools are
         indexed ``pp_stage * tp + tp_rank``; a rank's pool holds its PP stage's
         layers.  Page tables cover the whole request on each rank."""
+
+
+class Implementation(HeadMapping, Layout, AllocatorFactory, KvCopy, DirectCopy, DecodeHandlerFactory, EndToEnd,
+                     Protocol):
+    """An implementation as conformance tests see it.
+
+    A real one provides only the methods of the capabilities it names in
+    ``capabilities``; a test calls only methods of the capabilities in its
+    marker's ``requires`` (the others are reported "not implemented").
+    """
+
+    @property
+    def capabilities(self) -> Collection[str]:
+        """Capability names, each the name of a :class:`Capability` in :data:`CAPABILITY_TABLE`."""
+
+
+# -- what derives from the Protocols ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Capability:
+    """One capability: its Protocol (the methods and their signatures) and where its faults are reported."""
+
+    name: str
+    protocol: type  #: declares the methods; its docstring's first line says what the capability is
+    level: str  #: "primitives" (the harness orchestrates) or "end to end"
+    invariant: str  #: invariant a raising, hanging or garbage-returning call of its methods is reported on
+
+    @property
+    def summary(self) -> str:
+        return (self.protocol.__doc__ or "").strip().splitlines()[0]
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return protocol_methods(self.protocol)
+
+    @property
+    def products(self) -> dict[str, type]:
+        """Factory method -> Protocol of the object it returns (``make_allocator`` -> :class:`Allocator`)."""
+        made = {}
+        for method in self.methods:
+            returned = inspect.signature(getattr(self.protocol, method), eval_str=True).return_annotation
+            if getattr(returned, "_is_protocol", False):
+                made[method] = returned
+        return made
+
+
+def protocol_methods(protocol: type) -> tuple[str, ...]:
+    """The public methods ``protocol`` declares itself, in the order written."""
+    return tuple(name for name, value in vars(protocol).items() if inspect.isfunction(value) and not name.startswith("_"))
+
+
+@functools.cache
+def documented_signature(protocol: type, method: str) -> inspect.Signature:
+    """How the harness calls ``method``: its Protocol signature without ``self``, annotations resolved."""
+    signature = inspect.signature(getattr(protocol, method), eval_str=True)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+def documented_arguments(method: str, args: tuple, kwargs: Optional[dict] = None) -> inspect.BoundArguments:
+    """``args``/``kwargs`` of a call of interface method ``method`` bound to its documented parameter names.
+
+    For wrappers that read or change one argument without re-typing the signature:
+    ``call = documented_arguments("scatter", args)``, read or edit
+    ``call.arguments["page_table"]``, then call on with ``*call.args, **call.kwargs``.
+    """
+    _, protocol = method_owners()[method]
+    return documented_signature(protocol, method).bind(*args, **(kwargs or {}))
+
+
+@functools.cache
+def method_owners() -> dict[str, tuple[Capability, type]]:
+    """Every interface method -> the capability it belongs to and the Protocol declaring it.
+
+    A capability owns its Protocol's methods and those of the objects its
+    factories make (with their optional extras): ``assign`` belongs to
+    ``allocator`` through :class:`Allocator`.  Names are unique across Protocols,
+    so a method name alone says what is called.
+    """
+    owners: dict[str, tuple[Capability, type]] = {}
+    for cap in CAPABILITY_TABLE:
+        made = [p for product in cap.products.values() for p in (product, OPTIONAL_EXTRAS.get(product)) if p]
+        for protocol in (cap.protocol, *made):
+            for method in protocol_methods(protocol):
+                if method in owners:
+                    raise TypeError(f"interface method {method!r} is declared by {owners[method][1].__name__} "
+                                    f"and {protocol.__name__}: method names must be unique across Protocols")
+                owners[method] = (cap, protocol)
+    return owners
+
+
+CAPABILITY_TABLE: tuple[Capability, ...] = (
+    Capability("head_mapping", HeadMapping, "primitives", "head_coverage"),
+    Capability("layout", Layout, "primitives", "layout"),
+    Capability("allocator", AllocatorFactory, "primitives", "allocator"),
+    Capability("kv_copy", KvCopy, "primitives", "round_trip"),
+    Capability("direct_copy", DirectCopy, "primitives", "path_equivalence"),
+    Capability("decode_handler", DecodeHandlerFactory, "primitives", "lifecycle"),
+    Capability("end_to_end", EndToEnd, "end to end", "round_trip"),
+)
+BY_NAME: dict[str, Capability] = {cap.name: cap for cap in CAPABILITY_TABLE}
+#: Optional extras of a made object's Protocol: methods called only when present.
+OPTIONAL_EXTRAS: dict[type, type] = {DecodeHandler: ExplainsFailures}
+
+#: Capability name -> methods an implementation claiming it must provide.
+CAPABILITIES: dict[str, tuple[str, ...]] = {cap.name: cap.methods for cap in CAPABILITY_TABLE}
+#: Methods every allocator object must have.
+ALLOCATOR_METHODS = protocol_methods(Allocator)
+#: Methods every decode handler object must have.
+DECODE_HANDLER_METHODS = protocol_methods(DecodeHandler)

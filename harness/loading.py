@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import scope
-from harness.interface import CAPABILITIES
+from harness.interface import BY_NAME, CAPABILITIES, Implementation
+from harness.signatures import signature_mismatch
 
 #: Environment variable naming the implementation when ``--impl`` is absent.
 IMPL_ENV_VAR = "KVCONFORM_IMPL"
@@ -63,7 +64,7 @@ class LoadedImplementation:
 
     spec: str  #: the spec as resolved (never empty)
     name: str  #: display name for reports
-    implementation: Any  #: the object conformance tests call
+    implementation: Implementation  #: the object conformance tests call
     capabilities: frozenset[str]  #: validated capability names it claims
     target: str  #: the ``module:attribute`` the spec resolved to
 
@@ -126,6 +127,10 @@ def validate_implementation(implementation: Any, spec: str) -> frozenset[str]:
                 problems.append(f"capability {cap!r} needs method {method}() but it is missing")
             elif not callable(value):
                 problems.append(f"capability {cap!r} needs method {method}() but it is a {type(value).__name__}, not callable")
+            else:
+                mismatch = signature_mismatch(value, BY_NAME[cap].protocol, method)
+                if mismatch:
+                    problems.append(f"capability {cap!r}: {mismatch}")
     unknown = scope.unknown_limits(getattr(implementation, "limits", ()))
     if unknown:
         problems.append(f"'limits' names {unknown}, which the suite does not know; valid: {sorted(scope.LIMITS)}")
@@ -133,7 +138,8 @@ def validate_implementation(implementation: Any, spec: str) -> frozenset[str]:
         bullets = "".join(f"\n  - {p}" for p in problems)
         raise ImplementationError(
             f"{what} claims capabilities it does not fully provide:{bullets}\n"
-            "Implement the methods (see harness/interface.py) or remove the capability from 'capabilities'."
+            "Implement the methods with the signatures of harness/interface.py "
+            "or remove the capability from 'capabilities'."
         )
     return frozenset(claimed)
 

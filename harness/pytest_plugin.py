@@ -48,7 +48,7 @@ import pytest
 
 from harness import profiles, scope
 from harness.catalogue import BY_ID
-from harness.interface import CAPABILITIES
+from harness.interface import CAPABILITIES, Implementation
 from harness.loading import IMPL_ENV_VAR, ImplementationError, LoadedImplementation, load_implementation, resolve_spec
 from harness.report import FailureDetail, RunContext, TestRecord, build_report, terminal_lines, write_report
 from harness.xfails import XfailEntry, first_match, read_xfails, resolve_xfails_path
@@ -131,8 +131,8 @@ def loaded_impl(pytestconfig: pytest.Config) -> LoadedImplementation:
 
 
 @pytest.fixture(scope="session")
-def impl(loaded_impl: LoadedImplementation) -> Any:
-    """The implementation object conformance tests call."""
+def impl(loaded_impl: LoadedImplementation) -> Implementation:
+    """The implementation object conformance tests call (typed with every capability's Protocol)."""
     return loaded_impl.implementation
 
 

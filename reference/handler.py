@@ -217,6 +217,7 @@ class DecodeStagingHandler:
         return ""
 
     def _submit_scatter(self, req: _Request, chunk: _Chunk) -> None:
+        assert chunk.geometry is not None, "a chunk is scattered only after its writers reported its geometry"
         page_start, num_pages, num_tokens = chunk.geometry
         first_page = req.prefix_len // self._page_size + page_start
         args = (

@@ -10,6 +10,7 @@ conformance suite judges the kernels themselves on a CPU-only machine.
 from __future__ import annotations
 
 import os
+import types
 from typing import Any, Sequence
 
 import torch
@@ -19,7 +20,7 @@ from reference.layout import StagingLayout
 from reference.topology import TpTopology
 
 
-def _kernels_for(tensor: torch.Tensor):
+def _kernels_for(tensor: torch.Tensor) -> types.ModuleType:
     """Triton for CUDA tensors when available; the torch path otherwise (CPU included, whatever
     ``TRITON_INTERPRET`` says: the interpreter is for judging the kernels, not for speed)."""
     if not tensor.is_cuda:
@@ -50,7 +51,8 @@ class ReferenceImplementation:
         return hs.source_start, hs.count, hs.destination_start
 
     # layout
-    def staging_layout(self, num_writers, num_tokens, heads_per_writer, layers_per_writer, head_dim, element_size):
+    def staging_layout(self, num_writers: int, num_tokens: int, heads_per_writer: int, layers_per_writer: int,
+                       head_dim: int, element_size: int) -> list[tuple[int, int]]:
         return StagingLayout(num_writers, num_tokens, heads_per_writer, layers_per_writer, head_dim, element_size).spans()
 
     # allocator
@@ -61,11 +63,13 @@ class ReferenceImplementation:
         return allocator.writer_may_write(alloc_round, alloc_end, watermark)
 
     # kv_copy
-    def gather(self, k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out) -> None:
+    def gather(self, k_layers: Sequence[torch.Tensor], v_layers: Sequence[torch.Tensor], page_table: torch.Tensor,
+               page_size: int, num_tokens: int, head_start: int, head_count: int, out: torch.Tensor) -> None:
         self.kernels(out).gather(k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out)
 
-    def scatter(self, staging, writer_destinations, heads_per_writer, layers_per_writer, k_layers, v_layers,
-                page_table, page_size, num_tokens) -> None:
+    def scatter(self, staging: torch.Tensor, writer_destinations: Sequence[tuple[int, int]], heads_per_writer: int,
+                layers_per_writer: int, k_layers: Sequence[torch.Tensor], v_layers: Sequence[torch.Tensor],
+                page_table: torch.Tensor, page_size: int, num_tokens: int) -> None:
         self.kernels(staging).scatter(staging, writer_destinations, heads_per_writer, layers_per_writer,
                                       k_layers, v_layers, page_table, page_size, num_tokens)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence, TypeVar
+from typing import Any, Hashable, Sequence, TypeVar
 
 from hypothesis import strategies as st
 
@@ -11,8 +11,9 @@ Slot = TypeVar("Slot", bound=Hashable)
 
 def _canonical_order(slots: Sequence[Slot]) -> list[Slot]:
     """Sorted when the slots are comparable, else as given."""
+    comparable: Sequence[Any] = slots  # Hashable promises no ordering: sorting is tried, not assumed
     try:
-        return sorted(slots)
+        return sorted(comparable)
     except TypeError:
         return list(slots)
 

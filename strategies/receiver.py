@@ -265,7 +265,7 @@ def _receivers(truthy: bool | None, kinds: tuple[str, ...] | None) -> st.SearchS
     unknown = [k for k in chosen if k not in RECEIVER_KINDS]
     if unknown or not chosen:
         raise ValueError(f"kinds must be a non-empty subset of {RECEIVER_KINDS}, got {kinds!r}")
-    makers = [(make, True) for k, make in _VALUED.items() if k in chosen]
+    makers: list[tuple[Callable[..., object], bool]] = [(make, True) for k, make in _VALUED.items() if k in chosen]
     if truthy is not True:
         makers += [(make, False) for k, make in _ABSENT.items() if k in chosen]
     if truthy is not False:

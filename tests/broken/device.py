@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+from harness.interface import documented_arguments
 from reference import handler
 from reference.plugin import ReferenceImplementation
 
@@ -10,9 +10,10 @@ from reference.plugin import ReferenceImplementation
 class SyncsInHotPath(ReferenceImplementation):
     """Gather reads a value back to the host (``.item()``) on every call."""
 
-    def gather(self, k, v, page_table, page_size, num_tokens, head_start, head_count, out):
+    def gather(self, *args):
+        page_table = documented_arguments("gather", args).arguments["page_table"]
         int(page_table.max().item())  # a "cheap" bounds check that stalls the pipeline
-        super().gather(k, v, page_table, page_size, num_tokens, head_start, head_count, out)
+        super().gather(*args)
 
 
 class ScattersOnCallerStream(ReferenceImplementation):

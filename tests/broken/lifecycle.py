@@ -1,7 +1,13 @@
-"""Receiver routing, allocator and request-lifecycle bugs."""
+"""Receiver routing, allocator and request-lifecycle bugs.
+
+Handler bugs override one reference handler method taking ``*args`` and read the
+arguments they need by their documented names
+(``harness.interface.documented_arguments``): the signatures stay written once.
+"""
 
 from __future__ import annotations
 
+from harness.interface import documented_arguments
 from reference import allocator, handler
 from reference.plugin import ReferenceImplementation
 
@@ -19,21 +25,22 @@ class UnguardedRequireStaging(_CustomHandler):
     """Registration reads ``receiver.require_staging`` unguarded (SGLang PR #22153)."""
 
     class Handler(handler.DecodeStagingHandler):
-        def register(self, request_id, receiver, page_table, prefix_len, num_tokens):
-            if receiver.require_staging:
+        def register(self, *args):
+            if documented_arguments("register", args).arguments["receiver"].require_staging:
                 pass
-            return super().register(request_id, receiver, page_table, prefix_len, num_tokens)
+            return super().register(*args)
 
 
 class StagingOnlyIfTrue(_CustomHandler):
     """Routes with ``require_staging is True``: truthy non-bools (1, "yes", a Mock) take the plain path."""
 
     class Handler(handler.DecodeStagingHandler):
-        def register(self, request_id, receiver, page_table, prefix_len, num_tokens):
-            staged = super().register(request_id, receiver, page_table, prefix_len, num_tokens)
-            if staged and getattr(receiver, "require_staging", None) is not True:
+        def register(self, *args):
+            staged = super().register(*args)
+            call = documented_arguments("register", args).arguments
+            if staged and getattr(call["receiver"], "require_staging", None) is not True:
                 with self._lock:
-                    self._requests[request_id].staged = False
+                    self._requests[call["request_id"]].staged = False
                 return False
             return staged
 
@@ -81,17 +88,18 @@ class CountsDuplicateArrivals(_CustomHandler):
     """Counts arrivals, not distinct writer slots: a duplicate message triggers an early scatter."""
 
     class Handler(handler.DecodeStagingHandler):
-        def chunk_arrived(self, request_id, chunk_index, writer_slot, page_start, num_pages, num_tokens):
+        def chunk_arrived(self, *args):
+            call = documented_arguments("chunk_arrived", args).arguments
             with self._lock:
-                req = self._requests.get(request_id)
-                chunk = req.chunks.get(chunk_index) if req else None
-                if chunk is not None and writer_slot in chunk.arrived and not chunk.scattered:
+                req = self._requests.get(call["request_id"])
+                chunk = req.chunks.get(call["chunk_index"]) if req else None
+                if chunk is not None and call["writer_slot"] in chunk.arrived and not chunk.scattered:
                     chunk.arrived.add(-len(chunk.arrived) - 1)  # a fake extra writer
                     if len(chunk.arrived) >= self._num_writers:
-                        chunk.geometry = (page_start, num_pages, num_tokens)
+                        chunk.geometry = (call["page_start"], call["num_pages"], call["num_tokens"])
                         self._submit_scatter(req, chunk)
                     return
-            super().chunk_arrived(request_id, chunk_index, writer_slot, page_start, num_pages, num_tokens)
+            super().chunk_arrived(*args)
 
 
 class ReleaseLeaks(_CustomHandler):
@@ -133,9 +141,9 @@ class NoMisalignedPrefixCheck(_CustomHandler):
     """Accepts a non-page-aligned decode prefix on the staged path."""
 
     class Handler(handler.DecodeStagingHandler):
-        def register(self, request_id, receiver, page_table, prefix_len, num_tokens):
-            staged = super().register(request_id, receiver, page_table, prefix_len, num_tokens)
+        def register(self, *args):
+            staged = super().register(*args)
             with self._lock:
-                req = self._requests[request_id]
+                req = self._requests[documented_arguments("register", args).arguments["request_id"]]
                 req.state, req.reason = handler.PENDING, ""
             return staged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.interface import documented_arguments
 from reference.plugin import ReferenceImplementation
 
 
@@ -32,8 +33,10 @@ class SwappedWriterSlots(ReferenceImplementation):
 class LayoutIgnoresElementSize(ReferenceImplementation):
     """Sizes writer parts as if every dtype were one byte."""
 
-    def staging_layout(self, num_writers, num_tokens, heads, layers, head_dim, element_size):
-        return super().staging_layout(num_writers, num_tokens, heads, layers, head_dim, 1)
+    def staging_layout(self, *args):
+        call = documented_arguments("staging_layout", args)
+        call.arguments["element_size"] = 1
+        return super().staging_layout(*call.args)
 
 
 class AcceptsAnyTopology(ReferenceImplementation):
