@@ -92,7 +92,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--impl", metavar="SPEC",
         help="implementation under test: package.module:factory, package.module (uses its make_implementation), "
-        "or a registered name (see --list-impls); default: $KVCONFORM_IMPL or 'reference'",
+        "or a registered name (see --list-impls); modules are searched in the current directory, then on "
+        "sys.path; default: $KVCONFORM_IMPL or 'reference'",
     )
     parser.add_argument(
         "--profile", "--hypothesis-profile", dest="profile", choices=tuple(PROFILE_EXAMPLES),
@@ -165,7 +166,7 @@ def _checked_pytest_arguments(args: argparse.Namespace, passthrough: list[str], 
         current = settings.current()
     except settings.SettingsError as exc:
         raise UsageError(str(exc)) from None
-    from harness.pytest_plugin import require_devices
+    from harness.devices import require_devices
     from harness.report import ReportDirectoryError, ensure_report_directory
 
     if current.unknown_variables_line():

@@ -51,6 +51,7 @@ import pytest
 
 from harness import profiles, scope, settings
 from harness.catalogue import BY_ID
+from harness.devices import require_devices, select_devices
 from harness.interface import CAPABILITIES
 from harness.loading import ImplementationError, LoadedImplementation, load_implementation, resolve_spec
 from harness.report import (
@@ -173,33 +174,6 @@ def devices(pytestconfig: pytest.Config) -> list[str]:
     if not selected:
         pytest.skip(f"--device {run.device_option}: {note}")
     return list(selected)
-
-
-def select_devices(requested: str) -> tuple[tuple[str, ...], str | None]:
-    """``(devices, note)`` for ``--device``; the note says why CUDA is absent."""
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if requested == "cpu":
-        return ("cpu",), None
-    if requested == "cuda":
-        return (("cuda",), None) if has_cuda else ((), "CUDA requested but torch.cuda.is_available() is False")
-    return (("cpu", "cuda"), None) if has_cuda else (("cpu",), "CUDA not available")
-
-
-def require_devices(requested: str) -> None:
-    """Raise ``ValueError`` when ``--device`` names only devices this machine lacks.
-
-    A run that asked for CUDA and silently tested nothing on it would go
-    green on a GPU runner whose CUDA is broken; ``all`` stays fine without
-    CUDA (the report header says it is absent).
-    """
-    if requested == "all":
-        return
-    selected, note = select_devices(requested)
-    if not selected:
-        raise ValueError(f"--device={requested}: {note}; run on a machine where torch sees CUDA "
-                         "(check the driver and CUDA_VISIBLE_DEVICES), or pass --device cpu or --device all")
 
 
 @dataclass(eq=False)  # registered as a pytest plugin: must stay hashable
