@@ -53,11 +53,11 @@ class InterruptsAfterSomeCalls(_MappingAndLayout):
 
 
 class RaisesSystemExit(_MappingAndLayout):
-    """``staging_layout`` calls ``sys.exit(0)``: the judge must not exit, let alone with status 0."""
+    """``heads_of_rank`` calls ``sys.exit(0)``: the judge must not exit, let alone with status 0."""
 
     name = "raises-system-exit"
 
-    def staging_layout(self, *args):
+    def heads_of_rank(self, *args):
         raise SystemExit(0)
 
 
