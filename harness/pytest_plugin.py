@@ -15,7 +15,8 @@ or ``reference``), ``--xfails FILE`` (see ``harness.xfails``),
 any test, each a usage error (exit 4) naming the input: the ``KVCONFORM_*``
 environment (``harness.settings``), ``--hypothesis-profile``, a requested
 device that is absent (``--device cuda`` without CUDA is refused, never a run
-of "pass" rows), and the report directory (created and written to).  Fixtures: ``impl`` (the implementation object),
+of "pass" rows), and the report directory (created and written to).
+Fixtures: ``impl`` (the implementation object),
 ``loaded_impl`` (its ``LoadedImplementation``), ``devices`` (selected device
 strings; skips with a reason when none is available).  Marker:
 ``@pytest.mark.invariant("<id>", requires=("<capability>", ...))``.
@@ -32,7 +33,10 @@ pytest-xdist serializes): the invariant, missing capabilities, the number of
 Hypothesis test cases (from Hypothesis's statistics collector, chained so
 ``--hypothesis-show-statistics`` keeps working) and failure details (taken
 from the exception's notes: Hypothesis's falsifying example and
-``@reproduce_failure`` line).
+``@reproduce_failure`` line).  It is rewritten after every test, marked
+incomplete, and once more at the session's end with its completion state: a
+test running when the session was interrupted reads ``interrupted``, and a
+run in which no invariant test ran exits 5 (pytest's "no tests"), not 0.
 """
 
 from __future__ import annotations
