@@ -81,7 +81,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG.format(prog=prog, environment="\n".join(
-            f"  {name}: {meaning}" for name, meaning in settings.VARIABLES.items())),
+            textwrap.fill(f"{name}: {meaning}", width=88, initial_indent="  ", subsequent_indent="      ")
+            for name, meaning in settings.VARIABLES.items())),
         usage=f"{prog} [options] [TEST ...] [-- PYTEST_ARGS ...]",
     )
     parser.add_argument(

@@ -194,6 +194,8 @@ class ConformanceRun:
     writer: ReportWriter | None = None
     #: Node ids whose run started and has not finished (a KeyboardInterrupt leaves them here).
     running: set[str] = field(default_factory=set)
+    #: Whether a test without an ``invariant`` marker ran (``pytest tests/...`` with ``$KVCONFORM_IMPL`` set).
+    others_ran: bool = False
     _run_context: RunContext | None = None
     _devices: tuple[tuple[str, ...], str | None] | None = None
     _saved_profiles: dict[str, Any] = field(default_factory=dict)
@@ -386,6 +388,8 @@ class ConformanceRun:
         """Fold each phase report into the test's record (controller side; xdist-safe)."""
         if self.is_worker:
             return
+        if report.when == "call" and not report.skipped and report.nodeid not in self.records:
+            self.others_ran = True
         self._fold(report)
         if report.when == "teardown" and report.nodeid in self.records:
             self._write(Completion())  # after every test: a run killed from outside keeps its results
@@ -429,7 +433,7 @@ class ConformanceRun:
         if interrupted:
             note = "interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation) during " + (
                 ", ".join(sorted(self.running)) or "the run")
-        elif not any(record.ran for record in self.records.values()):
+        elif not any(record.ran for record in self.records.values()) and (self.records or not self.others_ran):
             note = self._nothing_checked()
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
