@@ -91,7 +91,6 @@ _STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
 _MARKER_ERROR: pytest.StashKey[str] = pytest.StashKey()
 
 
-
 def _database_directory_at_import() -> Path:
     """The example database directory; a bad ``KVCONFORM_*`` value is reported by ``pytest_configure`` instead."""
     try:
@@ -135,7 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
         line = settings.current().unknown_variables_line()
     except settings.SettingsError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if line:
+    if line and not config.getoption("kvconform_prog"):  # the CLI has printed it already
         config.issue_config_time_warning(pytest.PytestConfigWarning(line), stacklevel=2)
     config.addinivalue_line(
         "markers",
