@@ -5,6 +5,12 @@ It runs pytest in-process on the conformance test modules of the *installed*
 from site-packages and from a checkout), with ``harness.pytest_plugin``
 loaded.  ``KVCONFORM_CONFORMANCE_DIR`` points it at another test directory;
 it exists for testing the harness itself.
+
+Every input is checked before pytest starts, each problem one line
+``PROG: error: ...`` naming the input and what to do, with exit status 4:
+command-line options, the ``KVCONFORM_*`` environment (``harness.settings``),
+the report directory (created and written to), ``--device cuda`` on a machine
+without CUDA, and (at configure time, by the plugin) the implementation.
 """
 
 from __future__ import annotations
@@ -17,31 +23,52 @@ import textwrap
 import time
 from pathlib import Path
 
-from harness.profiles import DATABASE_ENV_VAR, PROFILE_EXAMPLES
+from harness import settings
+from harness.profiles import PROFILE_EXAMPLES
 
 #: Overrides the directory of conformance test modules (for the harness's own tests).
-CONFORMANCE_DIR_ENV_VAR = "KVCONFORM_CONFORMANCE_DIR"
+CONFORMANCE_DIR_ENV_VAR = settings.CONFORMANCE_DIR
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+#: Exit statuses (pytest's codes, with kvconform's meaning).
+EXIT_OK = 0            # at least one invariant test ran and none failed
+EXIT_FAILED = 1        # some test failed
+EXIT_INTERRUPTED = 2   # interrupted: Ctrl-C, or KeyboardInterrupt out of the implementation
+EXIT_INTERNAL = 3      # internal error of pytest or the harness
+EXIT_USAGE = 4         # usage error: a bad option, environment variable, directory, device or implementation
+EXIT_NOTHING_CHECKED = 5  # no invariant test ran: none collected, all deselected or skipped, or no capabilities
 
 DESCRIPTION = """\
 Run kvconform's conformance suite (the test modules in harness/conformance/) under pytest
 against one implementation and write a conformance report.
 
 The report has one row per invariant of the catalogue (see --list-invariants) with its
-status (pass, fail, xfail, not-implemented, not-run), the number of tests and the number of
+status (pass, fail, interrupted, xfail, not-implemented, not-run), the number of tests and the number of
 Hypothesis examples run, and for each failing test: its id, the shrunk counterexample, the
 @reproduce_failure(...) line, the seed when one reproduces it, the first line of the error
 and a one-line command that reruns it.  The report is printed at the end of the run and
 written to DIR/kvconform-report.md and DIR/kvconform-report.json (--report-dir, default:
-the current directory); their paths are printed last."""
+the current directory; checked before the first test); their paths are printed last.  The
+files are rewritten after every test, marked INCOMPLETE until the run ends, so a run killed
+from outside leaves its results so far; an interrupted run is marked INTERRUPTED.  If DIR
+cannot be written at the end, the report goes to $TMPDIR/kvconform-report-PID/ instead (the
+line saying so and the table are printed either way)."""
 
 EPILOG = """\
-exit status: 0 when no test failed, 1 when some test failed, 2 interrupted, 3 internal
-error, 4 usage error (e.g. the implementation cannot be loaded), 5 no test collected.
+exit status:
+  0  at least one invariant test ran and none failed
+  1  some test failed
+  2  interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation);
+     the report is marked INTERRUPTED and the test that was running reads "interrupted"
+  3  internal error
+  4  usage error, reported before any test runs: a bad option, KVCONFORM_* variable,
+     report directory or Hypothesis profile, --device cuda without CUDA, or an
+     implementation that cannot be loaded
+  5  no invariant test ran: none collected, all deselected or skipped, or the
+     implementation claims no capability the selected tests need
 
-environment: KVCONFORM_IMPL (default for --impl), KVCONFORM_PROFILE (default for
---profile), KVCONFORM_HYPOTHESIS_DB (Hypothesis example database directory, default
-./.hypothesis/examples; failing examples saved there are replayed first on the next run).
+environment (checked before the first test; a bad value is a usage error):
+{environment}
 
 examples:
   {prog} --impl mypkg.kvstaging:make_implementation
@@ -51,8 +78,11 @@ examples:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description=DESCRIPTION, epilog=EPILOG.format(prog=prog), formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _ArgumentParser(
+        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG.format(prog=prog, environment="\n".join(
+            textwrap.fill(f"{name}: {meaning}", width=88, initial_indent="  ", subsequent_indent="      ")
+            for name, meaning in settings.VARIABLES.items())),
         usage=f"{prog} [options] [TEST ...] [-- PYTEST_ARGS ...]",
     )
     parser.add_argument(
@@ -63,17 +93,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--impl", metavar="SPEC",
         help="implementation under test: package.module:factory, package.module (uses its make_implementation), "
-        "or a registered name (see --list-impls); default: $KVCONFORM_IMPL or 'reference'",
+        "or a registered name (see --list-impls); modules are searched in the current directory, then on "
+        "sys.path; default: $KVCONFORM_IMPL or 'reference'",
     )
     parser.add_argument(
-        "--profile", choices=tuple(PROFILE_EXAMPLES),
+        "--profile", "--hypothesis-profile", dest="profile", choices=tuple(PROFILE_EXAMPLES),
         help="Hypothesis profile: " + ", ".join(f"{n} ({k} examples per test)" for n, k in PROFILE_EXAMPLES.items())
         + "; default: $KVCONFORM_PROFILE or 'default'",
     )
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
-                        help="devices to test on (default: all available; cuda without CUDA skips with a reason)")
+                        help="devices to test on (default: all available; cuda on a machine without CUDA is a "
+                        "usage error, never a passing run)")
     parser.add_argument("--report-dir", metavar="DIR", default=".",
-                        help="where kvconform-report.md and kvconform-report.json go (default: current directory)")
+                        help="where kvconform-report.md and kvconform-report.json go, created if missing "
+                        "(default: current directory)")
     parser.add_argument("--xfails", metavar="FILE",
                         help="expected-failure list: invariant ids or node-id substrings, one per line, '#' comments; "
                         "a bare name reads harness/xfails/NAME.txt")
@@ -87,44 +120,69 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(Exception):
+    """A bad input found before any test runs; the message is one line naming it and what to do."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2, pytest's "interrupted"; usage errors are 4 everywhere
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def conformance_directory() -> Path:
     """The conformance test directory: ``$KVCONFORM_CONFORMANCE_DIR`` or ``harness/conformance``."""
-    override = os.environ.get(CONFORMANCE_DIR_ENV_VAR)
-    return Path(override).resolve() if override else PACKAGE_ROOT / "harness" / "conformance"
+    override = settings.current().conformance_dir
+    return override if override is not None else PACKAGE_ROOT / "harness" / "conformance"
 
 
 def main(argv: list[str] | None = None, prog: str = "kvconform") -> int:
-    """Run the command; returns the pytest exit status (0 iff no test failed and some ran)."""
+    """Run the command; returns its exit status (see ``EXIT_*``: 0 iff some invariant ran and none failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     own, passthrough = _split_passthrough(argv)
     parser = build_parser(prog)
     args = parser.parse_args(own)
     if args.list_invariants:
         print(_invariant_listing())
-        return 0
+        return EXIT_OK
     if args.list_impls:
         print(_implementation_listing())
-        return 0
-    if args.numprocesses and importlib.util.find_spec("xdist") is None:
-        print(f"{prog}: error: -n/--numprocesses needs pytest-xdist: pip install pytest-xdist "
-              "(or kvconform[test])", file=sys.stderr)
-        return 4
-    directory = conformance_directory()
-    if not directory.is_dir():
-        print(f"{prog}: error: conformance test directory {directory} does not exist", file=sys.stderr)
-        return 4
+        return EXIT_OK
     try:
-        pytest_args = _pytest_arguments(args, passthrough, prog, directory)
-    except ValueError as exc:
+        pytest_args = _checked_pytest_arguments(args, passthrough, prog)
+    except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 4
-    os.environ.setdefault(DATABASE_ENV_VAR, str(Path.cwd() / ".hypothesis" / "examples"))
+        return EXIT_USAGE
+    os.environ.setdefault(settings.HYPOTHESIS_DB, str(Path.cwd() / ".hypothesis" / "examples"))
     started = time.time()
     import pytest
 
     status = int(pytest.main(pytest_args))
     _print_report_paths(Path(args.report_dir), started)
     return status
+
+
+def _checked_pytest_arguments(args: argparse.Namespace, passthrough: list[str], prog: str) -> list[str]:
+    """Check every input that can be checked before pytest starts; the pytest command line for them."""
+    try:
+        current = settings.current()
+    except settings.SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    from harness.devices import require_devices
+    from harness.report import ReportDirectoryError, ensure_report_directory
+
+    if current.unknown_variables_line():
+        print(f"{prog}: warning: {current.unknown_variables_line()}", file=sys.stderr)
+    if args.numprocesses and importlib.util.find_spec("xdist") is None:
+        raise UsageError("-n/--numprocesses needs pytest-xdist: pip install pytest-xdist (or kvconform[test])")
+    directory = conformance_directory()
+    if not directory.is_dir():
+        raise UsageError(f"conformance test directory {directory} does not exist; reinstall kvconform")
+    try:
+        ensure_report_directory(args.report_dir, "--report-dir")
+        require_devices(args.device)
+        return _pytest_arguments(args, passthrough, prog, directory)
+    except (ReportDirectoryError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -176,10 +234,15 @@ def _resolve_test(test: str, rootdir: Path, directory: Path) -> str:
 
 
 def _print_report_paths(report_dir: Path, started: float) -> None:
-    paths = [report_dir.resolve() / f"kvconform-report.{ext}" for ext in ("md", "json")]
-    if all(p.exists() and p.stat().st_mtime >= started - 1 for p in paths):
-        print(f"kvconform report: {paths[0]}")
-        print(f"kvconform report: {paths[1]}")
+    """Print the report files this run wrote: in ``report_dir``, or in the fallback directory if it had to."""
+    from harness.report import REPORT_BASENAME, fallback_directory
+
+    for directory in (report_dir.resolve(), fallback_directory()):
+        paths = [directory / f"{REPORT_BASENAME}.{ext}" for ext in ("md", "json")]
+        if all(p.exists() and p.stat().st_mtime >= started - 1 for p in paths):
+            print(f"kvconform report: {paths[0]}")
+            print(f"kvconform report: {paths[1]}")
+            return
 
 
 def _invariant_listing() -> str:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import dis
-import os
 import sys
 import threading
 import time
@@ -47,15 +46,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from harness import cluster
+from harness import cluster, settings
 from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, Allocator, DecodeHandler, method_owners, protocol_methods
 from harness.oracles import InvariantViolation
 from harness.returns import check_return, expected_return
 
-TIMEOUT_ENV_VAR = "KVCONFORM_CALL_TIMEOUT_S"
-AFTER_HANG_ENV_VAR = "KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S"
-DEFAULT_CALL_TIMEOUT_S = 30.0
-DEFAULT_AFTER_HANG_TIMEOUT_S = 0.05
+TIMEOUT_ENV_VAR = settings.CALL_TIMEOUT
+AFTER_HANG_ENV_VAR = settings.CALL_TIMEOUT_AFTER_HANG
 TRAIL_LENGTH = 12
 
 
@@ -84,10 +81,9 @@ class _Abandoned(BaseException):
 
 
 def call_timeout_s(after_hang: bool) -> float:
-    """Deadline of one call; read at each call so tests can lower it."""
-    if after_hang:
-        return min(float(os.environ.get(AFTER_HANG_ENV_VAR, DEFAULT_AFTER_HANG_TIMEOUT_S)), call_timeout_s(False))
-    return float(os.environ.get(TIMEOUT_ENV_VAR, DEFAULT_CALL_TIMEOUT_S))
+    """Deadline of one call, from ``harness.settings`` (validated before the first test; tests may lower it)."""
+    current = settings.current()
+    return current.call_timeout_after_hang_s if after_hang else current.call_timeout_s
 
 
 # -- calls with a deadline --------------------------------------------------------------------

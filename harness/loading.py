@@ -15,6 +15,10 @@ Spec forms:
   ``pip install``.  Names win over modules of the same name; write
   ``module:factory`` to mean the module.
 
+Modules are searched on ``sys.path`` with the current directory in front
+(as ``python -m`` puts it), so ``kvconform`` and ``python -m harness`` find the
+same adapters, e.g. ``my_adapter.py`` in the directory the command runs from.
+
 Every problem surfaces as one :class:`ImplementationError` whose message says
 what is missing and how to fix it.
 """
@@ -27,17 +31,18 @@ import importlib.metadata
 import inspect
 import os
 import re
+import sys
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from harness import scope
+from harness import scope, settings
 from harness.interface import BY_NAME, CAPABILITIES, Implementation
 from harness.signatures import signature_mismatch
 
 #: Environment variable naming the implementation when ``--impl`` is absent.
-IMPL_ENV_VAR = "KVCONFORM_IMPL"
+IMPL_ENV_VAR = settings.IMPL
 #: Spec used when neither ``--impl`` nor the environment names one.
 DEFAULT_SPEC = "reference"
 #: Entry-point group third-party packages register their factories in.
@@ -71,7 +76,7 @@ class LoadedImplementation:
 
 def resolve_spec(spec: str | None) -> str:
     """The spec to load: explicit, else ``$KVCONFORM_IMPL``, else ``reference``."""
-    for candidate in (spec, os.environ.get(IMPL_ENV_VAR)):
+    for candidate in (spec, settings.current().impl):
         if candidate is not None and candidate.strip():
             return candidate.strip()
     return DEFAULT_SPEC
@@ -199,8 +204,16 @@ def _entry_point_targets() -> dict[str, str]:
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _search_current_directory() -> None:
+    """Put the current directory first on ``sys.path`` unless it is there (``python -m`` does; scripts do not)."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
+
+
 def _import_module(module_name: str, spec: str):
-    """Import ``module_name``; tell apart "not found" from "found but its import failed"."""
+    """Import ``module_name`` (current directory searched first); tell apart "not found" from "its import failed"."""
+    _search_current_directory()
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -209,8 +222,9 @@ def _import_module(module_name: str, spec: str):
             registered = ", ".join(available_implementations())
             raise ImplementationError(
                 f"--impl {spec!r}: cannot import module {module_name!r} (no module named {missing!r}). "
-                f"The module must be importable: install its package or put its directory on PYTHONPATH "
-                f"(current directory: {os.getcwd()}). Registered names: {registered}."
+                f"The module must be importable: install its package, run from its directory, or put its "
+                f"directory on PYTHONPATH (searched: the current directory {os.getcwd()} and sys.path). "
+                f"Registered names: {registered}."
             ) from None
         raise ImplementationError(
             f"--impl {spec!r}: module {module_name!r} was found but importing it failed: "
@@ -270,7 +284,7 @@ def _build(found: Any, target: str) -> Any:
         pass  # builtins without a signature: just call them
     try:
         return found()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: a factory must not end the judge's process
         raise ImplementationError(f"factory {target}() raised {_exception_summary(exc)}") from exc
 
 

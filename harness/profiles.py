@@ -9,7 +9,9 @@ no deadline (allocating tensors on CPU is slow and uneven) and suppress the
 
 Select a profile with Hypothesis's ``--hypothesis-profile NAME`` or with
 ``KVCONFORM_PROFILE=NAME``; without either, ``default`` is loaded (or ``ci``
-when Hypothesis detected a CI environment).  ``harness.pytest_plugin``
+when Hypothesis detected a CI environment).  An unknown name is a usage error
+listing the valid ones (:func:`check_profile_name`).  The environment is read
+through ``harness.settings``.  ``harness.pytest_plugin``
 registers the profiles when it is imported; Hypothesis is imported lazily here
 so the CLI can read these names before pytest starts.
 """
@@ -21,17 +23,18 @@ from pathlib import Path
 
 #: Profile name -> max_examples.
 PROFILE_EXAMPLES: dict[str, int] = {"default": 25, "ci": 100, "thorough": 1000}
-#: Environment variable selecting the profile (``--hypothesis-profile`` wins).
-PROFILE_ENV_VAR = "KVCONFORM_PROFILE"
-#: Environment variable overriding the example database directory.
-DATABASE_ENV_VAR = "KVCONFORM_HYPOTHESIS_DB"
 
 
 def database_directory(base: Path | str | None = None) -> Path:
     """``$KVCONFORM_HYPOTHESIS_DB``, else ``<base or cwd>/.hypothesis/examples``."""
-    override = os.environ.get(DATABASE_ENV_VAR)
-    if override:
-        return Path(override).expanduser().resolve()
+    from harness import settings  # settings imports this module's names
+
+    override = settings.current().hypothesis_db
+    return override if override is not None else database_directory_default(base)
+
+
+def database_directory_default(base: Path | str | None = None) -> Path:
+    """``<base or cwd>/.hypothesis/examples``, whatever the environment says."""
     return Path(base if base is not None else os.getcwd()).resolve() / ".hypothesis" / "examples"
 
 
@@ -59,21 +62,32 @@ def register_profiles(database_dir: Path) -> None:
 def selected_profile(command_line_profile: str | None) -> str | None:
     """The kvconform profile to load, or ``None`` when ``--hypothesis-profile`` already chose one.
 
-    Raises ``ValueError`` naming the valid profiles for an unknown ``$KVCONFORM_PROFILE``.
+    ``$KVCONFORM_PROFILE`` was validated by ``harness.settings``.
     """
     from hypothesis import settings
 
+    from harness import settings as kvconform_settings
+
     if command_line_profile:
         return None
-    name = os.environ.get(PROFILE_ENV_VAR, "").strip()
+    name = kvconform_settings.current().profile
     if name:
-        if name not in PROFILE_EXAMPLES:
-            raise ValueError(
-                f"{PROFILE_ENV_VAR}={name!r} is not a kvconform profile; use one of {', '.join(PROFILE_EXAMPLES)}."
-            )
         return name
     # Hypothesis loads its own "ci" profile when it detects CI; keep that choice.
     return "ci" if settings.get_current_profile_name() == "ci" else "default"
+
+
+def check_profile_name(name: str) -> None:
+    """Raise ``ValueError`` naming the valid profiles when ``--hypothesis-profile NAME`` is not registered."""
+    from hypothesis import settings
+    from hypothesis.errors import InvalidArgument
+
+    try:
+        settings.get_profile(name)
+    except InvalidArgument:
+        registered = sorted(getattr(settings, "_profiles", {}) or PROFILE_EXAMPLES)
+        raise ValueError(f"--hypothesis-profile={name!r} is not a registered Hypothesis profile; "
+                         f"use one of {', '.join(registered)}") from None
 
 
 def current_profile_name() -> str:

@@ -11,7 +11,12 @@ There is deliberately no ``pytest11`` entry point: it would add ``--impl`` and
 Options: ``--impl SPEC`` (see ``harness.loading``; default ``$KVCONFORM_IMPL``
 or ``reference``), ``--xfails FILE`` (see ``harness.xfails``),
 ``--kvconform-report DIR`` (default: the current directory),
-``--device {cpu,cuda,all}``.  Fixtures: ``impl`` (the implementation object),
+``--device {cpu,cuda,all}``.  Inputs are checked at configure time, before
+any test, each a usage error (exit 4) naming the input: the ``KVCONFORM_*``
+environment (``harness.settings``), ``--hypothesis-profile``, a requested
+device that is absent (``--device cuda`` without CUDA is refused, never a run
+of "pass" rows), and the report directory (created and written to).
+Fixtures: ``impl`` (the implementation object),
 ``loaded_impl`` (its ``LoadedImplementation``), ``devices`` (selected device
 strings; skips with a reason when none is available).  Marker:
 ``@pytest.mark.invariant("<id>", requires=("<capability>", ...))``.
@@ -28,7 +33,10 @@ pytest-xdist serializes): the invariant, missing capabilities, the number of
 Hypothesis test cases (from Hypothesis's statistics collector, chained so
 ``--hypothesis-show-statistics`` keeps working) and failure details (taken
 from the exception's notes: Hypothesis's falsifying example and
-``@reproduce_failure`` line).
+``@reproduce_failure`` line).  It is rewritten after every test, marked
+incomplete, and once more at the session's end with its completion state: a
+test running when the session was interrupted reads ``interrupted``, and a
+run in which no invariant test ran exits 5 (pytest's "no tests"), not 0.
 """
 
 from __future__ import annotations
@@ -36,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import os
 import platform
 import re
 from collections.abc import Iterator
@@ -46,11 +53,22 @@ from typing import Any
 
 import pytest
 
-from harness import profiles, scope
+from harness import profiles, scope, settings
 from harness.catalogue import BY_ID
+from harness.devices import require_devices, select_devices
 from harness.interface import CAPABILITIES, Implementation
-from harness.loading import IMPL_ENV_VAR, ImplementationError, LoadedImplementation, load_implementation, resolve_spec
-from harness.report import FailureDetail, RunContext, TestRecord, build_report, terminal_lines, write_report
+from harness.loading import ImplementationError, LoadedImplementation, load_implementation, resolve_spec
+from harness.report import (
+    Completion,
+    FailureDetail,
+    ReportDirectoryError,
+    ReportWriter,
+    RunContext,
+    TestRecord,
+    build_report,
+    ensure_report_directory,
+    terminal_lines,
+)
 from harness.xfails import XfailEntry, first_match, read_xfails, resolve_xfails_path
 
 #: ``report.user_properties`` keys written by this plugin.
@@ -72,8 +90,17 @@ _PRINTED_SEED = re.compile(r"@seed\((\d+)\)|--hypothesis-seed=(\d+)")
 _STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
 _MARKER_ERROR: pytest.StashKey[str] = pytest.StashKey()
 
+
+def _database_directory_at_import() -> Path:
+    """The example database directory; a bad ``KVCONFORM_*`` value is reported by ``pytest_configure`` instead."""
+    try:
+        return profiles.database_directory()
+    except settings.SettingsError:
+        return profiles.database_directory_default()
+
+
 # Registered at import so ``--hypothesis-profile ci|thorough`` resolves whenever Hypothesis's plugin configures.
-profiles.register_profiles(profiles.database_directory())
+profiles.register_profiles(_database_directory_at_import())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -103,6 +130,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before Hypothesis's plugin loads --hypothesis-profile
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        line = settings.current().unknown_variables_line()
+    except settings.SettingsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if line and not config.getoption("kvconform_prog"):  # the CLI has printed it already
+        config.issue_config_time_warning(pytest.PytestConfigWarning(line), stacklevel=2)
     config.addinivalue_line(
         "markers",
         "invariant(id, requires=()): conformance test of catalogue invariant `id`; skipped as "
@@ -146,18 +179,6 @@ def devices(pytestconfig: pytest.Config) -> list[str]:
     return list(selected)
 
 
-def select_devices(requested: str) -> tuple[tuple[str, ...], str | None]:
-    """``(devices, note)`` for ``--device``; the note says why CUDA is absent."""
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if requested == "cpu":
-        return ("cpu",), None
-    if requested == "cuda":
-        return (("cuda",), None) if has_cuda else ((), "CUDA requested but torch.cuda.is_available() is False")
-    return (("cpu", "cuda"), None) if has_cuda else (("cpu",), "CUDA not available")
-
-
 @dataclass(eq=False)  # registered as a pytest plugin: must stay hashable
 class ConformanceRun:
     """Per-session state and hooks; one instance per pytest config (xdist: per process)."""
@@ -169,6 +190,12 @@ class ConformanceRun:
     records: dict[str, TestRecord] = field(default_factory=dict)
     report: dict[str, Any] | None = None
     report_paths: tuple[Path, Path] | None = None
+    writer: ReportWriter | None = None
+    #: Node ids whose run started and has not finished (a KeyboardInterrupt leaves them here).
+    running: set[str] = field(default_factory=set)
+    #: Whether a test without an ``invariant`` marker ran (``pytest tests/...`` with ``$KVCONFORM_IMPL`` set).
+    others_ran: bool = False
+    _run_context: RunContext | None = None
     _devices: tuple[tuple[str, ...], str | None] | None = None
     _saved_profiles: dict[str, Any] = field(default_factory=dict)
     _saved_profile_name: str | None = None
@@ -189,8 +216,12 @@ class ConformanceRun:
         return hasattr(self.config, "workerinput")
 
     def configure(self) -> None:
-        """Select the Hypothesis profile, read the xfails file and, when wanted, load the implementation."""
+        """Check the inputs, select the Hypothesis profile, read the xfails file and, when wanted, load the implementation."""
         self._load_hypothesis_profile()
+        try:
+            require_devices(self.device_option)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
         xfails_option = self.config.getoption("kvconform_xfails")
         if xfails_option:
             try:
@@ -199,8 +230,16 @@ class ConformanceRun:
                 raise pytest.UsageError(str(exc)) from None
             self.xfails, self.xfails_file = read_xfails(path), str(path)
         self.eager = self._wants_conformance()
+        if self.eager and not self.is_worker and not self.config.getoption("collectonly"):
+            try:
+                self.writer = ReportWriter(ensure_report_directory(self.report_directory(), "--kvconform-report"))
+            except ReportDirectoryError as exc:
+                raise pytest.UsageError(str(exc)) from None
         if self.eager:
             self.load_or_usage_error()
+
+    def report_directory(self) -> Path:
+        return Path(self.config.getoption("kvconform_report") or self.config.invocation_params.dir)
 
     def _load_hypothesis_profile(self) -> None:
         from hypothesis import settings
@@ -212,8 +251,11 @@ class ConformanceRun:
             except Exception:
                 pass
         profiles.register_profiles(profiles.database_directory(self.config.invocation_params.dir))
+        command_line_profile = self.config.getoption("hypothesis_profile", None)
         try:
-            name = profiles.selected_profile(self.config.getoption("hypothesis_profile", None))
+            if command_line_profile:
+                profiles.check_profile_name(command_line_profile)
+            name = profiles.selected_profile(command_line_profile)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
         if name:
@@ -234,7 +276,7 @@ class ConformanceRun:
     def _wants_conformance(self) -> bool:
         """Whether this run is about conformance: explicit kvconform options or paths reaching harness/conformance."""
         options = ("kvconform_impl", "kvconform_xfails", "kvconform_report")
-        if any(self.config.getoption(name) for name in options) or os.environ.get(IMPL_ENV_VAR):
+        if any(self.config.getoption(name) for name in options) or settings.current().impl:
             return True
         base = self.config.invocation_params.dir
         for arg in self.config.args:
@@ -335,10 +377,23 @@ class ConformanceRun:
             finally:
                 item.user_properties.extend(_example_properties(item, statistics))
 
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
+        self.running.add(nodeid)
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
+        self.running.discard(nodeid)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Fold each phase report into the test's record (controller side; xdist-safe)."""
         if self.is_worker:
             return
+        if report.when == "call" and not report.skipped and report.nodeid not in self.records:
+            self.others_ran = True
+        self._fold(report)
+        if report.when == "teardown" and report.nodeid in self.records:
+            self._write(Completion())  # after every test: a run killed from outside keeps its results
+
+    def _fold(self, report: pytest.TestReport) -> None:
         props = dict(tuple(p) for p in report.user_properties)
         invariant = props.get(PROP_INVARIANT)
         if invariant is None:
@@ -363,27 +418,65 @@ class ConformanceRun:
     # -- reporting -------------------------------------------------------------------------
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Build and write the report on the controller."""
+        """Settle the exit status (interrupted tests, nothing checked) and write the final report."""
         if self.is_worker or self.config.getoption("collectonly"):
             return
         if not (self.eager or self.records):
             return
-        self.report = build_report(self._context(), list(self.records.values()))
-        directory = self.config.getoption("kvconform_report") or self.config.invocation_params.dir
-        self.report_paths = write_report(self.report, directory)
+        interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
+        if interrupted:
+            for nodeid in self.running:
+                if nodeid in self.records:
+                    self.records[nodeid].interrupt()
+        note = None
+        if interrupted:
+            note = "interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation) during " + (
+                ", ".join(sorted(self.running)) or "the run")
+        elif not any(record.ran for record in self.records.values()) and (self.records or not self.others_ran):
+            note = self._nothing_checked()
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+        state = "interrupted" if interrupted else "complete"
+        self._write(Completion(state, int(session.exitstatus), note))
+
+    def _nothing_checked(self) -> str:
+        """Why no invariant test ran, for the report and the exit status."""
+        if any(record.status == "not-implemented" for record in self.records.values()):
+            loaded = self.loaded
+            claimed = ", ".join(sorted(loaded.capabilities)) if loaded else "(not loaded)"
+            return (f"no invariant was checked: the implementation claims none of the capabilities the selected "
+                    f"tests need (it claims: {claimed or '(none)'}); declare them in its 'capabilities'")
+        return "no invariant was checked: every selected test was deselected or skipped"
+
+    def _write(self, completion: Completion) -> None:
+        """Build the report from the records so far and write it (falling back, never raising on I/O)."""
+        if self.writer is None:
+            self.writer = ReportWriter(self.report_directory())
+        self.report = build_report(self._context(), list(self.records.values()), completion)
+        self.report_paths = self.writer.write(self.report)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.report is None:
             return
         terminalreporter.write_sep("=", "kvconform conformance report")
         for line in terminal_lines(self.report):
-            red = line.startswith("FAIL ")
+            red = line.startswith(("FAIL ", "INTERRUPTED", "INCOMPLETE"))
             terminalreporter.write_line(line, red=red, bold=red)
-        if self.report_paths and not self.config.getoption("kvconform_prog"):
+        if self.writer is not None and self.writer.problem:
+            where = (f"it was written to {self.report_paths[0]} and {self.report_paths[1]} instead"
+                     if self.report_paths else "it is only in this output")
+            terminalreporter.write_line(f"kvconform: {self.writer.problem}; {where}", red=True, bold=True)
+        elif self.report_paths and not self.config.getoption("kvconform_prog"):
             md, js = self.report_paths
             terminalreporter.write_line(f"kvconform report written to {md} and {js}")
 
     def _context(self) -> RunContext:
+        """The run's context; built once (the report is rebuilt after every test)."""
+        if self._run_context is None:
+            self._run_context = self._build_context()
+        return self._run_context
+
+    def _build_context(self) -> RunContext:
         error = None
         try:
             loaded = self.ensure_loaded()

@@ -4,6 +4,14 @@ Built on the pytest controller from per-test outcomes (which survive
 pytest-xdist serialization, see ``harness.pytest_plugin``) and written as
 ``kvconform-report.md`` and ``kvconform-report.json``.
 
+Never lost: the report directory is checked (created, written to) before the
+first test (:func:`ensure_report_directory`); the report is rewritten after
+every test, atomically, with ``completion.state`` ``"incomplete"``, so a run
+killed from outside leaves its results so far; the session's end rewrites it
+as ``"complete"`` or ``"interrupted"``.  When the directory cannot be written
+(it vanished, the disk is full), :class:`ReportWriter` writes to a fallback
+directory under the system temporary directory and says so.
+
 JSON schema (``schema_version`` 1; fields are only ever added)::
 
     {
@@ -15,11 +23,14 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
       "profile": str,                  # Hypothesis profile: default | ci | thorough | other
       "devices": {"requested": "cpu" | "cuda" | "all", "selected": [str], "note": str | null},
       "xfails_file": str | null,
-      "summary": {"pass": int, "fail": int, "xfail": int, "not-implemented": int,
-                  "not-run": int,      # rows per status
+      "completion": {"state": "incomplete" | "complete" | "interrupted",
+                     "exit_status": int | null,   # the command's exit status once the session ended
+                     "note": str | null},         # why a run is interrupted or nothing ran
+      "summary": {"pass": int, "fail": int, "interrupted": int, "xfail": int,
+                  "not-implemented": int, "not-run": int,      # rows per status
                   "tests": int, "failed_tests": int, "examples": int},
       "rows": [{"invariant": str, "title": str, "status": str, "tests": int,
-                "passed": int, "failed": int, "xfailed": int, "xpassed": int,
+                "passed": int, "failed": int, "interrupted": int, "xfailed": int, "xpassed": int,
                 "not_implemented": int, "skipped": int,
                 "examples": int,       # Hypothesis test cases run, excluding shrinking (1 per plain test)
                 "shrinks": int,        # test cases run while shrinking failures
@@ -34,7 +45,8 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
     }
 
 Row status, in order of precedence: ``fail`` (a test failed or errored),
-``xfail`` (a failure listed in the xfails file), ``pass``, ``not-implemented``
+``interrupted`` (the session was interrupted, e.g. by Ctrl-C or by a
+``KeyboardInterrupt`` out of the implementation, while a test of it ran), ``xfail`` (a failure listed in the xfails file), ``pass``, ``not-implemented``
 (every test needs a capability the implementation lacks), ``not-run`` (no test
 ran: none exists, all deselected, or skipped for another reason).
 """
@@ -44,6 +56,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +65,8 @@ from harness.catalogue import INVARIANTS
 from harness.scope import LIMITS
 
 SCHEMA_VERSION = 1
-ROW_STATUSES = ("pass", "fail", "xfail", "not-implemented", "not-run")
+ROW_STATUSES = ("pass", "fail", "interrupted", "xfail", "not-implemented", "not-run")
+COMPLETION_STATES = ("incomplete", "complete", "interrupted")
 REPORT_BASENAME = "kvconform-report"
 
 
@@ -77,7 +91,7 @@ class TestRecord:
     invariant: str
     #: The test file relative to the rootdir (pytest's ``report.location[0]``); may start with ``..``.
     path: str | None = None
-    status: str = "not-run"  # pass | fail | xfail | xpass | not-implemented | skipped | not-run
+    status: str = "not-run"  # pass | fail | interrupted | xfail | xpass | not-implemented | skipped | not-run
     examples: int | None = None
     shrinks: int = 0
     missing_capabilities: tuple[str, ...] = ()
@@ -95,6 +109,11 @@ class TestRecord:
             self.status = "xfail" if xfailed else "skipped"
         elif when == "call" and outcome == "passed":
             self.status = "xpass" if xfailed else "pass"
+
+    def interrupt(self) -> None:
+        """The session stopped while this test ran: it neither passed nor was skipped."""
+        if self.status != "fail":
+            self.status = "interrupted"
 
     @property
     def ran(self) -> bool:
@@ -155,7 +174,17 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
     return shlex.join(options)
 
 
-def build_report(context: RunContext, records: list[TestRecord]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Completion:
+    """How far the run got: ``incomplete`` while tests run (or when killed), then complete or interrupted."""
+
+    state: str = "incomplete"
+    exit_status: int | None = None
+    note: str | None = None
+
+
+def build_report(context: RunContext, records: list[TestRecord],
+                 completion: Completion = Completion()) -> dict[str, Any]:
     """The report as the JSON-ready dict documented in this module's docstring."""
     by_invariant: dict[str, list[TestRecord]] = {}
     for record in records:
@@ -189,6 +218,7 @@ def build_report(context: RunContext, records: list[TestRecord]) -> dict[str, An
             "note": context.devices_note,
         },
         "xfails_file": context.xfails_file,
+        "completion": {"state": completion.state, "exit_status": completion.exit_status, "note": completion.note},
         "summary": summary,
         "rows": rows,
         "failures": failures,
@@ -201,6 +231,7 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
     counts = {
         "passed": count("pass"),
         "failed": count("fail"),
+        "interrupted": count("interrupted"),
         "xfailed": count("xfail"),
         "xpassed": count("xpass"),
         "not_implemented": count("not-implemented"),
@@ -208,6 +239,8 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
     }
     if counts["failed"]:
         status = "fail"
+    elif counts["interrupted"]:
+        status = "interrupted"
     elif counts["xfailed"]:
         status = "xfail"
     elif counts["passed"] or counts["xpassed"]:
@@ -247,7 +280,7 @@ def _row_notes(row: dict[str, Any]) -> str:
     notes = []
     if row["missing_capabilities"]:
         notes.append("lacks " + ", ".join(row["missing_capabilities"]))
-    for key, label in (("failed", "failed"), ("xfailed", "xfail"), ("xpassed", "xpass (drop from xfails?)"),
+    for key, label in (("failed", "failed"), ("interrupted", "interrupted"), ("xfailed", "xfail"), ("xpassed", "xpass (drop from xfails?)"),
                        ("not_implemented", "not implemented"), ("skipped", "skipped")):
         if row[key] and not (key == "not_implemented" and row["status"] == "not-implemented"):
             notes.append(f"{row[key]} {label}")
@@ -275,7 +308,24 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
         "result: " + ", ".join(f"{summary[s]} {s}" for s in ROW_STATUSES)
         + f" ({summary['tests']} tests, {summary['examples']} examples, {summary['failed_tests']} failed)"
     )
+    completion = report["completion"]
+    if completion["state"] != "complete" or completion["note"]:
+        lines.insert(0, _completion_line(completion))
     return lines
+
+
+def _completion_line(completion: dict[str, Any]) -> str:
+    """``INCOMPLETE``/``INTERRUPTED``/note line heading a report that is not a finished, meaningful run."""
+    state = completion["state"]
+    if state == "incomplete":
+        text = "INCOMPLETE: results so far; the run is still going or was killed before it finished"
+    elif state == "interrupted":
+        text = "INTERRUPTED: the run stopped early; tests after the interruption did not run"
+    else:
+        text = "run complete"
+    if completion["exit_status"] is not None:
+        text += f" (exit status {completion['exit_status']})"
+    return text + (f": {completion['note']}" if completion["note"] else "")
 
 
 def terminal_lines(report: dict[str, Any]) -> list[str]:
@@ -328,12 +378,80 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+class ReportDirectoryError(ValueError):
+    """The report directory cannot be created or written; the message names the option and the fix."""
+
+
+def ensure_report_directory(directory: Path | str, option: str) -> Path:
+    """Create ``directory`` if needed and prove it writable (a probe file), before any test runs.
+
+    ``option`` is how the user named it (``--report-dir``), for the message.
+    """
+    path = Path(directory).expanduser()
+    try:
+        path = path.resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kvconform-probe-"):
+            pass
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        what = "is a file, not a directory" if path.is_file() else f"cannot be created or written ({reason})"
+        raise ReportDirectoryError(
+            f"{option}={directory}: {what}; pass a writable directory (it is created if missing)") from None
+    return path
+
+
 def write_report(report: dict[str, Any], directory: Path | str) -> tuple[Path, Path]:
-    """Write ``kvconform-report.md`` and ``kvconform-report.json`` into ``directory``; return their paths."""
+    """Write ``kvconform-report.md`` and ``kvconform-report.json`` into ``directory``; return their paths.
+
+    Each file is written to a temporary name and renamed, so a reader (or a
+    kill) never sees a half-written report.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     md_path = directory / f"{REPORT_BASENAME}.md"
     json_path = directory / f"{REPORT_BASENAME}.json"
-    md_path.write_text(markdown(report), encoding="utf-8")
-    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _replace_text(md_path, markdown(report))
+    _replace_text(json_path, json.dumps(report, indent=2) + "\n")
     return md_path, json_path
+
+
+def _replace_text(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def fallback_directory() -> Path:
+    """Where the report goes when its directory cannot be written: ``$TMPDIR/kvconform-report-<pid>``."""
+    return Path(tempfile.gettempdir()) / f"{REPORT_BASENAME}-{os.getpid()}"
+
+
+class ReportWriter:
+    """Writes the report to its directory, or to :func:`fallback_directory` once that fails: never lost.
+
+    ``problem`` says why the fallback is in use; ``paths`` are the files last written.
+    """
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self.problem: str | None = None
+        self.paths: tuple[Path, Path] | None = None
+
+    def write(self, report: dict[str, Any]) -> tuple[Path, Path] | None:
+        """Write ``report``; ``None`` only when neither the directory nor the fallback could be written."""
+        if self.problem is None:
+            try:
+                self.paths = write_report(report, self.directory)
+                return self.paths
+            except OSError as exc:
+                self.problem = f"cannot write the report to {self.directory}: {exc}"
+        try:
+            self.paths = write_report(report, fallback_directory())
+        except OSError as exc:
+            self.problem += f"; the fallback {fallback_directory()} failed too: {exc}"
+            self.paths = None
+        return self.paths

@@ -104,15 +104,16 @@ def test_xfails_file_turns_listed_failures_into_xfail_rows(suite):
 
 def test_json_schema_and_markdown(suite):
     _, report = run_plugin(suite)
-    assert set(report) == {"schema_version", "impl", "versions", "profile", "devices", "xfails_file", "summary",
-                           "rows", "failures"}
+    assert set(report) == {"schema_version", "impl", "versions", "profile", "devices", "xfails_file", "completion",
+                           "summary", "rows", "failures"}
+    assert report["completion"] == {"state": "complete", "exit_status": 1, "note": None}
     assert report["schema_version"] == 1 and report["profile"] == "default"
     assert report["impl"] == {"spec": FAKE, "name": "fake", "target": FAKE,
                               "capabilities": ["head_mapping", "layout"], "limits": [], "error": None}
     assert set(report["versions"]) == {"python", "torch", "hypothesis", "pytest", "kvconform"}
     assert report["devices"]["requested"] == "all" and "cpu" in report["devices"]["selected"]
     assert [row["invariant"] for row in report["rows"]] == [inv.id for inv in INVARIANTS]
-    row_keys = {"invariant", "title", "status", "tests", "passed", "failed", "xfailed", "xpassed",
+    row_keys = {"invariant", "title", "status", "tests", "passed", "failed", "interrupted", "xfailed", "xpassed",
                 "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities"}
     assert all(set(row) == row_keys for row in report["rows"])
     assert {f["invariant"] for f in report["failures"]} == {"layout", "isolation"}
@@ -124,10 +125,12 @@ def test_json_schema_and_markdown(suite):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
-def test_cuda_without_cuda_skips_with_a_reason(suite):
-    result, report = run_plugin(suite, "--device", "cuda", "-k", "test_devices")
-    result.stdout.fnmatch_lines(["SKIPPED*--device cuda: CUDA requested but torch.cuda.is_available() is False"])
-    assert report["devices"]["selected"] == [] and rows(report)["receivers"]["status"] == "not-run"
+def test_cuda_without_cuda_is_a_usage_error_before_any_test(suite):
+    result = suite.runpytest("conf", "-p", "harness.pytest_plugin", "--impl", FAKE, "--kvconform-report", "out",
+                             "-p", "no:cacheprovider", "--device", "cuda", "-k", "test_devices")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --device=cuda: CUDA requested but torch.cuda.is_available() is False;*"])
+    assert not (suite.path / "out" / "kvconform-report.json").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="needs pytest-xdist")

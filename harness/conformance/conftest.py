@@ -1,8 +1,8 @@
 """Device-generic instantiation: a test taking ``device`` runs once per selected device.
 
 Like PyTorch's device-generic tests: one test body, one instance per device
-chosen with ``--device cpu|cuda|all``.  ``--device cuda`` without CUDA shows up
-as a skip with its reason; with ``all`` the report header says CUDA is absent.
+chosen with ``--device cpu|cuda|all``.  ``--device cuda`` without CUDA is a usage
+error before collection (``harness.devices``); with ``all`` the report header says CUDA is absent.
 """
 
 from __future__ import annotations
