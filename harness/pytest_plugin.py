@@ -31,9 +31,11 @@ loads it lazily once collection finds an ``invariant``-marked test (so
 controller only, from data carried in ``report.user_properties`` (which
 pytest-xdist serializes): the invariant, missing capabilities, the number of
 Hypothesis test cases (from Hypothesis's statistics collector, chained so
-``--hypothesis-show-statistics`` keeps working) and failure details (taken
-from the exception's notes: Hypothesis's falsifying example and
-``@reproduce_failure`` line).  It is rewritten after every test, marked
+``--hypothesis-show-statistics`` keeps working) and the details of every
+distinct failure (Hypothesis's "distinct failures" exception group is split
+into its members; each member's notes give its falsifying example,
+``@reproduce_failure`` line and explain-phase lines).  The run info
+(``harness.runinfo``) is collected once, on the controller.  It is rewritten after every test, marked
 incomplete, and once more at the session's end with its completion state: a
 test running when the session was interrupted reads ``interrupted``, and a
 run in which no invariant test ran exits 5 (pytest's "no tests"), not 0.

@@ -141,7 +141,7 @@ def _cuda_driver_api() -> str:
     import torch
 
     try:
-        code = int(torch._C._cuda_getDriverVersion())  # e.g. 12040 -> 12.4
+        code = int(getattr(torch._C, "_cuda_getDriverVersion")())  # e.g. 12040 -> 12.4
         return f"{code // 1000}.{code % 1000 // 10}"
     except Exception:  # a private API: absent or failing on some builds
         return UNKNOWN
