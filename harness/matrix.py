@@ -10,7 +10,7 @@ failure statuses (``timeout``, ``crash``, ``out-of-bounds``; see
 to the upstream bug when the report carries one (a failure's ``link``), else
 to the reading of the failures: a ``READING.md`` in the report's directory or
 the one above it (``reports/<impl>-<version>/<device>/`` puts it in
-``reports/<impl>-<version>/``).  Reports made before run info existed still
+``reports/<impl>-<version>/``), else to the report itself (its Markdown).  Reports made before run info existed still
 merge: what they lack reads ``unknown``.
 
 Links in the written files are relative to the file they are written to, so
@@ -45,7 +45,7 @@ the invariant's status in that report (""" + ", ".join(ROW_STATUSES) + """, or a
 when the report has no such row) plus the failure statuses of a failing row (""" + ", ".join(
     s for s in FAILURE_STATUSES if s != "fail") + """).
 A failing cell links to the report's upstream bug link, else to a READING.md in the
-report's directory or the one above it.  Reports without run info (older kvconform) merge,
+report's directory or the one above it, else to the report.  Reports without run info (older kvconform) merge,
 their missing fields reading "unknown".  Writes Markdown (--markdown) and JSON (--json),
 links relative to the file written; with neither, prints the Markdown.  A missing or
 invalid report file is a usage error (exit status 4)."""
@@ -64,6 +64,7 @@ class Column:
     configuration: str  #: ``--impl SPEC``, profile, xfails and limits in words
     device: str
     report: Path  #: the report JSON (absolute)
+    document: Path  #: the report's Markdown next to it when present, else the JSON (absolute)
     reading: Path | None  #: READING.md next to it or one directory up (absolute)
     run: dict[str, Any]  #: suite, catalogue and versions, for the list of reports
     statuses: dict[str, dict[str, Any]]  #: invariant -> {"status", "failure_statuses", "failures", "link"}
@@ -109,6 +110,7 @@ def column(path: Path | str) -> Column:
         configuration=_configuration(report, run),
         device=_device(report, run),
         report=path,
+        document=next((p for p in (path.with_suffix(".md"),) if p.is_file()), path),
         reading=next((d / READING for d in (path.parent, path.parent.parent) if (d / READING).is_file()), None),
         run=_run_summary(report, run),
         statuses=_cells(report),
@@ -138,7 +140,7 @@ def as_json(columns: list[Column], base: Path) -> dict[str, Any]:
         "matrix_version": MATRIX_VERSION,
         "columns": [{
             "implementation": c.implementation, "version": c.version, "configuration": c.configuration,
-            "device": c.device, "report": _relative(c.report, base),
+            "device": c.device, "report": _relative(c.report, base), "document": _relative(c.document, base),
             "reading": _relative(c.reading, base) if c.reading else None, "run": c.run,
         } for c in columns],
         "rows": [{
@@ -164,16 +166,17 @@ def markdown(columns: list[Column], base: Path) -> str:
                                      cell["failure_statuses"] != ["fail"] else "")
             cells.append(f"[{text}]({cell['link']})" if cell["link"] else text)
         out.append(f"| `{inv_id}` {title} | " + " | ".join(cells) + " |")
-    out += ["", "Cell statuses: " + ", ".join(ROW_STATUSES) + f", {ABSENT} (the report has no row for it); a failing "
-            "cell adds its failure statuses other than plain fail and links to the upstream bug or the reading:", ""]
+    out += ["", "Cell statuses: " + ", ".join(ROW_STATUSES) + f", {ABSENT} (the report has no row for it).  A failing "
+            "cell lists its failures' statuses (unless all are plain fail) and links to the upstream bug, else the "
+            "reading, else the report:", ""]
     out += [f"- **{status}**: {meaning}" for status, meaning in FAILURE_STATUSES.items()]
-    out += ["", "## Reports", "", "| column | report | reading | run | suite | catalogue | versions |",
+    out += ["", "## Reports", "", "| column | report | reading | completion | suite | catalogue | versions |",
             "|---|---|---|---|---|---|---|"]
     for c in columns:
         reading = f"[{READING}]({_relative(c.reading, base)})" if c.reading else "—"
         versions = ", ".join(f"{k} {v}" for k, v in c.run["versions"].items())
-        out.append(f"| {c.title}, {c.configuration}, {c.device} | [{_relative(c.report, base)}]"
-                   f"({_relative(c.report, base)}) | {reading} | {c.run['completion']} | "
+        out.append(f"| {c.title}, {c.configuration}, {c.device} | [{_relative(c.report.parent, base)}]"
+                   f"({_relative(c.document, base)}) | {reading} | {c.run['completion']} | "
                    f"kvconform {c.run['suite_version']} ({c.run['commit']}) | {c.run['catalogue_version']} | "
                    f"{versions}; driver {c.run['driver']} |")
     return "\n".join(out) + "\n"
@@ -293,7 +296,7 @@ def _cell(c: Column, invariant: str, base: Path) -> dict[str, Any]:
         return {"status": ABSENT, "failure_statuses": [], "failures": 0, "link": None}
     link = None
     if cell["status"] == "fail":
-        link = cell["upstream"] or (_relative(c.reading, base) if c.reading else None)
+        link = cell["upstream"] or _relative(c.reading or c.document, base)
     return {"status": cell["status"], "failure_statuses": cell["failure_statuses"], "failures": cell["failures"],
             "link": link}
 

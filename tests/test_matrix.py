@@ -97,13 +97,14 @@ def test_merges_two_synthetic_reports_and_a_real_one(two_synthetic, tmp_path):
     assert cells["lifecycle"][1] == {"status": "fail", "failure_statuses": ["timeout", "fail"], "failures": 2,
                                      "link": "../reports/sglang-0.5.23/READING.md"}
     assert cells["round_trip"][1]["link"] == "https://example.org/bug/1"  # the upstream link wins
-    assert cells["head_coverage"][2] == {"status": "fail", "failure_statuses": ["fail"], "failures": 1, "link": None}
+    assert cells["head_coverage"][2] == {"status": "fail", "failure_statuses": ["fail"], "failures": 1,
+                                         "link": "../old/kvconform-report.json"}  # no reading: the report itself
     assert cells["concurrency"][2]["status"] == "absent" and cells["future_check"][0]["status"] == "absent"
     assert all(cell["status"] == "pass" for cell in cells["layout"][:1])
     md = out_md.read_text()
     assert "| `lifecycle` Request lifecycle | pass | [fail: timeout, fail](../reports/sglang-0.5.23/READING.md) | absent |" in md
     assert "reference@" in md and "sglang@0.5.23<br>--impl sglang; profile ci; limits whole_pages<br>NVIDIA H100" in md
-    assert "| `head_coverage` Head coverage |" in md and "| fail |" in md
+    assert "| `head_coverage` Head coverage | pass | absent | [fail](../old/kvconform-report.json) |" in md
 
 
 def test_prints_markdown_without_outputs(two_synthetic, capsys):
