@@ -61,7 +61,7 @@ class Column:
 
     implementation: str  #: project name, e.g. ``sglang``
     version: str
-    configuration: str  #: ``--impl SPEC``, profile, xfails and limits in words
+    configuration: str  #: ``--impl SPEC``, profile, xfails, limits and behaviour variables in words
     device: str
     report: Path  #: the report JSON (absolute)
     document: Path  #: the report's Markdown next to it when present, else the JSON (absolute)
@@ -227,7 +227,7 @@ def _identity_from_name(name: str) -> dict[str, str]:
 
 
 def _configuration(report: dict[str, Any], run: dict[str, Any]) -> str:
-    """``--impl SPEC``, the profile, and xfails and declared limits when there are any."""
+    """``--impl SPEC``, the profile, and xfails, declared limits and behaviour variables when there are any."""
     config = run.get("configuration") or {}
     impl = report.get("impl") or {}
     words = [f"--impl {config.get('impl_spec') or impl.get('spec') or UNKNOWN}",
@@ -240,6 +240,7 @@ def _configuration(report: dict[str, Any], run: dict[str, Any]) -> str:
     limits = config.get("limits", impl.get("limits") or [])
     if limits:
         words.append("limits " + ", ".join(limits))
+    words += [f"{name}={value}" for name, value in sorted((config.get("environment") or {}).items())]
     return "; ".join(words)
 
 

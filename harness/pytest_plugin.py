@@ -487,7 +487,8 @@ class ConformanceRun:
         limits = tuple(sorted(scope.declared_limits(loaded.implementation))) if loaded else ()
         configuration = {"impl_spec": self.spec, "profile": profiles.current_profile_name(),
                          "device_option": self.device_option, "devices": list(selected),
-                         "xfails": [entry.pattern for entry in self.xfails], "limits": list(limits)}
+                         "xfails": [entry.pattern for entry in self.xfails], "limits": list(limits),
+                         "environment": runinfo.environment()}
         return RunContext(
             impl_spec=self.spec,
             impl_name=loaded.name if loaded else self.spec,

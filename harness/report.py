@@ -26,7 +26,8 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
         "implementation": {"name": str, "project": str, "version": str,  # "unknown" when not found
                            "version_from": str},   # attribute | name | distribution DIST | unknown
         "configuration": {"impl_spec": str, "profile": str, "device_option": str,
-                          "devices": [str], "xfails": [str], "limits": [str]},
+                          "devices": [str], "xfails": [str], "limits": [str],
+                          "environment": {str: str}},   # set TRITON_INTERPRET, CUDA_VISIBLE_DEVICES, KVCONFORM_*
         "device_names": [str],         # CUDA device names when CUDA is used, the CPU model for cpu
         "driver": str,                 # NVIDIA driver (nvidia-smi), else CUDA driver API; "n/a" on CPU
         "platform": str},

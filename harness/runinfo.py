@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.metadata
+import os
 import platform
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from harness import settings
 from harness.catalogue import CATALOGUE_VERSION
 
 UNKNOWN = "unknown"
@@ -30,6 +32,10 @@ UNKNOWN = "unknown"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _NAME_WITH_VERSION = re.compile(r"^(?P<project>[A-Za-z][\w.+-]*?)[ @-]v?(?P<version>\d+(?:\.\d+)+[\w.+-]*)\b")
 _PROBE_TIMEOUT_S = 5
+#: Variables that change what runs (interpreted kernels, visible GPUs, deadlines, distributed mode); the
+#: example database path and the settings the configuration already names are left out.
+_OTHER_BEHAVIOUR_VARIABLES = ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
+_NOT_BEHAVIOUR = (settings.IMPL, settings.PROFILE, settings.HYPOTHESIS_DB)
 
 
 def suite_version() -> str:
@@ -109,6 +115,12 @@ def collect(implementation: Any, display_name: str, target: str | None, configur
         "configuration": configuration,
         **machine(devices),
     }
+
+
+def environment() -> dict[str, str]:
+    """The set environment variables that change what a run does (``TRITON_INTERPRET``, ``KVCONFORM_*``)."""
+    names = [*_OTHER_BEHAVIOUR_VARIABLES, *(n for n in settings.VARIABLES if n not in _NOT_BEHAVIOUR)]
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def _distribution_version(name: str) -> str | None:

@@ -58,7 +58,8 @@ def two_synthetic(tmp_path) -> tuple[Path, Path]:
         "catalogue_version": CATALOGUE_VERSION,
         "implementation": {"name": "sglang 0.5.23", "project": "sglang", "version": "0.5.23", "version_from": "name"},
         "configuration": {"impl_spec": "sglang", "profile": "ci", "device_option": "cuda", "devices": ["cuda"],
-                          "xfails": [], "limits": ["whole_pages"]},
+                          "xfails": [], "limits": ["whole_pages"],
+                          "environment": {"KVCONFORM_CALL_TIMEOUT_S": "60"}},
         "device_names": ["NVIDIA H100 80GB HBM3"], "driver": "550.54", "platform": "Linux",
     }
     sglang = write(tmp_path / "reports" / "sglang-0.5.23" / "cuda-h100" / "kvconform-report.json", synthetic_report(
@@ -86,7 +87,7 @@ def test_merges_two_synthetic_reports_and_a_real_one(two_synthetic, tmp_path):
     ref, sg, old = columns
     assert (ref["device"], ref["run"]["catalogue_version"]) == ("cpu", CATALOGUE_VERSION)
     assert sg["device"] == "NVIDIA H100 80GB HBM3"
-    assert sg["configuration"] == "--impl sglang; profile ci; limits whole_pages"
+    assert sg["configuration"] == "--impl sglang; profile ci; limits whole_pages; KVCONFORM_CALL_TIMEOUT_S=60"
     assert sg["reading"] == "../reports/sglang-0.5.23/READING.md" and sg["run"]["driver"] == "550.54"
     assert old["run"] == {"suite_version": "0.1.0", "commit": "unknown", "catalogue_version": "unknown",
                           "completion": "unknown", "driver": "unknown",
@@ -103,7 +104,8 @@ def test_merges_two_synthetic_reports_and_a_real_one(two_synthetic, tmp_path):
     assert all(cell["status"] == "pass" for cell in cells["layout"][:1])
     md = out_md.read_text()
     assert "| `lifecycle` Request lifecycle | pass | [fail: timeout, fail](../reports/sglang-0.5.23/READING.md) | absent |" in md
-    assert "reference@" in md and "sglang@0.5.23<br>--impl sglang; profile ci; limits whole_pages<br>NVIDIA H100" in md
+    assert "reference@" in md and "sglang@0.5.23<br>--impl sglang; profile ci; limits whole_pages; " \
+        "KVCONFORM_CALL_TIMEOUT_S=60<br>NVIDIA H100" in md
     assert "| `head_coverage` Head coverage | pass | absent | [fail](../old/kvconform-report.json) |" in md
 
 

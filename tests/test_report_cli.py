@@ -221,6 +221,12 @@ def test_run_info_of_a_cli_run_is_present_and_plausible(suite, monkeypatch):
     from harness.catalogue import CATALOGUE_VERSION
 
     monkeypatch.setenv(cli.CONFORMANCE_DIR_ENV_VAR, str(suite.path / "conf"))
+    from harness import settings
+
+    for name in ("CUDA_VISIBLE_DEVICES", *settings.VARIABLES):
+        if name != cli.CONFORMANCE_DIR_ENV_VAR:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     result = suite.run(sys.executable, "-m", "harness", "--impl", FAKE, "--device", "cpu", "-k", "heads_partition",
                        "--report-dir", "rep")
     assert result.ret == 0
@@ -237,7 +243,9 @@ def test_run_info_of_a_cli_run_is_present_and_plausible(suite, monkeypatch):
     assert run["catalogue_version"] == CATALOGUE_VERSION
     assert run["implementation"] == {"name": "fake", "project": "fake", "version": "unknown", "version_from": "unknown"}
     assert run["configuration"] == {"impl_spec": FAKE, "profile": "default", "device_option": "cpu",
-                                    "devices": ["cpu"], "xfails": [], "limits": []}
+                                    "devices": ["cpu"], "xfails": [], "limits": [],
+                                    "environment": {"TRITON_INTERPRET": "1",
+                                                    cli.CONFORMANCE_DIR_ENV_VAR: str(suite.path / "conf")}}
     assert len(run["device_names"]) == 1 and run["device_names"][0] and run["driver"] == "n/a"
     assert run["platform"] == platform.platform()
     assert report["versions"]["torch"].startswith(torch.__version__.split("+")[0])
