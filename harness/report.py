@@ -49,7 +49,6 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                 "shrinks": int,        # test cases run while shrinking failures
                 "missing_capabilities": [str],
                 "failure_statuses": [str]}],   # statuses of its failures, legend order
-
       "failures": [{"invariant": str, "test": str,    # pytest node id; one entry per distinct failure
                     "index": int, "test_failures": int,   # this is failure INDEX of TEST_FAILURES of the test
                     "status": "fail" | "timeout" | "crash" | "out-of-bounds",   # see FAILURE_STATUSES
@@ -404,15 +403,14 @@ def _run_info_lines(run: dict[str, Any] | None) -> list[str]:
 
 def _failure_title(failure: dict[str, Any]) -> str:
     """``STATUS [invariant] test`` plus ``(failure i of n)`` when the test failed in several ways."""
-    status = failure.get("status", "fail").upper()
-    count = failure.get("test_failures", 1)
-    return (f"{status} [{failure['invariant']}] {failure['test']}"
+    count = failure["test_failures"]
+    return (f"{failure['status'].upper()} [{failure['invariant']}] {failure['test']}"
             + (f" (failure {failure['index']} of {count})" if count > 1 else ""))
 
 
 def _legend_lines(report: dict[str, Any]) -> list[str]:
     """The failure-status legend, for the statuses that occur in ``report``."""
-    present = {f.get("status", "fail") for f in report["failures"]}
+    present = {f["status"] for f in report["failures"]}
     return [f"{status}: {meaning}" for status, meaning in FAILURE_STATUSES.items() if status in present]
 
 
@@ -447,7 +445,7 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
         if failure["counterexample"]:
             lines.append("  counterexample:")
             lines.extend("    " + line for line in failure["counterexample"].splitlines())
-        if failure.get("explanation"):
+        if failure["explanation"]:
             lines.append("  explanation:")
             lines.extend("    " + line for note in failure["explanation"] for line in note.splitlines())
         if failure["reproduce_failure"]:
@@ -473,10 +471,10 @@ def markdown(report: dict[str, Any]) -> str:
     if report["failures"]:
         out += ["", "## Failures"]
     for failure in report["failures"]:
-        count = failure.get("test_failures", 1)
+        count = failure["test_failures"]
         out += ["", f"### `{failure['invariant']}`: `{failure['test']}`"
                 + (f" (failure {failure['index']} of {count})" if count > 1 else ""), "",
-                f"- status: **{failure.get('status', 'fail')}**", f"- phase: {failure['phase']}",
+                f"- status: **{failure['status']}**", f"- phase: {failure['phase']}",
                 f"- error: `{failure['error']}`"]
         if failure["reproduce_failure"]:
             out.append(f"- reproduce_failure: `{failure['reproduce_failure']}`")
@@ -485,7 +483,7 @@ def markdown(report: dict[str, Any]) -> str:
         out += [f"- repro: `{failure['repro']}`"]
         if failure["counterexample"]:
             out += ["", "```text", failure["counterexample"], "```"]
-        if failure.get("explanation"):
+        if failure["explanation"]:
             out += ["", "Explanation (Hypothesis's explain phase):", "", "```text", *failure["explanation"], "```"]
     if report["failures"]:
         out += ["", "## Legend", "", "Row statuses: " + ", ".join(ROW_STATUSES) + " (see `kvconform --help`).",
