@@ -21,7 +21,8 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
       "versions": {"python": str, "torch": str, "triton": str, "hypothesis": str,
                    "pytest": str, "kvconform": str},   # "not installed" when absent
       "run": {                         # run info (harness.runinfo); absent in reports of older versions
-        "suite": {"name": "kvconform", "version": str, "commit": str},   # git describe, or "unknown"
+        "suite": {"name": "kvconform", "version": str,
+                  "commit": str},  # git describe [-dirty: code, not reports/, changed] or "unknown"
         "catalogue_version": str,      # harness.catalogue.CATALOGUE_VERSION
         "implementation": {"name": str, "project": str, "version": str,  # "unknown" when not found
                            "version_from": str},   # attribute | name | distribution DIST | unknown

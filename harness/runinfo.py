@@ -48,11 +48,21 @@ def suite_version() -> str:
 
 
 def suite_commit() -> str:
-    """``git describe --always --dirty`` of the kvconform checkout, or ``unknown`` (installed, no git)."""
-    top = _run(["git", "-C", str(PACKAGE_ROOT), "rev-parse", "--show-toplevel"])
+    """``git describe --always`` of the kvconform checkout, ``-dirty`` when tracked code differs from it.
+
+    Changes under ``reports/`` do not count: regenerating a committed report
+    rewrites tracked files but changes no code.  ``unknown`` when kvconform
+    is not a git checkout (installed from a wheel).
+    """
+    git = ["git", "-C", str(PACKAGE_ROOT)]
+    top = _run([*git, "rev-parse", "--show-toplevel"])
     if top is None or Path(top).resolve() != PACKAGE_ROOT:  # a git repo around site-packages is not ours
         return UNKNOWN
-    return _run(["git", "-C", str(PACKAGE_ROOT), "describe", "--always", "--dirty", "--abbrev=12"]) or UNKNOWN
+    described = _run([*git, "describe", "--always", "--abbrev=12"])
+    if described is None:
+        return UNKNOWN
+    changed = _run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports"])
+    return described + ("-dirty" if changed else "")
 
 
 def implementation_identity(implementation: Any, display_name: str, target: str | None) -> dict[str, str]:
