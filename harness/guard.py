@@ -6,7 +6,7 @@ the allocators and handlers it makes:
 * runs with a deadline.  The call runs on a helper thread (one per calling
   thread, so two threads driving a handler still overlap); the caller waits
   for it like a watchdog.  A call that does not return in time is reported as
-  an :class:`ImplementationFault` ("hung") on the invariant of the method,
+  an :class:`ImplementationFault` ("hung") naming the call,
   with the calls that led there, and Hypothesis adds the repro; the stuck
   helper is abandoned (and, when it spins in Python code, stopped) so the
   rest of the suite goes on.  The deadline is ``$KVCONFORM_CALL_TIMEOUT_S``
@@ -15,15 +15,15 @@ the allocators and handlers it makes:
   ``$KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S`` (default 0.05 s), so that
   shrinking a hang takes seconds, not hours (each shrink step that reaches
   the hang waits that long);
-* turns an exception into an :class:`ImplementationFault` naming the method,
-  its arguments and the invariant (an ``InvariantViolation`` raised by harness
-  code the implementation called back passes through untouched);
+* turns an exception into an :class:`ImplementationFault` naming the method
+  and its arguments (an ``InvariantViolation`` raised by harness code the
+  implementation called back passes through untouched);
 * checks the shape of what comes back (``poll`` returns a state, ``assign``
   ``None`` or three integers, ...), so garbage is reported where it appears
   instead of as a confusing failure later.
 
-:class:`CanaryFence` hands out buffers with canary margins on both sides and
-reports a write outside any of them as an ``[isolation]`` violation.
+A fault is reported on the invariant of the test it happens in: the test's
+``invariant`` marker decides (``oracles.attribute``), as for every violation.
 
 Calls made by an implementation into harness objects it was given (the
 allocator watch) run inline on the same helper thread, under the outer
@@ -45,7 +45,6 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from harness import cluster
 from harness.interface import ALLOCATOR_METHODS, CAPABILITIES, DECODE_HANDLER_METHODS, DONE, FAILED, PENDING
 from harness.oracles import InvariantViolation
 
@@ -55,22 +54,12 @@ DEFAULT_CALL_TIMEOUT_S = 30.0
 DEFAULT_AFTER_HANG_TIMEOUT_S = 0.05
 TRAIL_LENGTH = 12
 
-#: Invariant a failing call is reported on, by the capability its method belongs to.
-INVARIANT_OF_CAPABILITY = {
-    "head_mapping": "head_coverage",
-    "layout": "layout",
-    "allocator": "allocator",
-    "kv_copy": "round_trip",
-    "direct_copy": "path_equivalence",
-    "decode_handler": "lifecycle",
-    "end_to_end": "round_trip",
-}
 _CAPABILITY_OF_METHOD = {method: cap for cap, methods in CAPABILITIES.items() for method in methods}
 _STATES = (PENDING, DONE, FAILED)
 
 
 class ImplementationFault(InvariantViolation):
-    """The implementation raised, returned garbage or hung; the message names the call and the invariant."""
+    """The implementation raised, returned garbage or hung; the message names the call."""
 
 
 class _Abandoned(BaseException):
@@ -289,7 +278,6 @@ class _Guarded:
 
     def _call(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         label = _CallLabel(self._ROLE, name, args, kwargs)
-        invariant = _invariant_of(name)
         self._context.trail.append(label)
         outer = getattr(_local, "helper_job", None)
         if outer is not None:  # called back from inside the implementation: the outer deadline covers it
@@ -297,21 +285,21 @@ class _Guarded:
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                converted = self._raised(invariant, label, exc)
+                converted = self._raised(label, exc)
                 if converted is exc:
                     raise
                 raise converted from exc
             finally:
                 outer.pending.pop()
         else:
-            result = self._with_deadline(invariant, label, fn, args, kwargs)
+            result = self._with_deadline(label, fn, args, kwargs)
         problem = _garbage(name, result, args)
         if problem:
-            raise ImplementationFault(f"[{invariant}] {label} returned garbage: {problem}; "
+            raise ImplementationFault(f"{label} returned garbage: {problem}; "
                                       f"calls so far: {self._context.describe_trail()}")
         return self._wrap_result(name, result)
 
-    def _with_deadline(self, invariant: str, label: "_CallLabel", fn, args, kwargs) -> Any:
+    def _with_deadline(self, label: "_CallLabel", fn, args, kwargs) -> Any:
         hung_before = self._context.root in _hung
         timeout = call_timeout_s(after_hang=hung_before)
         job = _Job(fn, args, kwargs, _current_stream(), pending=[label])
@@ -323,21 +311,21 @@ class _Guarded:
             helper.abandon()
             _hung.add(self._context.root)
             raise ImplementationFault(
-                f"[{_invariant_of(stuck.method)}] {stuck} hung: no return within {timeout:g}s "
+                f"{stuck} hung: no return within {timeout:g}s "
                 f"({'already hung before, short deadline' if hung_before else f'${TIMEOUT_ENV_VAR}'}); "
                 f"calls so far: {self._context.describe_trail()}")
         if job.error is not None:
-            converted = self._raised(invariant, label, job.error)
+            converted = self._raised(label, job.error)
             if converted is job.error:
                 raise converted
             raise converted from job.error
         return job.result
 
-    def _raised(self, invariant: str, label: "_CallLabel", exc: BaseException) -> BaseException:
+    def _raised(self, label: "_CallLabel", exc: BaseException) -> BaseException:
         """What to raise for an exception out of the implementation (harness violations pass through)."""
         if isinstance(exc, InvariantViolation) or not self._context.convert_errors:
             return exc
-        return ImplementationFault(f"[{invariant}] {label} raised {type(exc).__name__}: {exc}; "
+        return ImplementationFault(f"{label} raised {type(exc).__name__}: {exc}; "
                                    f"calls so far: {self._context.describe_trail()}")
 
     def _wrap_result(self, name: str, result: Any) -> Any:
@@ -398,14 +386,6 @@ def forget_hangs() -> None:
 
 
 # -- what the calls return --------------------------------------------------------------------
-def _invariant_of(method: str) -> str:
-    if method in ALLOCATOR_METHODS:
-        return "allocator"
-    if method in DECODE_HANDLER_METHODS or method == "failure_reason":
-        return "lifecycle"
-    return INVARIANT_OF_CAPABILITY.get(_CAPABILITY_OF_METHOD.get(method, ""), "lifecycle")
-
-
 def _is_int(value: Any) -> bool:
     if isinstance(value, bool):
         return False
@@ -473,35 +453,3 @@ def _show(value: Any) -> str:
 def _show_args(args: tuple, kwargs: dict) -> str:
     shown = [_show(a) for a in args] + [f"{k}={_show(v)}" for k, v in kwargs.items()]
     return ", ".join(shown)
-
-
-# -- canary-guarded buffers -------------------------------------------------------------------
-class CanaryFence:
-    """Every buffer handed to an implementation, each between canary margins (``cluster.Guarded``).
-
-    ``check`` reports the first buffer written outside its bounds as an
-    ``[isolation]`` violation: an out-of-bounds write from a kernel or an
-    ``as_strided`` view is caught even though torch indexing cannot do it.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._buffers: list[tuple[str, cluster.Guarded]] = []
-
-    def bytes(self, nbytes: int, what: str, fill: int) -> torch.Tensor:
-        """A fenced uint8 buffer of ``nbytes`` filled with ``fill``."""
-        buffer = cluster.Guarded(nbytes, self.device)
-        buffer.inner.fill_(fill)
-        self._buffers.append((what, buffer))
-        return buffer.inner
-
-    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype, what: str, fill: int) -> torch.Tensor:
-        """A fenced tensor of ``shape`` and ``dtype`` whose every byte is ``fill``."""
-        nbytes = torch.empty((), dtype=dtype).element_size()
-        for size in shape:
-            nbytes *= size
-        return self.bytes(nbytes, what, fill).view(dtype).view(shape)
-
-    def check(self, invariant: str = "isolation") -> None:
-        for what, buffer in self._buffers:
-            buffer.check_margins(invariant, what)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cluster import WriterPlan
+from harness.engine.writers import WriterPlan
 from harness.distributed import (
     BackendUnavailable,
     CaseJob,
