@@ -15,10 +15,10 @@ state machines and the other stress suites draw).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.engine.shapes import RankShape, RequestPlan
-from strategies.cases import TransferCase
+if TYPE_CHECKING:
+    from harness.engine.shapes import RequestPlan
 
 #: Limit name -> what the suite stops generating when an implementation declares it.
 LIMITS: dict[str, str] = {
@@ -43,7 +43,7 @@ def fit(impl: Any, value: Any) -> Any:
     return _fit(limits, value) if limits else value
 
 
-def fit_plan(impl: Any, plan: RequestPlan, page_size: int) -> RequestPlan:
+def fit_plan(impl: Any, plan: "RequestPlan", page_size: int) -> "RequestPlan":
     """A request on pages of ``page_size`` tokens mapped into ``impl``'s declared scope."""
     if "whole_pages" in declared_limits(impl):
         return dataclasses.replace(plan, num_tokens=_whole_pages(plan.num_tokens, page_size))
@@ -51,6 +51,10 @@ def fit_plan(impl: Any, plan: RequestPlan, page_size: int) -> RequestPlan:
 
 
 def _fit(limits: frozenset[str], value: Any) -> Any:
+    # Imported here: the pytest plugin imports this module, and must not import torch for runs without conformance.
+    from harness.engine.shapes import RankShape
+    from strategies.cases import TransferCase
+
     if isinstance(value, TransferCase):
         if "whole_pages" in limits:
             tokens = _whole_pages(value.request.num_tokens, value.kv.page_size)
