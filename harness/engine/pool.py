@@ -155,6 +155,6 @@ def seeded_truth(shape: RankShape, plan: RequestPlan, device: torch.device) -> t
 
 def world_truth(world: World, shape: RankShape) -> torch.Tensor:
     """The world's ground truth restricted to the rank's heads and layers, as ``seeded_truth`` lays it out."""
-    layers, heads = list(shape.layers), torch.tensor(shape.heads, device=world.device)
-    parts = [int_view(t[layers][:, :, heads]) for t in (world.truth_k, world.truth_v)]
+    layers, heads = shape.layers, torch.tensor(shape.heads, device=world.device)
+    parts = [int_view(t[layers.start:layers.stop].index_select(2, heads)) for t in (world.truth_k, world.truth_v)]
     return torch.stack(parts)
