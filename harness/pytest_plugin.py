@@ -446,6 +446,8 @@ def fit_to_declared_scope(test: Any) -> None:
     through ``scope.fit`` (``TransferCase`` and ``RankShape`` values, inside tuples and lists too).  The
     only place limits reach ``@given`` tests; the engine fits what state machines draw.
     """
+    from hypothesis import note
+
     handle = getattr(test, "hypothesis", None)
     inner = getattr(handle, "inner_test", None)
     if inner is None or getattr(inner, _FITS_SCOPE, False):
@@ -455,7 +457,11 @@ def fit_to_declared_scope(test: Any) -> None:
     def fitted(*args: Any, **kwargs: Any) -> Any:
         impl = kwargs.get("impl", getattr(kwargs.get("loaded_impl"), "implementation", None))
         if impl is not None and scope.declared_limits(impl):
-            kwargs = {name: scope.fit(impl, value) for name, value in kwargs.items()}
+            fitted_kwargs = {name: scope.fit(impl, value) for name, value in kwargs.items()}
+            for name, value in fitted_kwargs.items():
+                if value != kwargs[name]:  # the printed counterexample shows the drawn value: say what ran
+                    note(f"{name} as run within the declared limits: {value!r}")
+            kwargs = fitted_kwargs
         return inner(*args, **kwargs)
 
     setattr(fitted, _FITS_SCOPE, True)
