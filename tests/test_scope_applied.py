@@ -73,8 +73,8 @@ def test_given_tests_generate_inside_declared_limits(test):
 
 
 def test_state_machines_generate_inside_declared_limits():
-    machine = settings(max_examples=25, stateful_step_count=20, database=None, deadline=None, derandomize=True,
-                       suppress_health_check=list(HealthCheck))
+    machine = settings(max_examples=40, stateful_step_count=20, database=None, deadline=None, derandomize=True,
+                       suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.generate))
     run_state_machine_as_test(test_stateful.handler_machine(NarrowReference(), "cpu"), settings=machine)
     run_state_machine_as_test(test_stateful.allocator_machine(NarrowReference()), settings=machine)
     with pytest.raises(ImplementationFault, match="out of declared scope"):  # the control: unfitted, it raises
