@@ -26,7 +26,7 @@ A fault is reported on the invariant of the test it happens in: the test's
 ``invariant`` marker decides (``oracles.attribute``), as for every violation.
 
 Calls made by an implementation into harness objects it was given (the
-allocator watch) run inline on the same helper thread, under the outer
+engine's ledger) run inline on the same helper thread, under the outer
 deadline.
 """
 
