@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from harness.oracles import InvariantViolation, owned_heads
+from strategies.cases import TransferCase
 
 _INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 CANARY_BYTE = 0xA5  # 1010_0101: an unlikely KV byte, easy to spot in a dump
@@ -74,7 +75,7 @@ def _truth(case, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class World:
-    case: object
+    case: TransferCase
     device: torch.device
     truth_k: torch.Tensor
     truth_v: torch.Tensor

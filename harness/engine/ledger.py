@@ -105,7 +105,8 @@ class Ledger:
     def watermark(self) -> tuple[int, int]:
         """The allocator's watermark, judged: never backwards, never past the oldest live allocation."""
         with self._lock:  # read and judged atomically: another thread's newer read must not look like a step back
-            wm = tuple(int(x) for x in self.inner.watermark())
+            round_, tail = (int(x) for x in self.inner.watermark())
+            wm = (round_, tail)
             if wm < self.last_watermark:
                 self._violate(f"watermark moved backwards from {self.last_watermark} to {wm}")
             ahead = [p for p in self.ledger if p.live and wm > (p.round, p.offset)]

@@ -64,7 +64,7 @@ def stage_case(rank: Rank, receiver: Any = None, order: Optional[Sequence[tuple[
     way: each chunk stays unscattered until its last distinct writer arrived; the request ends done; late
     duplicates change nothing; release leaves nothing held; every pool row is right.
     """
-    world = rank.world
+    world = rank.require_world()
     receiver = StagedReceiver() if receiver is None else receiver
     rid = rank.register(RequestPlan.of_spec(world.case.request, world.case.seed), receiver, from_world=True)
     t = rank.requests[rid]

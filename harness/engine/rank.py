@@ -101,7 +101,7 @@ class Rank:
         self._next_rid += 1
         plan = scope.fit_plan(self.impl, plan, shape.page_size)
         table = self.pool.page_table(plan)
-        truth = world_truth(self.world, shape) if from_world else seeded_truth(shape, plan, self.device)
+        truth = world_truth(self.require_world(), shape) if from_world else seeded_truth(shape, plan, self.device)
         staged = oracles.expects_staging(receiver)
         t = Tracked(rid, plan, receiver, staged, table, slots_of(table, shape.page_size, plan.num_tokens), truth,
                     oracles.chunk_grid(plan.prefix_len, plan.num_tokens, shape.page_size, plan.chunk_pages),
@@ -329,13 +329,18 @@ class Rank:
         gathered by the implementation from the world's prefill pool, or packed from ground truth."""
         plan = self.plans[slot]
         if t.gathered:
-            return gather(self.impl, self.world.prefill[plan.prefill_index], plan, self.shape.page_size,
+            return gather(self.impl, self.require_world().prefill[plan.prefill_index], plan, self.shape.page_size,
                           t.plan.prefix_len, t.grid[chunk], nbytes, self.device).inner
         page_start, _, tokens = t.grid[chunk]
         first = t.plan.prefix_len + page_start * self.shape.page_size
         part = t.truth[:, plan.layer_start:plan.layer_start + self.shape.layers_per_writer, first:first + tokens,
                        plan.destination_start:plan.destination_start + plan.count]
         return part.contiguous().view(torch.uint8).flatten()
+
+    def require_world(self) -> World:
+        if self.world is None:
+            raise ValueError("a request from_world needs a Rank built with world=...")
+        return self.world
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
