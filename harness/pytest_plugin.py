@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.metadata
 import platform
 import re
@@ -54,6 +55,7 @@ from typing import Any
 import pytest
 
 from harness import profiles, scope, settings
+from harness.oracles import attribute
 from harness.catalogue import BY_ID
 from harness.devices import require_devices, select_devices
 from harness.interface import CAPABILITIES, Implementation
@@ -349,6 +351,7 @@ class ConformanceRun:
                 item.add_marker(pytest.mark.skip(
                     reason=f"not implemented: {loaded.name} lacks capability '{missing[0]}'"))
                 continue
+            fit_to_declared_scope(getattr(item, "obj", None))
             entry = first_match(self.xfails, item.nodeid, invariant)
             if entry is not None:
                 item.user_properties.append((PROP_XFAIL, entry.source))
@@ -372,6 +375,7 @@ class ConformanceRun:
             try:
                 return (yield)
             except Exception as exc:
+                attribute_to_marker(item, exc)
                 item.user_properties.extend(_failure_properties(exc, item, statistics))
                 raise
             finally:
@@ -515,6 +519,46 @@ def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:
     if unknown:
         raise ValueError(f"unknown capability {unknown[0]!r} in requires; valid: {', '.join(CAPABILITIES)}")
     return invariant, tuple(requires)
+
+
+def attribute_to_marker(item: pytest.Item, exc: BaseException) -> None:
+    """Tag a failure's violations with the invariant of the test's marker (see ``oracles.attribute``)."""
+    marker = item.get_closest_marker("invariant")
+    if marker is not None:
+        attribute(exc, parse_invariant_marker(marker)[0])
+
+
+_FITS_SCOPE = "_kvconform_fits_scope"
+
+
+def fit_to_declared_scope(test: Any) -> None:
+    """Make Hypothesis test ``test`` run every drawn value inside the implementation's declared limits.
+
+    Wraps its ``inner_test`` (the function Hypothesis calls with fixtures and drawn arguments; idempotent):
+    with the implementation taken from the ``impl`` or ``loaded_impl`` argument, every argument is passed
+    through ``scope.fit`` (``TransferCase`` and ``RankShape`` values, inside tuples and lists too).  The
+    only place limits reach ``@given`` tests; the engine fits what state machines draw.
+    """
+    from hypothesis import note
+
+    handle = getattr(test, "hypothesis", None)
+    inner = getattr(handle, "inner_test", None)
+    if inner is None or getattr(inner, _FITS_SCOPE, False):
+        return
+
+    @functools.wraps(inner)
+    def fitted(*args: Any, **kwargs: Any) -> Any:
+        impl = kwargs.get("impl", getattr(kwargs.get("loaded_impl"), "implementation", None))
+        if impl is not None and scope.declared_limits(impl):
+            fitted_kwargs = {name: scope.fit(impl, value) for name, value in kwargs.items()}
+            for name, value in fitted_kwargs.items():
+                if value != kwargs[name]:  # the printed counterexample shows the drawn value: say what ran
+                    note(f"{name} as run within the declared limits: {value!r}")
+            kwargs = fitted_kwargs
+        return inner(*args, **kwargs)
+
+    setattr(fitted, _FITS_SCOPE, True)
+    handle.inner_test = fitted
 
 
 @contextlib.contextmanager

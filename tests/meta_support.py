@@ -7,6 +7,9 @@ from typing import Any, Callable
 
 from hypothesis import HealthCheck, Phase, settings
 
+from harness.oracles import attribute
+from harness.pytest_plugin import parse_invariant_marker
+
 #: Deterministic and patient: a meta-test must not depend on luck.
 META_SETTINGS = dict(max_examples=300, database=None, deadline=None, derandomize=True,
                      suppress_health_check=list(HealthCheck), print_blob=True, report_multiple_bugs=False)
@@ -23,6 +26,25 @@ def hypothesis_settings(**overrides: Any):
     finally:
         settings.register_profile("kvconform-meta-restore", saved)
         settings.load_profile("kvconform-meta-restore")
+
+
+def invariant_of(test: Callable[..., Any]) -> str:
+    """The invariant id of a conformance test's ``invariant`` marker."""
+    marks = [m for m in getattr(test, "pytestmark", ()) if m.name == "invariant"]
+    if not marks:
+        raise ValueError(f"{test.__name__} has no @pytest.mark.invariant marker")
+    return parse_invariant_marker(marks[0])[0]
+
+
+def attributed(test: Callable[..., Any], run: Callable[[], None]) -> Callable[[], None]:
+    """``run``, with a failure attributed to ``test``'s marker as the pytest plugin does in a suite run."""
+    def call() -> None:
+        try:
+            run()
+        except Exception as exc:
+            attribute(exc, invariant_of(test))
+            raise
+    return call
 
 
 def _messages(exc: BaseException) -> list[str]:
@@ -42,7 +64,7 @@ def failure_of(test: Callable[..., None], impl: Any, max_examples: int = META_SE
     phases = tuple(Phase) if shrink else (Phase.explicit, Phase.reuse, Phase.generate)
     with hypothesis_settings(**{**META_SETTINGS, "max_examples": max_examples, "phases": phases}):
         try:
-            test(impl=impl, **kwargs)
+            attributed(test, lambda: test(impl=impl, **kwargs))()
         except Exception as exc:  # noqa: BLE001 - the failure is the result
             return "\n".join(_messages(exc))
     return ""
