@@ -13,6 +13,7 @@ from hypothesis import given
 
 import strategies as kst
 from harness.engine.moves import case_rank, move_with_kv_copy, ring_bytes_for, stage_case
+from harness.freed_memory import FreedMemoryProbe
 from harness.oracles import InvariantViolation
 from harness.world import World, int_view
 
@@ -119,3 +120,35 @@ def test_device_scatter_on_its_own_stream(impl, case):
     if any(s == caller for s in streams):
         raise InvariantViolation("the decode handler scattered on the caller's stream; "
                                  "scatter on a side stream and track completion with an event")
+
+
+@needs_cuda
+@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"))
+@given(case=kst.transfer_cases(max_tokens=32))
+def test_device_buffers_outlive_their_side_stream_work(impl, case):
+    """Memory the handler frees while a kernel on another stream still uses it goes to its next user at once:
+    :class:`~harness.freed_memory.FreedMemoryProbe` holds side streams back during each handler call, then
+    takes and poisons what the caller's pool has free, so the race that fires once in many runs fires every
+    time: as probe bytes in the decode pool, or as a probe written after the fact."""
+    world = World.build(case, "cuda")
+    rank = case_rank(impl, world, 0, ring_bytes_for(impl, world, 2))
+    probe = FreedMemoryProbe("cuda")
+    for stream in rank.ledger.streams:
+        probe.exempt(stream)
+    handler = rank.handler
+
+    class _Probed:
+        """The handler, each call made under the probe."""
+
+        def __getattr__(self, name):
+            method = getattr(handler, name)
+            if not callable(method):
+                return method
+            return lambda *args, **kwargs: probe.call(f"handler.{name}", method, *args, **kwargs)
+
+    rank.handler = _Probed()
+    stage_case(rank)
+    problems = probe.check()
+    if problems:
+        raise InvariantViolation(problems[0])
+    world.check_decode(indices=[0])

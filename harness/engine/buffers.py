@@ -14,7 +14,8 @@ from harness.world import CANARY_BYTE
 
 SCRIBBLE_BYTE = 0x5A  # what a freed region is overwritten with, as its next user would
 GARBAGE_BYTE = 0x3C   # what a partial write leaves in the rest of a writer's part
-MARKERS = (CANARY_BYTE, SCRIBBLE_BYTE, GARBAGE_BYTE)
+PROBE_BYTE = 0x6B     # what the freed-memory probe's stand-in next user writes (harness.freed_memory)
+MARKERS = (CANARY_BYTE, SCRIBBLE_BYTE, GARBAGE_BYTE, PROBE_BYTE)
 MARGIN = 64           # canary bytes guarding each side of every buffer handed to the implementation
 
 

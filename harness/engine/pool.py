@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from harness.engine.buffers import GARBAGE_BYTE, MARKERS, SCRIBBLE_BYTE, CanaryFence
+from harness.engine.buffers import GARBAGE_BYTE, MARKERS, PROBE_BYTE, SCRIBBLE_BYTE, CanaryFence
 from harness.engine.model import Tracked
 from harness.engine.shapes import RankShape, RequestPlan
 from harness.interface import DONE
@@ -129,7 +129,8 @@ class DecodePool:
                  f"{as_bytes[:8].tolist()}")
         for byte, meaning in ((CANARY_BYTE, "never written (canary)"),
                               (SCRIBBLE_BYTE, "the scribble of a freed staging region: scattered after its region was freed"),
-                              (GARBAGE_BYTE, "a partial write's garbage: a region scattered before its writers finished")):
+                              (GARBAGE_BYTE, "a partial write's garbage: a region scattered before its writers finished"),
+                              (PROBE_BYTE, "the next user's bytes in memory freed while a side-stream kernel still read it")):
             if bool((as_bytes == byte).all()):
                 return f"{where} = {meaning}"
         for other in everyone:
