@@ -257,11 +257,11 @@ class ConformanceRun:
         try:
             if command_line_profile:
                 profiles.check_profile_name(command_line_profile)
-            name = profiles.selected_profile(command_line_profile)
+            selected = profiles.selected_profile(command_line_profile)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
-        if name:
-            settings.load_profile(name)
+        if selected:
+            settings.load_profile(selected)
 
     def restore_hypothesis_profiles(self) -> None:
         """Undo this session's profile changes (matters when pytest runs in-process, e.g. pytester)."""
@@ -323,8 +323,8 @@ class ConformanceRun:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Tag invariant tests, skip those needing missing capabilities, mark listed xfails."""
-        tagged = [(item, item.get_closest_marker("invariant")) for item in items]
-        tagged = [(item, marker) for item, marker in tagged if marker is not None]
+        markers = [(item, item.get_closest_marker("invariant")) for item in items]
+        tagged = [(item, marker) for item, marker in markers if marker is not None]
         if not tagged:
             return
         if self.is_worker:  # a usage error on a worker crashes it; let the impl fixture fail each test instead
@@ -398,7 +398,8 @@ class ConformanceRun:
             self._write(Completion())  # after every test: a run killed from outside keeps its results
 
     def _fold(self, report: pytest.TestReport) -> None:
-        props = dict(tuple(p) for p in report.user_properties)
+        # Values are whatever this plugin appended (strings, counts); xdist may turn the pairs into lists.
+        props: dict[str, Any] = {name: value for name, value in report.user_properties}
         invariant = props.get(PROP_INVARIANT)
         if invariant is None:
             return
@@ -543,7 +544,7 @@ def fit_to_declared_scope(test: Any) -> None:
 
     handle = getattr(test, "hypothesis", None)
     inner = getattr(handle, "inner_test", None)
-    if inner is None or getattr(inner, _FITS_SCOPE, False):
+    if handle is None or inner is None or getattr(inner, _FITS_SCOPE, False):
         return
 
     @functools.wraps(inner)
@@ -580,7 +581,8 @@ def _collecting_statistics(sink: list[dict]) -> Iterator[None]:
         if previous is not None:
             previous(stats)
 
-    with collector.with_value(note):
+    # Hypothesis declares the collector as DynamicVariable(None), so mypy types its value as None only.
+    with collector.with_value(note):  # type: ignore[arg-type]
         yield
 
 

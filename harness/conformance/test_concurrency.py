@@ -194,8 +194,10 @@ def run_concurrently(impl, device: str, seed: int, requests: Optional[int] = Non
             raise shared.errors[0]
         rank.check_drained()
     except InvariantViolation as exc:
-        exc.add_note(f"concurrent run: seed={seed}, requests={requests}, device={device}; the thread interleaving "
-                     f"differs between runs, rerun a few times to reproduce")
+        # The run's context joins the message (no PEP 678 notes on Python 3.10); same exception, same traceback.
+        first = str(exc.args[0]) if exc.args else ""
+        exc.args = (f"{first}\nconcurrent run: seed={seed}, requests={requests}, device={device}; the thread "
+                    f"interleaving differs between runs, rerun a few times to reproduce", *exc.args[1:])
         raise
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import settings, strategies as st
@@ -45,7 +46,7 @@ TIMEOUT_S = 10.0
 
 def machine_settings(**overrides) -> settings:
     """The loaded profile, with a modest number of steps per run (more under the larger profiles)."""
-    steps = 30 if settings.default.max_examples <= 25 else 50
+    steps = 30 if settings().max_examples <= 25 else 50  # settings(): the loaded profile's values
     return settings(settings.default, **{"stateful_step_count": steps, **overrides})
 
 
@@ -53,17 +54,24 @@ def machine_settings(**overrides) -> settings:
 class AllocatorRules(RuleBasedStateMachine):
     """Rules over ``impl.make_allocator``, judged by the engine's ledger; ``impl`` is set by :func:`allocator_machine`."""
 
-    impl = None
+    impl: Any = None
 
     def __init__(self) -> None:
         super().__init__()
-        self.ledger: Ledger | None = None
+        self._ledger: Ledger | None = None
 
     @initialize(capacity=st.integers(1, 96))
     def build(self, capacity: int) -> None:
         self.capacity = capacity
-        self.ledger = Ledger(self.impl.make_allocator(capacity), capacity)
+        self._ledger = Ledger(self.impl.make_allocator(capacity), capacity)
         self.heard = (0, 0)
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger ``build`` made; Hypothesis runs that initialize rule before any other rule."""
+        if self._ledger is None:
+            raise RuntimeError("AllocatorRules.ledger used before the build rule ran")
+        return self._ledger
 
     @rule(nbytes=st.integers(1, 32))
     def assign(self, nbytes: int) -> None:
@@ -111,7 +119,7 @@ class AllocatorRules(RuleBasedStateMachine):
     @invariant()
     def check_ledger(self) -> None:
         """The watermark never moves back nor passes live data; written live data is intact."""
-        if self.ledger is None:
+        if self._ledger is None:
             return
         self.ledger.watermark()
         self.ledger.raise_if_violated()
@@ -145,22 +153,29 @@ class HandlerRules(RuleBasedStateMachine):
     does nothing, and the shrinker drops it.
     """
 
-    impl = None
+    impl: Any = None
     device = "cpu"
     requests = Bundle("requests")
 
     def __init__(self) -> None:
         super().__init__()
-        self.rank: Rank | None = None
+        self._rank: Rank | None = None
 
     @initialize(target=requests, shape=rank_shapes(), tokens=st.integers(1, 12), chunk_pages=st.integers(1, 3),
                 data=st.data())
     def build(self, shape, tokens, chunk_pages, data):
         """The rank and two staged requests, so that rules interleave requests from the first step."""
-        self.rank = Rank(self.impl, shape, self.device, max_requests=MAX_REQUESTS, timeout_s=TIMEOUT_S)
+        self._rank = Rank(self.impl, shape, self.device, max_requests=MAX_REQUESTS, timeout_s=TIMEOUT_S)
         first, second = (data.draw(kst.staged_receivers(), label="receiver") for _ in range(2))
         return multiple(self.rank.register(plan_request(shape, tokens, 0, chunk_pages, False, 0), first),
                         self.rank.register(plan_request(shape, tokens, 0, chunk_pages, False, 1), second))
+
+    @property
+    def rank(self) -> Rank:
+        """The rank ``build`` made; Hypothesis runs that initialize rule before any other rule."""
+        if self._rank is None:
+            raise RuntimeError("HandlerRules.rank used before the build rule ran")
+        return self._rank
 
     # -- helpers ---------------------------------------------------------------------------
     def _open(self, rid: int, staged: bool = True):
@@ -187,7 +202,7 @@ class HandlerRules(RuleBasedStateMachine):
         return len(t.written[chunk]) == writers
 
     # -- scheduler side --------------------------------------------------------------------
-    @precondition(lambda self: self.rank is not None and len(self.rank.requests) < MAX_REQUESTS)
+    @precondition(lambda self: self._rank is not None and len(self.rank.requests) < MAX_REQUESTS)
     @rule(target=requests, tokens=st.integers(1, 12), prefix_pages=st.integers(0, 3), chunk_pages=st.integers(1, 3),
           misaligned=st.integers(0, 5).map(lambda x: x == 5), seed=st.integers(0, 255), data=st.data())
     def register(self, tokens, prefix_pages, chunk_pages, misaligned, seed, data):
@@ -301,12 +316,12 @@ class HandlerRules(RuleBasedStateMachine):
     # -- after every step ------------------------------------------------------------------
     @invariant()
     def bytes_and_allocations(self) -> None:
-        if self.rank is not None:
+        if self._rank is not None:
             self.rank.check_all()
 
     def teardown(self) -> None:
         """Release whatever is left; then nothing may be held (skipped when a step already failed)."""
-        if self.rank is None or sys.exc_info()[0] is not None:
+        if self._rank is None or sys.exc_info()[0] is not None:
             return
         for rid, t in list(self.rank.requests.items()):
             if not t.released:

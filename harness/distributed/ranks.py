@@ -28,7 +28,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -61,7 +61,7 @@ from harness.engine.shapes import RankShape, RequestPlan
 from harness.engine.writers import WriterPlan, chunk_layout, gather, wait_until_writable, writer_plans
 from harness.interface import DONE
 from harness.oracles import InvariantViolation
-from harness.world import World, check_untouched
+from harness.world import RankPool, World, check_untouched
 
 
 @dataclass
@@ -120,14 +120,21 @@ class DecodeSide:
         self.transport, self.roles = transport, roles
         self.failure = RoleFailure()
         self.payload_bytes, self.transfer_s = 0, 0.0
-        self.rank: Optional[Rank] = None
+        self._rank: Rank | None = None
         self.rid = job.request_id
         self._attempt(lambda: self._start(impl))
 
+    @property
+    def rank(self) -> Rank:
+        """The engine's rank; every later step runs through ``_attempt``, which skips it when ``_start`` failed."""
+        if self._rank is None:
+            raise RuntimeError(f"decode rank {self.index}: a step ran although the engine's rank was never built")
+        return self._rank
+
     def _start(self, impl: Any) -> None:
         case = self.world.case
-        self.rank = Rank(impl, RankShape.of_case(case, self.index), self.world.device, world=self.world,
-                         ring_bytes=self.plan.capacity, first_request_id=self.job.request_id)
+        self._rank = Rank(impl, RankShape.of_case(case, self.index), self.world.device, world=self.world,
+                          ring_bytes=self.plan.capacity, first_request_id=self.job.request_id)
         self.rid = self.rank.register(RequestPlan.of_spec(case.request, case.seed), StagedReceiver(), from_world=True)
 
     def play(self) -> None:
@@ -303,7 +310,7 @@ def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_s
         transport.all_gather((None, describe(exc)), "case setup")
         failure = RoleFailure()
         failure.record(exc)
-        return RankResult(rank, role, index, device, failure.outcome, failure.message)
+        return RankResult(rank, role, index, device, failure.outcome or ERROR, failure.message)  # record() set it
     agreed = transport.all_gather(mine, "case setup")
     setups = [a for a in agreed if a is not None]
     broken = [r for r, a in enumerate(agreed) if a is not None and a[1] is not None]
@@ -314,6 +321,7 @@ def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_s
         return RankResult(rank, role, index, device, ERROR,
                           "ranks computed different writer plans, layouts or ring sizes from the same case: the "
                           "implementation's head mapping or layout is not deterministic")
+    side: DecodeSide | WriterSide
     if role == DECODE:
         side = DecodeSide(impl, world, index, plan, job, transport, roles)
     else:
@@ -324,9 +332,25 @@ def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_s
 
 def _own_pools_only(world: World, role: str, index: int) -> World:
     """Drop every pool but this rank's: bytes a decode rank holds must have crossed the process group."""
-    world.prefill = [p if role == PREFILL and i == index else None for i, p in enumerate(world.prefill)]
-    world.decode = [p if role == DECODE and i == index else None for i, p in enumerate(world.decode)]
+    world.prefill = [p if role == PREFILL and i == index else _PoolElsewhere(f"prefill pool {i}")
+                     for i, p in enumerate(world.prefill)]
+    world.decode = [p if role == DECODE and i == index else _PoolElsewhere(f"decode pool {i}")
+                    for i, p in enumerate(world.decode)]
     return world
+
+
+class _PoolElsewhere(RankPool):
+    """Stands in for a pool another rank holds: reading any of its fields raises ``AttributeError``."""
+
+    def __init__(self, what: str) -> None:  # no fields: k, v, heads, layers, page_table stay unset
+        self.what = what
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{self.what} is held by another rank: this rank cannot read its {name} "
+                             f"(its bytes must cross the process group)")
+
+    def __repr__(self) -> str:
+        return f"<{self.what}, held by another rank>"
 
 
 _FAILED = object()  # what DecodeSide._attempt returns for a step that failed or was skipped
