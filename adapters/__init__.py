@@ -1,0 +1,1 @@
+"""Third-party implementations plugged into kvconform through the kvconform.implementations entry points."""
