@@ -189,3 +189,14 @@ def test_pull_refuses_decode_pipeline_parallelism(impl):
     with pytest.raises(NotImplementedError, match="pipeline_parallel_size"):
         cluster.move_end_to_end(impl, world)
 
+
+
+@pytest.mark.parametrize("field", ["prefill_tp", "decode_pp"])
+def test_engine_sizes_below_one_refused_by_vllm_parallel_config(impl, field):
+    k = [torch.zeros(4, 1, 1)]
+    sizes = {"prefill_tp": 1, "decode_tp": 1, "prefill_pp": 1, "decode_pp": 1, field: 0}
+    with pytest.raises(ValueError, match="parallel_size"):
+        impl.move_request(total_kv_heads=1, **sizes, page_size=1, prefill_pools=[(k, k)], prefill_page_tables=[torch.arange(4)],
+                          decode_pools=[(k, k)], decode_page_tables=[torch.arange(4)], prefix_len=0, num_tokens=4,
+                          chunk_pages=1, staged=True)
+    assert int(k[0].abs().sum()) == 0

@@ -111,15 +111,20 @@ class ModelStandIn:
         return self.pipeline_rank * per_stage, (self.pipeline_rank + 1) * per_stage
 
 
+def parallel_config(code: Any, tp_size: int, pp_size: int) -> Any:
+    """vLLM's own ``ParallelConfig`` (its pydantic validation refuses sizes below 1 with a ValueError)."""
+    return code.ParallelConfig(tensor_parallel_size=tp_size, pipeline_parallel_size=pp_size)
+
+
 def vllm_config(code: Any, *, model: ModelStandIn, tp_size: int, block_size: int, kv_role: str,
                 enable_permute_local_kv: bool = False) -> Any:
-    """A minimal ``VllmConfig``: vLLM's own ``KVTransferConfig`` and ``KVCacheLayout``, the rest plain fields."""
+    """A minimal ``VllmConfig``: vLLM's own ``KVTransferConfig``, ``ParallelConfig`` and ``KVCacheLayout``,
+    the rest plain fields."""
     transfer = code.KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role, kv_buffer_device="cpu",
                                      enable_permute_local_kv=enable_permute_local_kv)
     cache = types.SimpleNamespace(block_size=block_size, cache_dtype="auto", enable_prefix_caching=True,
                                   get_resolved_kv_cache_layout=lambda: code.KVCacheLayout.LBHNC)
-    parallel = types.SimpleNamespace(tensor_parallel_size=tp_size, pipeline_parallel_size=model.pipeline_size,
-                                     prefill_context_parallel_size=1, decode_context_parallel_size=1)
+    parallel = parallel_config(code, tp_size, model.pipeline_size)
     return types.SimpleNamespace(
         kv_transfer_config=transfer, cache_config=cache, parallel_config=parallel, model_config=model,
         scheduler_config=types.SimpleNamespace(disable_hybrid_kv_cache_manager=True),

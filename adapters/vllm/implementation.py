@@ -273,6 +273,9 @@ class _PullMove:
         self.address: Any = None
 
     def run(self, prefill_pools, prefill_tables, decode_pools, decode_tables) -> None:
+        # Each engine's sizes go through vLLM's own ParallelConfig first, as at engine start-up.
+        env.parallel_config(self.code, self.P, self.prefill_pp)
+        env.parallel_config(self.code, self.D, self.decode_pp)
         prefill_table = _shared_table(prefill_tables, "prefill")
         decode_table = _shared_table(decode_tables, "decode")
         num_layers = len(prefill_pools[0][0]) * self.prefill_pp

@@ -35,7 +35,7 @@ MODULES = {
     "kv_utils": "vllm.distributed.kv_transfer.kv_connector.utils",
     "kv_cache_interface": "vllm.v1.kv_cache_interface",
     "backend": "vllm.v1.attention.backend",
-    "kv_transfer_config": "vllm.config.kv_transfer",
+    "config": "vllm.config",
 }
 
 #: Parameter lists (no annotations) of every vLLM callable the adapter calls or relies on, as in 0.33.0.
@@ -65,6 +65,17 @@ EXPECTED_SIGNATURES: dict[str, str] = {
     "kv_cache_interface.FullAttentionSpec": "(block_size, *, dcp_sharded=True, block_stride_alignment=None, is_draft=False, max_tp_shards=None, num_kv_heads, head_size, dtype, head_size_v=None, kv_quant_mode=KVQuantMode.NONE, page_size_padded=None, num_head_slots=None, state_content_bytes=None, tokens_per_state=1, sliding_window=None, attention_chunk_size=None, non_causal=False)",
     "kv_cache_interface.KVCacheConfig": "(num_blocks, kv_cache_tensors, kv_cache_groups, prefix_cache_retention_interval=None, kv_cache_layout=None, hash_block_size=None, cache_hit_alignment_tokens=None, hisparse_host_num_blocks=None, hisparse_host_block_stride=None, hisparse_shared_host_pool=False, kv_tp_replicas=1)",
 }
+
+#: Classes the adapter instantiates whose full signatures are not pinned (pydantic configs, enums).
+EXPECTED_ATTRIBUTES: tuple[str, ...] = (
+    "config.ParallelConfig",
+    "config.KVTransferConfig",
+    "kv_cache_interface.KVCacheLayout.LBHNC",
+    "kv_cache_interface.KVCacheTensor",
+    "kv_cache_interface.KVCacheGroupSpec",
+    "backend.AttentionBackend",
+    "base_worker.msgspec",
+)
 
 #: Module globals of the worker module that the stand-ins replace (environment only).
 ENVIRONMENT_GLOBALS = (
@@ -98,7 +109,7 @@ class VllmCode:
 
     def __getattr__(self, name: str) -> Any:
         for module in ("tp_mapping", "pull_worker", "push_worker", "metadata", "kv_utils", "kv_cache_interface",
-                       "backend", "kv_transfer_config", "base_worker"):
+                       "backend", "config", "base_worker"):
             loaded = self.__dict__["modules"].get(module)
             if loaded is not None and hasattr(loaded, name):
                 return getattr(loaded, name)
@@ -165,6 +176,11 @@ def api_differences(code: VllmCode) -> list[str]:
             continue
         if found != expected:
             problems.append(f"{key} signature changed: expected {expected}, found {found}")
+    for key in EXPECTED_ATTRIBUTES:
+        try:
+            code.resolve(key)
+        except (AttributeError, KeyError):
+            problems.append(f"{key} is missing")
     worker = code.modules["base_worker"]
     problems.extend(f"base_worker.{name} (a global the stand-ins replace) is missing"
                     for name in ENVIRONMENT_GLOBALS if not hasattr(worker, name))
