@@ -200,3 +200,37 @@ def test_engine_sizes_below_one_refused_by_vllm_parallel_config(impl, field):
                           decode_pools=[(k, k)], decode_page_tables=[torch.arange(4)], prefix_len=0, num_tokens=4,
                           chunk_pages=1, staged=True)
     assert int(k[0].abs().sum()) == 0
+
+
+@pytest.fixture(scope="module")
+def push_impl():
+    if CODE is None:
+        pytest.skip(f"vllm not importable: {UNAVAILABLE}")
+    from adapters.vllm import make_push_implementation
+
+    return make_push_implementation()
+
+
+@pytest.mark.parametrize("topology,prefix", [(TpTopology(4, 2, 1), 0), (TpTopology(4, 1, 2), 3), (TpTopology(4, 2, 4), 2),
+                                             (TpTopology(4, 2, 2, 2, 1), 2), (TpTopology(4, 4, 4), 7)])
+def test_push_moves_request_bit_exact(push_impl, topology, prefix):
+    """Push WRITEs, including PP fan-in (prefill PP 2 into decode PP 1), which pull cannot do."""
+    case = TransferCase(topology, KvSpec(2, 4, torch.bfloat16, 2), RequestSpec(7, prefix, 1, (2, 0, 5, 1), 6, (1, 3, 0, 4), 5),
+                        seed=7, nan_payloads=True)
+    world = World.build(case, "cpu")
+    prefill_before, _ = world.snapshot()
+    cluster.move_end_to_end(push_impl, world)
+    world.check_decode("round_trip", part="all")
+    check_untouched("isolation", "prefill", prefill_before, world.prefill)
+    assert push_impl.limits == frozenset()
+
+
+def test_push_refuses_decode_replication(push_impl):
+    """Finding: push's prefill-side handshake asserts the pull-side rule and fails for D > H replication (READING.md)."""
+    case = TransferCase(TpTopology(2, 1, 4), KvSpec(1, 2, torch.float32, 2), RequestSpec(4, 0, 1, (0, 1), 3, (1, 0), 3),
+                        seed=1, nan_payloads=False)
+    world = World.build(case, "cpu")
+    from adapters.vllm.implementation import VllmTransferFailed
+
+    with pytest.raises(VllmTransferFailed, match="push_handshake_failed.*AssertionError"):
+        cluster.move_end_to_end(push_impl, world)

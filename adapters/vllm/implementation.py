@@ -8,7 +8,8 @@ What runs is vLLM's own code (see ``docs/vllm.md`` for the full list):
   (``_build_fa_remote`` for the prefill side, ``_build_local_splits_from_plan``
   for the decode side) over a one-block region of one byte per head, so a
   byte offset is a head index.
-* ``end_to_end`` (pull): one ``NixlPullConnectorWorker`` per prefill and decode
+* ``end_to_end`` (pull; push is the same with ``NixlPushConnectorWorker``: decode
+  workers send the push registration, prefill writer threads WRITE): one ``NixlPullConnectorWorker`` per prefill and decode
   rank, each with ``register_kv_caches`` over vLLM-layout caches; decode ranks
   run ``start_load_kv`` (the background handshake: ``_nixl_handshake`` with
   compatibility hash, metadata decoding, ``add_remote_agent``,
@@ -36,7 +37,7 @@ from adapters.vllm.nixl_standin import Fabric, InProcessNixlAgent
 PREFILL_ENGINE = "kvconform-prefill"
 DECODE_ENGINE = "kvconform-decode"
 REQUEST_ID = "kvconform-request"
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 3.0
 _INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -88,7 +89,11 @@ class _LogCapture(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        line = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            line += f" [{type(error).__name__}: {error}]"
+        self.lines.append(line)
 
     @contextlib.contextmanager
     def attached(self, logger_name: str):
@@ -144,13 +149,16 @@ class VllmImplementation:
     """vLLM's NIXL connector: head mapping and whole-request moves through its pull worker."""
 
     capabilities = frozenset({"head_mapping", "end_to_end"})
-    # vLLM's design: pull has no pipeline fan-in (a decode rank reads one prefill engine's regions
-    # for all its layers).  Declared so the suite generates within it; other PP cases still run.
-    limits = frozenset({"no_pipeline_fan_in"})
+    #: Declared per mode (vLLM's design, see docs/vllm.md): pull has no pipeline fan-in (a decode rank
+    #: compares its regions with one prefill rank's); push writes PP>1 prefill stages into a PP=1 decode.
+    LIMITS_BY_MODE = {"pull": frozenset({"no_pipeline_fan_in"}), "push": frozenset()}
 
     def __init__(self, code: VllmCode, mode: str = "pull") -> None:
+        if mode not in self.LIMITS_BY_MODE:
+            raise ValueError(f"mode must be one of {sorted(self.LIMITS_BY_MODE)}, got {mode!r}")
         self.code = code
         self.mode = mode
+        self.limits = self.LIMITS_BY_MODE[mode]
         self.name = f"vllm {code.version} (NIXL {mode})"
         self._env = _Environment(code)
         self._move_lock = threading.Lock()
@@ -246,22 +254,22 @@ class VllmImplementation:
                      page_size: int, prefill_pools: Sequence, prefill_page_tables: Sequence[torch.Tensor],
                      decode_pools: Sequence, decode_page_tables: Sequence[torch.Tensor], prefix_len: int,
                      num_tokens: int, chunk_pages: int, staged: bool) -> None:
-        """One request through vLLM's pull path (``staged`` and ``chunk_pages`` have no vLLM counterpart: NIXL reads
-        the request's blocks directly, all at once)."""
+        """One request through vLLM's pull or push path (``staged`` and ``chunk_pages`` have no vLLM counterpart:
+        NIXL moves the request's blocks directly, all at once)."""
         with self._move_lock:
             fabric = Fabric()
             with self._env.fabric(fabric), _LogCapture().attached("vllm.distributed.kv_transfer") as log:
-                move = _PullMove(self, fabric, log, total_kv_heads=total_kv_heads, prefill_tp=prefill_tp,
-                                 decode_tp=decode_tp, prefill_pp=prefill_pp, decode_pp=decode_pp, page_size=page_size,
-                                 prefix_len=prefix_len, num_tokens=num_tokens)
+                move = _Move(self, fabric, log, total_kv_heads=total_kv_heads, prefill_tp=prefill_tp,
+                             decode_tp=decode_tp, prefill_pp=prefill_pp, decode_pp=decode_pp, page_size=page_size,
+                             prefix_len=prefix_len, num_tokens=num_tokens)
                 try:
                     move.run(prefill_pools, prefill_page_tables, decode_pools, decode_page_tables)
                 finally:
                     move.close()
 
 
-class _PullMove:
-    """One ``move_request``: build both engines' workers, pull, copy the pools back."""
+class _Move:
+    """One ``move_request``: build both engines' workers, run the mode's protocol, copy the pools back."""
 
     def __init__(self, impl: VllmImplementation, fabric: Fabric, log: _LogCapture, *, total_kv_heads: int,
                  prefill_tp: int, decode_tp: int, prefill_pp: int, decode_pp: int, page_size: int, prefix_len: int,
@@ -269,8 +277,14 @@ class _PullMove:
         self.impl, self.code, self.fabric, self.log = impl, impl.code, fabric, log
         self.H, self.P, self.D, self.prefill_pp, self.decode_pp = total_kv_heads, prefill_tp, decode_tp, prefill_pp, decode_pp
         self.page_size, self.prefix_len, self.num_tokens = page_size, prefix_len, num_tokens
-        self.ranks: list[_Rank] = []
-        self.address: Any = None
+        self.worker_class = self.code.NixlPullConnectorWorker if impl.mode == "pull" else self.code.NixlPushConnectorWorker
+        self.prefill: list[_Rank] = []
+        self.decode: list[_Rank] = []
+        self.addresses: dict[str, Any] = {}
+
+    @property
+    def ranks(self) -> list[_Rank]:
+        return self.prefill + self.decode
 
     def run(self, prefill_pools, prefill_tables, decode_pools, decode_tables) -> None:
         # Each engine's sizes go through vLLM's own ParallelConfig first, as at engine start-up.
@@ -279,26 +293,52 @@ class _PullMove:
         prefill_table = _shared_table(prefill_tables, "prefill")
         decode_table = _shared_table(decode_tables, "decode")
         num_layers = len(prefill_pools[0][0]) * self.prefill_pp
-        prefill = [self._rank("kv_producer", PREFILL_ENGINE, index, self.P, self.prefill_pp, pools, num_layers)
-                   for index, pools in enumerate(prefill_pools)]
-        payloads = {(r.pp_stage, r.tp_rank): self.code.msgspec.msgpack.Encoder().encode(r.worker.xfer_handshake_metadata)
-                    for r in prefill}
-        self.address = self.impl._env.listeners.listen(payloads)
-        decode = [self._rank("kv_consumer", DECODE_ENGINE, index, self.D, self.decode_pp, pools, num_layers)
-                  for index, pools in enumerate(decode_pools)]
+        self.prefill = [self._rank("kv_producer", PREFILL_ENGINE, index, self.P, self.prefill_pp, pools, num_layers)
+                        for index, pools in enumerate(prefill_pools)]
+        self.addresses[PREFILL_ENGINE] = self._listen(self.prefill)
+        self.decode = [self._rank("kv_consumer", DECODE_ENGINE, index, self.D, self.decode_pp, pools, num_layers)
+                       for index, pools in enumerate(decode_pools)]
+        self.addresses[DECODE_ENGINE] = self._listen(self.decode)
         pages = -(-self.num_tokens // self.page_size)
         cached = self.prefix_len // self.page_size  # vLLM's prefix cache hits are whole blocks
         remote_blocks = [int(b) for b in prefill_table[:pages].tolist()]
         local_blocks = [int(b) for b in decode_table[cached:pages].tolist()]
-        for rank in prefill:
+        for rank in self.prefill:
             sending = self.code.NixlConnectorMetadata()
             sending.reqs_to_send[REQUEST_ID] = time.perf_counter() + 3600.0
             sending.reqs_in_batch.add(REQUEST_ID)
+            if self.impl.mode == "push":  # what the push scheduler hands P's workers when the request finished
+                sending.push_finished_blocks[REQUEST_ID] = [remote_blocks]
             rank.worker.start_load_kv(sending)
-        for rank in decode:
-            self._pull(rank, local_blocks, remote_blocks, cached)
-        for rank in self.ranks:
-            rank.copy_back()
+        for rank in self.decode:
+            rank.worker.start_load_kv(self._receiving(local_blocks, remote_blocks, cached))
+        self._step_until_received()
+
+    def _listen(self, ranks: list[_Rank]) -> Any:
+        payloads = {(r.pp_stage, r.tp_rank): self.code.msgspec.msgpack.Encoder().encode(r.worker.xfer_handshake_metadata)
+                    for r in ranks}
+        return self.impl._env.listeners.listen(payloads)
+
+    def _receiving(self, local_blocks: list[int], remote_blocks: list[int], cached: int) -> Any:
+        """What the decode scheduler hands each decode worker for the request (``build_connector_meta``)."""
+        host, port = self.addresses[PREFILL_ENGINE]
+        metadata = self.code.NixlConnectorMetadata()
+        push = self.impl.mode == "push"
+        metadata.add_new_req_to_recv(
+            REQUEST_ID, local_block_ids=[local_blocks],
+            kv_transfer_params={"remote_block_ids": () if push else [remote_blocks], "remote_engine_id": PREFILL_ENGINE,
+                                "remote_request_id": REQUEST_ID, "remote_host": host, "remote_port": port,
+                                "tp_size": self.P, "pp_size": self.prefill_pp, "remote_block_size": self.page_size,
+                                "remote_num_tokens": self.num_tokens},
+            local_num_computed_blocks=(cached,), awaiting_kvs=True)
+        if push:  # the push scheduler's registration (push_scheduler.py update_state_after_alloc)
+            decode_host, decode_port = self.addresses[DECODE_ENGINE]
+            metadata.push_registrations[REQUEST_ID] = {
+                "request_id": REQUEST_ID, "decode_engine_id": DECODE_ENGINE, "decode_host": decode_host,
+                "decode_port": decode_port, "decode_tp_size": self.D, "local_block_ids": [local_blocks],
+                "remote_engine_id": PREFILL_ENGINE, "remote_host": host, "remote_port": port,
+                "remote_tp_size": self.P, "remote_pp_size": self.prefill_pp}
+        return metadata
 
     def _rank(self, role: str, engine: str, index: int, tp_size: int, pp_size: int, pools, num_layers: int) -> _Rank:
         stage, tp_rank = divmod(index, tp_size)
@@ -317,50 +357,48 @@ class _PullMove:
                                            block_size=self.page_size, local_heads=first.shape[1], head_size=first.shape[2],
                                            dtype=first.dtype)
         with self.impl._env.ranks.rank(tp_rank, tp_size):
-            worker = self.code.NixlPullConnectorWorker(config, engine, cache_config)
+            worker = self.worker_class(config, engine, cache_config)
         rank = _Rank(stage, tp_rank, worker, caches, pools, names)
-        self.ranks.append(rank)
+        (self.prefill if engine == PREFILL_ENGINE else self.decode).append(rank)
         worker.register_kv_caches(caches)
         return rank
 
-    def _pull(self, rank: _Rank, local_blocks: list[int], remote_blocks: list[int], cached: int) -> None:
-        host, port = self.address
-        metadata = self.code.NixlConnectorMetadata()
-        metadata.add_new_req_to_recv(
-            REQUEST_ID, local_block_ids=[local_blocks],
-            kv_transfer_params={"remote_block_ids": [remote_blocks], "remote_engine_id": PREFILL_ENGINE,
-                                "remote_request_id": REQUEST_ID, "remote_host": host, "remote_port": port,
-                                "tp_size": self.P, "pp_size": self.prefill_pp, "remote_block_size": self.page_size,
-                                "remote_num_tokens": self.num_tokens},
-            local_num_computed_blocks=(cached,), awaiting_kvs=True)
-        worker = rank.worker
-        worker.start_load_kv(metadata)  # starts the background handshake; later steps read the blocks
+    def _step_until_received(self) -> None:
+        """The engines' step loop (``start_load_kv`` then ``get_finished`` on every worker) until each decode rank has the request."""
+        waiting = {id(r): r for r in self.decode}
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
-        while True:  # the engine's step loop: start_load_kv, then get_finished, on every worker
-            results = worker.get_transfer_results()
-            for prefill in self.ranks:
-                if prefill.worker.engine_id == PREFILL_ENGINE:
-                    prefill.worker.get_transfer_results()  # counts the readers' notifications
-            if REQUEST_ID in results.failed_recving:
-                raise VllmTransferFailed(f"vllm {self.code.version} reported the request failed on decode rank "
-                                         f"(PP {rank.pp_stage}, TP {rank.tp_rank}): {self._reasons()}")
-            if REQUEST_ID in results.finished_recving:
+        while waiting:
+            for rank in self.prefill:
+                rank.worker.get_transfer_results()  # counts readers' notifications / WRITE completions
+            for key, rank in list(waiting.items()):
+                results = rank.worker.get_transfer_results()
+                if REQUEST_ID in results.failed_recving:
+                    raise VllmTransferFailed(f"vllm {self.code.version} reported the request failed on decode rank "
+                                             f"(PP {rank.pp_stage}, TP {rank.tp_rank}): {self._reasons()}")
+                if REQUEST_ID in results.finished_recving:
+                    del waiting[key]
+            if not waiting:
                 return
             if time.monotonic() > deadline:
-                raise VllmTransferFailed(f"vllm {self.code.version}: decode rank (PP {rank.pp_stage}, TP {rank.tp_rank}) "
-                                         f"did not finish in {HANDSHAKE_TIMEOUT_S}s: {self._reasons()}")
+                stuck = [(r.pp_stage, r.tp_rank) for r in waiting.values()]
+                raise VllmTransferFailed(f"vllm {self.code.version}: decode ranks (PP, TP) {stuck} did not receive the "
+                                         f"request in {HANDSHAKE_TIMEOUT_S}s: {self._reasons()}")
             time.sleep(0.0005)
-            worker.start_load_kv(self.code.NixlConnectorMetadata())
+            for rank in self.ranks:
+                rank.worker.start_load_kv(self.code.NixlConnectorMetadata())
 
     def _reasons(self) -> str:
         return "; ".join(self.log.lines + self.fabric.errors) or "no reason logged"
 
     def close(self) -> None:
-        if self.address is not None:
-            self.impl._env.listeners.close(self.address)
+        """Stop every worker (push writer threads included), then copy every vLLM cache back into its pools."""
+        for address in self.addresses.values():
+            self.impl._env.listeners.close(address)
         for rank in self.ranks:
             with contextlib.suppress(Exception):
                 rank.worker.shutdown()
+        for rank in self.ranks:
+            rank.copy_back()
 
 
 def _shared_table(tables: Sequence[torch.Tensor], side: str) -> torch.Tensor:
