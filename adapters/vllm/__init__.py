@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from adapters.vllm.loader import VLLM_VERSION, VllmApiMismatch, VllmUnavailable, load_vllm, require_matching_api
 
-__all__ = ["VLLM_VERSION", "VllmApiMismatch", "VllmUnavailable", "make_implementation", "make_push_implementation"]
+__all__ = ["VLLM_VERSION", "VllmApiMismatch", "VllmUnavailable", "make_implementation", "make_push_implementation",
+           "make_permute_implementation"]
 
 
-def _make(mode: str):
+def _make(mode: str, decode_layout: str = "LBHNC"):
     from adapters.vllm.implementation import VllmImplementation
 
     code = load_vllm()
     require_matching_api(code)
-    return VllmImplementation(code, mode=mode)
+    return VllmImplementation(code, mode=mode, decode_layout=decode_layout)
 
 
 def make_implementation():
@@ -30,3 +31,10 @@ def make_implementation():
 def make_push_implementation():
     """vLLM's push mode (``NixlPushConnector``: prefill ranks WRITE into decode ranks after a registration)."""
     return _make("push")
+
+
+def make_permute_implementation():
+    """Pull into a token-major (LBNHC) decode cache from a head-major (LBHNC) prefill, with vLLM's
+    ``enable_permute_local_kv``: blocks arrive head-major and vLLM rearranges them after the transfer
+    (``kv_postprocess_blksize_and_layout_on_receive``)."""
+    return _make("pull", decode_layout="LBNHC")

@@ -116,14 +116,14 @@ def parallel_config(code: Any, tp_size: int, pp_size: int) -> Any:
     return code.ParallelConfig(tensor_parallel_size=tp_size, pipeline_parallel_size=pp_size)
 
 
-def vllm_config(code: Any, *, model: ModelStandIn, tp_size: int, block_size: int, kv_role: str,
+def vllm_config(code: Any, *, model: ModelStandIn, tp_size: int, block_size: int, kv_role: str, layout: str = "LBHNC",
                 enable_permute_local_kv: bool = False) -> Any:
     """A minimal ``VllmConfig``: vLLM's own ``KVTransferConfig``, ``ParallelConfig`` and ``KVCacheLayout``,
     the rest plain fields."""
     transfer = code.KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role, kv_buffer_device="cpu",
                                      enable_permute_local_kv=enable_permute_local_kv)
     cache = types.SimpleNamespace(block_size=block_size, cache_dtype="auto", enable_prefix_caching=True,
-                                  get_resolved_kv_cache_layout=lambda: code.KVCacheLayout.LBHNC)
+                                  get_resolved_kv_cache_layout=lambda: code.KVCacheLayout[layout])
     parallel = parallel_config(code, tp_size, model.pipeline_size)
     return types.SimpleNamespace(
         kv_transfer_config=transfer, cache_config=cache, parallel_config=parallel, model_config=model,

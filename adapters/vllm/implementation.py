@@ -106,13 +106,25 @@ class _LogCapture(logging.Handler):
 
 
 # ===================================================================== pool conversion
-def to_vllm_cache(k: torch.Tensor, v: torch.Tensor, page_size: int) -> torch.Tensor:
-    """A whole layer pool in vLLM's LBHNC layer view ``[blocks, heads, block_size, K|V]``, bit for bit."""
+#: Cache layouts the adapter builds: per-layer memory order of vLLM's logical ``[blocks, heads, block_size, K|V]``.
+LAYOUTS = ("LBHNC", "LBNHC")
+
+
+def to_vllm_cache(k: torch.Tensor, v: torch.Tensor, page_size: int, layout: str = "LBHNC") -> torch.Tensor:
+    """A whole layer pool as vLLM's layer view ``[blocks, heads, block_size, K|V]``, bit for bit.
+
+    ``LBHNC`` stores it head-major (contiguous); ``LBNHC`` token-major, the view
+    then being a transpose of ``[blocks, block_size, heads, K|V]`` storage.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     tokens, heads, dim = k.shape
     if tokens % page_size:
         raise ValueError(f"pool of {tokens} tokens is not whole pages of {page_size}")
     blocks = tokens // page_size
-    cache = torch.empty((blocks, heads, page_size, 2 * dim), dtype=k.dtype, device=k.device)
+    shape = (blocks, heads, page_size, 2 * dim) if layout == "LBHNC" else (blocks, page_size, heads, 2 * dim)
+    storage = torch.empty(shape, dtype=k.dtype, device=k.device)
+    cache = storage if layout == "LBHNC" else storage.transpose(1, 2)
     bits = cache.view(_INT[k.element_size()])
     for part, source in ((slice(0, dim), k), (slice(dim, 2 * dim), v)):
         bits[..., part] = source.view(_INT[k.element_size()]).view(blocks, page_size, heads, dim).transpose(1, 2)
@@ -153,13 +165,17 @@ class VllmImplementation:
     #: compares its regions with one prefill rank's); push writes PP>1 prefill stages into a PP=1 decode.
     LIMITS_BY_MODE = {"pull": frozenset({"no_pipeline_fan_in"}), "push": frozenset()}
 
-    def __init__(self, code: VllmCode, mode: str = "pull") -> None:
+    def __init__(self, code: VllmCode, mode: str = "pull", decode_layout: str = "LBHNC") -> None:
         if mode not in self.LIMITS_BY_MODE:
             raise ValueError(f"mode must be one of {sorted(self.LIMITS_BY_MODE)}, got {mode!r}")
+        if decode_layout not in LAYOUTS:
+            raise ValueError(f"decode_layout must be one of {LAYOUTS}, got {decode_layout!r}")
         self.code = code
         self.mode = mode
+        self.decode_layout = decode_layout
         self.limits = self.LIMITS_BY_MODE[mode]
-        self.name = f"vllm {code.version} (NIXL {mode})"
+        permute = "" if decode_layout == "LBHNC" else f", decode {decode_layout} permuted on receive"
+        self.name = f"vllm {code.version} (NIXL {mode}{permute})"
         self._env = _Environment(code)
         self._move_lock = threading.Lock()
 
@@ -346,13 +362,15 @@ class _Move:
         per_stage = num_layers // pp_size
         layers = range(stage * per_stage, stage * per_stage + len(k_layers))
         names = [env.LAYER_NAME.format(i) for i in layers]
-        caches = {name: to_vllm_cache(k, v, self.page_size) for name, k, v in zip(names, k_layers, v_layers)}
+        layout = self.impl.decode_layout if engine == DECODE_ENGINE else "LBHNC"
+        caches = {name: to_vllm_cache(k, v, self.page_size, layout) for name, k, v in zip(names, k_layers, v_layers)}
         for cache in caches.values():
             self.fabric.memory.add(cache)
         first = k_layers[0]
         model = env.ModelStandIn(total_kv_heads=self.H, head_size=first.shape[2], num_layers=num_layers, dtype=first.dtype,
                                  pipeline_size=pp_size, pipeline_rank=stage)
-        config = env.vllm_config(self.code, model=model, tp_size=tp_size, block_size=self.page_size, kv_role=role)
+        config = env.vllm_config(self.code, model=model, tp_size=tp_size, block_size=self.page_size, kv_role=role,
+                                 layout=layout, enable_permute_local_kv=layout != "LBHNC")
         cache_config = env.kv_cache_config(self.code, layers=layers, num_blocks=first.shape[0] // self.page_size,
                                            block_size=self.page_size, local_heads=first.shape[1], head_size=first.shape[2],
                                            dtype=first.dtype)

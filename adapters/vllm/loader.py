@@ -36,6 +36,7 @@ MODULES = {
     "kv_cache_interface": "vllm.v1.kv_cache_interface",
     "backend": "vllm.v1.attention.backend",
     "config": "vllm.config",
+    "torch_utils": "vllm.utils.torch_utils",
 }
 
 #: Parameter lists (no annotations) of every vLLM callable the adapter calls or relies on, as in 0.33.0.
@@ -75,6 +76,7 @@ EXPECTED_ATTRIBUTES: tuple[str, ...] = (
     "kv_cache_interface.KVCacheGroupSpec",
     "backend.AttentionBackend",
     "base_worker.msgspec",
+    "torch_utils.PIN_MEMORY",
 )
 
 #: Module globals of the worker module that the stand-ins replace (environment only).
@@ -200,10 +202,18 @@ def require_matching_api(code: VllmCode) -> None:
 
 
 def install_environment(code: VllmCode, replacements: Mapping[str, Callable | Any]) -> None:
-    """Point the worker module's environment globals at the stand-ins (idempotent)."""
+    """Point the worker module's environment globals at the stand-ins (idempotent).
+
+    Also sets ``vllm.utils.torch_utils.PIN_MEMORY`` to what vLLM's own CPU
+    platform reports (``CpuPlatform.is_pin_memory_available() -> False``): vLLM
+    computes it once at import from the detected platform, which here is not
+    the CPU platform (no ``vllm._C``), and pinned host memory needs an
+    accelerator.
+    """
     unknown = sorted(set(replacements) - set(ENVIRONMENT_GLOBALS))
     if unknown:
         raise ValueError(f"not an environment global of the NIXL worker: {unknown}")
     worker = code.modules["base_worker"]
     for name, value in replacements.items():
         setattr(worker, name, value)
+    code.modules["torch_utils"].PIN_MEMORY = False
