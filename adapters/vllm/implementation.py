@@ -8,15 +8,19 @@ What runs is vLLM's own code (see ``docs/vllm.md`` for the full list):
   (``_build_fa_remote`` for the prefill side, ``_build_local_splits_from_plan``
   for the decode side) over a one-block region of one byte per head, so a
   byte offset is a head index.
-* ``end_to_end`` (pull; push is the same with ``NixlPushConnectorWorker``: decode
-  workers send the push registration, prefill writer threads WRITE): one ``NixlPullConnectorWorker`` per prefill and decode
+* ``end_to_end``, pull: one ``NixlPullConnectorWorker`` per prefill and decode
   rank, each with ``register_kv_caches`` over vLLM-layout caches; decode ranks
   run ``start_load_kv`` (the background handshake: ``_nixl_handshake`` with
   compatibility hash, metadata decoding, ``add_remote_agent``,
   ``_validate_remote_agent_handshake``; then ``_read_blocks_for_req``: block-id
   mapping, prefix trimming, descriptor ids, READs) and ``get_transfer_results``
   (completion, post-receive processing); prefill ranks count reader
-  notifications in their own ``get_transfer_results``.
+  notifications in their own ``get_transfer_results``.  Push: the same with
+  ``NixlPushConnectorWorker`` (decode workers send the registration, prefill
+  writer threads WRITE).  Permute: pull into a token-major (LBNHC) decode cache.
+
+``HANDSHAKE_TIMEOUT_S`` bounds one move: in one process a move takes
+milliseconds, so a request not received by then is one vLLM will not deliver.
 """
 
 from __future__ import annotations
