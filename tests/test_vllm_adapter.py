@@ -281,3 +281,12 @@ def test_token_major_conversion_round_trips():
     k, v = torch.empty_like(bits), torch.empty_like(bits)
     from_vllm_cache(cache, k, v)
     assert torch.equal(k, bits) and torch.equal(v, bits.flip(0))
+
+
+def test_permute_on_receive_fails_for_fp8_on_cpu(permute_impl):
+    """Finding (READING.md 8): the rearrangement copies in the KV dtype; CPU torch has no fp8 ``index_copy_``."""
+    case = TransferCase(TpTopology(2, 1, 1), KvSpec(1, 2, torch.float8_e4m3fn, 2), RequestSpec(4, 0, 1, (0, 1), 3, (1, 0), 3),
+                        seed=1, nan_payloads=False)
+    world = World.build(case, "cpu")
+    with pytest.raises(NotImplementedError, match="index_copy"):
+        cluster.move_end_to_end(permute_impl, world)
