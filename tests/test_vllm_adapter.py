@@ -13,7 +13,9 @@ import torch
 from adapters.vllm import loader
 from adapters.vllm.implementation import from_vllm_cache, to_vllm_cache
 from adapters.vllm.nixl_standin import LOCAL_AGENT, Fabric, InProcessNixlAgent, NixlAccessError
-from harness import cluster, oracles
+from harness import oracles
+from harness.oracles import InvariantViolation
+from harness.engine.moves import move_end_to_end
 from harness.world import World, check_untouched
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 
@@ -177,9 +179,9 @@ def test_pull_moves_request_bit_exact(impl, topology, prefix):
                         seed=7, nan_payloads=True)
     world = World.build(case, "cpu")
     prefill_before, _ = world.snapshot()
-    cluster.move_end_to_end(impl, world)
-    world.check_decode("round_trip", part="all")
-    check_untouched("isolation", "prefill", prefill_before, world.prefill)
+    move_end_to_end(impl, world)
+    world.check_decode(part="all")
+    check_untouched("prefill", prefill_before, world.prefill)
 
 
 def test_pull_refuses_decode_pipeline_parallelism(impl):
@@ -187,7 +189,7 @@ def test_pull_refuses_decode_pipeline_parallelism(impl):
                         seed=1, nan_payloads=False)
     world = World.build(case, "cpu")
     with pytest.raises(NotImplementedError, match="pipeline_parallel_size"):
-        cluster.move_end_to_end(impl, world)
+        move_end_to_end(impl, world)
 
 
 
@@ -219,9 +221,9 @@ def test_push_moves_request_bit_exact(push_impl, topology, prefix):
                         seed=7, nan_payloads=True)
     world = World.build(case, "cpu")
     prefill_before, _ = world.snapshot()
-    cluster.move_end_to_end(push_impl, world)
-    world.check_decode("round_trip", part="all")
-    check_untouched("isolation", "prefill", prefill_before, world.prefill)
+    move_end_to_end(push_impl, world)
+    world.check_decode(part="all")
+    check_untouched("prefill", prefill_before, world.prefill)
     assert push_impl.limits == frozenset()
 
 
@@ -233,7 +235,7 @@ def test_push_refuses_decode_replication(push_impl):
     from adapters.vllm.implementation import VllmTransferFailed
 
     with pytest.raises(VllmTransferFailed, match=r"\[AssertionError: \]") as info:
-        cluster.move_end_to_end(push_impl, world)
+        move_end_to_end(push_impl, world)
     assert "push_handshake_failed" in str(info.value) and "did not receive" in str(info.value)
 
 
@@ -259,8 +261,8 @@ def _permute_world(topology, prefix):
 def test_permute_on_receive_moves_request_bit_exact(permute_impl, topology, prefix):
     """Head-major prefill blocks into a token-major decode cache, rearranged by vLLM after the READ."""
     world = _permute_world(topology, prefix)
-    cluster.move_end_to_end(permute_impl, world)
-    world.check_decode("round_trip", part="all")
+    move_end_to_end(permute_impl, world)
+    world.check_decode(part="all")
 
 
 def test_permute_on_receive_is_what_makes_it_right(permute_impl, monkeypatch):
@@ -268,9 +270,9 @@ def test_permute_on_receive_is_what_makes_it_right(permute_impl, monkeypatch):
     monkeypatch.setattr(CODE.modules["base_worker"], "kv_postprocess_blksize_and_layout_on_receive",
                         lambda cache, indices, ratio: None)
     world = _permute_world(TpTopology(4, 2, 1), 0)
-    cluster.move_end_to_end(permute_impl, world)
-    with pytest.raises(Exception, match="round_trip"):
-        world.check_decode("round_trip", part="all")
+    move_end_to_end(permute_impl, world)
+    with pytest.raises(InvariantViolation, match="differs at pool slot"):
+        world.check_decode(part="all")
 
 
 def test_token_major_conversion_round_trips():
@@ -289,4 +291,4 @@ def test_permute_on_receive_fails_for_fp8_on_cpu(permute_impl):
                         seed=1, nan_payloads=False)
     world = World.build(case, "cpu")
     with pytest.raises(NotImplementedError, match="index_copy"):
-        cluster.move_end_to_end(permute_impl, world)
+        move_end_to_end(permute_impl, world)
