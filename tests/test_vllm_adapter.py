@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapters.vllm import loader
+from adapters.toolkit import parameters_of
+from adapters.vllm import loader, pin
 from adapters.vllm.implementation import from_vllm_cache, to_vllm_cache
 from adapters.vllm.nixl_standin import LOCAL_AGENT, Fabric, InProcessNixlAgent, NixlAccessError
 from harness import oracles
@@ -23,7 +24,7 @@ from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 def _vllm_or_reason():
     try:
         return loader.load_vllm(), None
-    except loader.VllmUnavailable as exc:
+    except pin.VllmUnavailable as exc:
         return None, str(exc)
 
 
@@ -114,18 +115,18 @@ def test_pool_conversion_round_trips_every_bit(dtype):
 # ===================================================================== API pin
 @needs_vllm
 def test_installed_vllm_is_the_pinned_version():
-    assert CODE.version == loader.VLLM_VERSION, f"expected vllm {loader.VLLM_VERSION}, found {CODE.version}"
+    assert CODE.version == pin.VLLM_VERSION, f"expected vllm {pin.VLLM_VERSION}, found {CODE.version}"
 
 
 @needs_vllm
-@pytest.mark.parametrize("name", sorted(loader.EXPECTED_SIGNATURES))
+@pytest.mark.parametrize("name", sorted(pin.EXPECTED_SIGNATURES))
 def test_signature_matches_pin(name):
-    found = loader.parameters_of(CODE.resolve(name))
-    assert found == loader.EXPECTED_SIGNATURES[name], f"{name} changed from vllm {loader.VLLM_VERSION}: {found}"
+    found = parameters_of(CODE.resolve(name))
+    assert found == pin.EXPECTED_SIGNATURES[name], f"{name} changed from vllm {pin.VLLM_VERSION}: {found}"
 
 
 @needs_vllm
-@pytest.mark.parametrize("name", loader.ENVIRONMENT_GLOBALS)
+@pytest.mark.parametrize("name", pin.ENVIRONMENT_GLOBALS)
 def test_environment_global_exists(name):
     assert hasattr(CODE.modules["base_worker"], name), f"base_worker.{name} is gone; the stand-in has nothing to replace"
 
@@ -133,8 +134,8 @@ def test_environment_global_exists(name):
 @needs_vllm
 def test_mismatch_error_names_each_difference():
     broken = loader.VllmCode("9.9.9", CODE.modules, ("a.b signature changed", "c.d is missing"))
-    with pytest.raises(loader.VllmApiMismatch) as info:
-        loader.require_matching_api(broken)
+    with pytest.raises(pin.VllmApiMismatch) as info:
+        pin.require_matching_api(broken)
     message = str(info.value)
     assert "0.33.0" in message and "9.9.9" in message and "a.b signature changed" in message and "c.d is missing" in message
     assert not CODE.problems
