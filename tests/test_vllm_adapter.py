@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from adapters.toolkit import parameters_of
-from adapters.vllm import loader, pin
+from adapters.vllm import environment, loader, pin
 from adapters.vllm.implementation import from_vllm_cache, to_vllm_cache
 from adapters.vllm.nixl_standin import LOCAL_AGENT, Fabric, InProcessNixlAgent, NixlAccessError
 from harness import oracles
@@ -100,6 +100,17 @@ def test_agent_refuses_a_transfer_after_deregistration():
     assert int(dst.sum()) == 0
 
 
+# ===================================================================== rank getters
+def test_rank_getters_answer_only_inside_a_worker_construction_and_pcp_is_never_reached():
+    ranks = environment.RankContext()
+    with pytest.raises(RuntimeError, match="TP rank was read outside a worker construction"):
+        ranks.get_tensor_model_parallel_rank()
+    with ranks.rank(2, 4):
+        assert (ranks.get_tensor_model_parallel_rank(), ranks.get_tensor_model_parallel_world_size()) == (2, 4)
+    with pytest.raises(RuntimeError, match=r"does not provide get_pcp_group\(\); it runs without prefill context parallelism"):
+        environment.get_pcp_group()
+
+
 # ===================================================================== pool conversion
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e5m2, torch.float32])
 def test_pool_conversion_round_trips_every_bit(dtype):
@@ -176,6 +187,11 @@ def test_prefill_replication_reads_each_head_once(impl):
 @pytest.mark.parametrize("topology,prefix", [(TpTopology(4, 2, 1), 0), (TpTopology(4, 1, 2), 3), (TpTopology(4, 2, 4), 2),
                                              (TpTopology(2, 1, 4), 4), (TpTopology(4, 4, 4), 7)])
 def test_pull_moves_request_bit_exact(impl, topology, prefix):
+    _check_move_bit_exact(impl, topology, prefix)
+
+
+def _check_move_bit_exact(impl, topology, prefix):
+    """One request (NaN payloads included) lands bit-exact on every decode rank; prefill is left untouched."""
     case = TransferCase(topology, KvSpec(2, 4, torch.bfloat16, 2), RequestSpec(7, prefix, 1, (2, 0, 5, 1), 6, (1, 3, 0, 4), 5),
                         seed=7, nan_payloads=True)
     world = World.build(case, "cpu")
@@ -218,13 +234,7 @@ def push_impl():
                                              (TpTopology(4, 2, 2, 2, 1), 2), (TpTopology(4, 4, 4), 7)])
 def test_push_moves_request_bit_exact(push_impl, topology, prefix):
     """Push WRITEs, including PP fan-in (prefill PP 2 into decode PP 1), which pull cannot do."""
-    case = TransferCase(topology, KvSpec(2, 4, torch.bfloat16, 2), RequestSpec(7, prefix, 1, (2, 0, 5, 1), 6, (1, 3, 0, 4), 5),
-                        seed=7, nan_payloads=True)
-    world = World.build(case, "cpu")
-    prefill_before, _ = world.snapshot()
-    move_end_to_end(push_impl, world)
-    world.check_decode(part="all")
-    check_untouched("prefill", prefill_before, world.prefill)
+    _check_move_bit_exact(push_impl, topology, prefix)
     assert push_impl.limits == frozenset()
 
 
