@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapters.vllm import loader
+from adapters.toolkit import parameters_of
+from adapters.vllm import environment, loader, pin
 from adapters.vllm.implementation import from_vllm_cache, to_vllm_cache
 from adapters.vllm.nixl_standin import LOCAL_AGENT, Fabric, InProcessNixlAgent, NixlAccessError
 from harness import oracles
@@ -23,7 +24,7 @@ from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 def _vllm_or_reason():
     try:
         return loader.load_vllm(), None
-    except loader.VllmUnavailable as exc:
+    except pin.VllmUnavailable as exc:
         return None, str(exc)
 
 
@@ -99,6 +100,17 @@ def test_agent_refuses_a_transfer_after_deregistration():
     assert int(dst.sum()) == 0
 
 
+# ===================================================================== rank getters
+def test_rank_getters_answer_only_inside_a_worker_construction_and_pcp_is_never_reached():
+    ranks = environment.RankContext()
+    with pytest.raises(RuntimeError, match="TP rank was read outside a worker construction"):
+        ranks.get_tensor_model_parallel_rank()
+    with ranks.rank(2, 4):
+        assert (ranks.get_tensor_model_parallel_rank(), ranks.get_tensor_model_parallel_world_size()) == (2, 4)
+    with pytest.raises(RuntimeError, match=r"does not provide get_pcp_group\(\); it runs without prefill context parallelism"):
+        environment.get_pcp_group()
+
+
 # ===================================================================== pool conversion
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e5m2, torch.float32])
 def test_pool_conversion_round_trips_every_bit(dtype):
@@ -114,18 +126,18 @@ def test_pool_conversion_round_trips_every_bit(dtype):
 # ===================================================================== API pin
 @needs_vllm
 def test_installed_vllm_is_the_pinned_version():
-    assert CODE.version == loader.VLLM_VERSION, f"expected vllm {loader.VLLM_VERSION}, found {CODE.version}"
+    assert CODE.version == pin.VLLM_VERSION, f"expected vllm {pin.VLLM_VERSION}, found {CODE.version}"
 
 
 @needs_vllm
-@pytest.mark.parametrize("name", sorted(loader.EXPECTED_SIGNATURES))
+@pytest.mark.parametrize("name", sorted(pin.EXPECTED_SIGNATURES))
 def test_signature_matches_pin(name):
-    found = loader.parameters_of(CODE.resolve(name))
-    assert found == loader.EXPECTED_SIGNATURES[name], f"{name} changed from vllm {loader.VLLM_VERSION}: {found}"
+    found = parameters_of(CODE.resolve(name))
+    assert found == pin.EXPECTED_SIGNATURES[name], f"{name} changed from vllm {pin.VLLM_VERSION}: {found}"
 
 
 @needs_vllm
-@pytest.mark.parametrize("name", loader.ENVIRONMENT_GLOBALS)
+@pytest.mark.parametrize("name", pin.ENVIRONMENT_GLOBALS)
 def test_environment_global_exists(name):
     assert hasattr(CODE.modules["base_worker"], name), f"base_worker.{name} is gone; the stand-in has nothing to replace"
 
@@ -133,8 +145,8 @@ def test_environment_global_exists(name):
 @needs_vllm
 def test_mismatch_error_names_each_difference():
     broken = loader.VllmCode("9.9.9", CODE.modules, ("a.b signature changed", "c.d is missing"))
-    with pytest.raises(loader.VllmApiMismatch) as info:
-        loader.require_matching_api(broken)
+    with pytest.raises(pin.VllmApiMismatch) as info:
+        pin.require_matching_api(broken)
     message = str(info.value)
     assert "0.33.0" in message and "9.9.9" in message and "a.b signature changed" in message and "c.d is missing" in message
     assert not CODE.problems
@@ -175,6 +187,11 @@ def test_prefill_replication_reads_each_head_once(impl):
 @pytest.mark.parametrize("topology,prefix", [(TpTopology(4, 2, 1), 0), (TpTopology(4, 1, 2), 3), (TpTopology(4, 2, 4), 2),
                                              (TpTopology(2, 1, 4), 4), (TpTopology(4, 4, 4), 7)])
 def test_pull_moves_request_bit_exact(impl, topology, prefix):
+    _check_move_bit_exact(impl, topology, prefix)
+
+
+def _check_move_bit_exact(impl, topology, prefix):
+    """One request (NaN payloads included) lands bit-exact on every decode rank; prefill is left untouched."""
     case = TransferCase(topology, KvSpec(2, 4, torch.bfloat16, 2), RequestSpec(7, prefix, 1, (2, 0, 5, 1), 6, (1, 3, 0, 4), 5),
                         seed=7, nan_payloads=True)
     world = World.build(case, "cpu")
@@ -217,13 +234,7 @@ def push_impl():
                                              (TpTopology(4, 2, 2, 2, 1), 2), (TpTopology(4, 4, 4), 7)])
 def test_push_moves_request_bit_exact(push_impl, topology, prefix):
     """Push WRITEs, including PP fan-in (prefill PP 2 into decode PP 1), which pull cannot do."""
-    case = TransferCase(topology, KvSpec(2, 4, torch.bfloat16, 2), RequestSpec(7, prefix, 1, (2, 0, 5, 1), 6, (1, 3, 0, 4), 5),
-                        seed=7, nan_payloads=True)
-    world = World.build(case, "cpu")
-    prefill_before, _ = world.snapshot()
-    move_end_to_end(push_impl, world)
-    world.check_decode(part="all")
-    check_untouched("prefill", prefill_before, world.prefill)
+    _check_move_bit_exact(push_impl, topology, prefix)
     assert push_impl.limits == frozenset()
 
 

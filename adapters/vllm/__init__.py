@@ -1,15 +1,19 @@
 """vLLM 0.33.0's NIXL KV connector, plugged into kvconform (``--impl vllm``).
 
-Layout: :mod:`adapters.vllm.loader` (imports vLLM, API pin, installs the
-stand-ins), :mod:`adapters.vllm.nixl_standin` (the in-process NIXL agent),
-:mod:`adapters.vllm.environment` (config, platform, rank getters, handshake
-socket), :mod:`adapters.vllm.implementation` (the capabilities).  Details,
-stand-ins and findings: ``docs/vllm.md``.
+Layout: :mod:`adapters.vllm.pin` (the vLLM release, pinned signatures and
+attributes, the globals the stand-ins replace), :mod:`adapters.vllm.loader`
+(imports vLLM once, installs the stand-ins), :mod:`adapters.vllm.nixl_standin`
+(the in-process NIXL agent), :mod:`adapters.vllm.environment` (config,
+platform, rank getters, handshake socket), :mod:`adapters.vllm.implementation`
+(the capabilities).  The engine-neutral parts (API pin, load-once, thread-scoped
+values, log capture, never-reached globals) are :mod:`adapters.toolkit`.
+Details, stand-ins and findings: ``docs/vllm.md``.
 """
 
 from __future__ import annotations
 
-from adapters.vllm.loader import VLLM_VERSION, VllmApiMismatch, VllmUnavailable, load_vllm, require_matching_api
+from adapters.vllm.loader import load_vllm
+from adapters.vllm.pin import VLLM_VERSION, VllmApiMismatch, VllmUnavailable, require_matching_api
 
 __all__ = ["VLLM_VERSION", "VllmApiMismatch", "VllmUnavailable", "make_implementation", "make_push_implementation",
            "make_permute_implementation"]

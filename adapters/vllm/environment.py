@@ -13,9 +13,12 @@ import threading
 import time
 import types
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import torch
+
+from adapters.toolkit import ThreadScoped, never_reached
+from adapters.vllm.pin import ADAPTER
 
 #: Layer names as vLLM's model runner registers attention layers.
 LAYER_NAME = "model.layers.{}.self_attn.attn"
@@ -26,22 +29,14 @@ class RankContext:
     """``get_tensor_model_parallel_rank`` / ``_world_size`` for the worker being built on this thread."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._rank: ThreadScoped[tuple[int, int]] = ThreadScoped()
 
-    @contextlib.contextmanager
-    def rank(self, tp_rank: int, tp_size: int) -> Iterator[None]:
-        previous = getattr(self._local, "value", None)
-        self._local.value = (tp_rank, tp_size)
-        try:
-            yield
-        finally:
-            self._local.value = previous
+    def rank(self, tp_rank: int, tp_size: int) -> ContextManager[tuple[int, int]]:
+        """The getters answer ``tp_rank`` / ``tp_size`` on this thread while the block runs."""
+        return self._rank.using((tp_rank, tp_size))
 
     def _current(self) -> tuple[int, int]:
-        value = getattr(self._local, "value", None)
-        if value is None:
-            raise RuntimeError("kvconform's vllm adapter: a TP rank was read outside a worker construction")
-        return value
+        return self._rank.require(f"{ADAPTER}: a TP rank was read outside a worker construction")
 
     def get_tensor_model_parallel_rank(self) -> int:
         return self._current()[0]
@@ -49,9 +44,9 @@ class RankContext:
     def get_tensor_model_parallel_world_size(self) -> int:
         return self._current()[1]
 
-    @staticmethod
-    def get_pcp_group() -> Any:
-        raise RuntimeError("kvconform's vllm adapter runs without prefill context parallelism (PCP size 1)")
+
+#: ``get_pcp_group``: the adapter runs without prefill context parallelism, so vLLM never asks for the group.
+get_pcp_group = never_reached("get_pcp_group", ADAPTER, "it runs without prefill context parallelism (PCP size 1)")
 
 
 # ===================================================================== platform

@@ -26,17 +26,18 @@ milliseconds, so a request not received by then is one vLLM will not deliver.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ContextManager, Sequence
 
 import torch
 
+from adapters.toolkit import LogCapture, ThreadScoped
 from adapters.vllm import environment as env
-from adapters.vllm.loader import VLLM_VERSION, VllmCode, install_environment
+from adapters.vllm.loader import VllmCode, install_environment
 from adapters.vllm.nixl_standin import Fabric, InProcessNixlAgent
+from adapters.vllm.pin import ADAPTER, VLLM_VERSION
 
 PREFILL_ENGINE = "kvconform-prefill"
 DECODE_ENGINE = "kvconform-decode"
@@ -57,7 +58,7 @@ class _Environment:
         self.ranks = env.RankContext()
         self.listeners = env.HandshakeListeners(code)
         self.backend = env.attention_backend(code)
-        self._fabric = threading.local()
+        self._fabric: ThreadScoped[Fabric] = ThreadScoped()
         install_environment(code, {
             "NixlWrapper": self._agent,
             "nixl_agent_config": None,
@@ -65,48 +66,17 @@ class _Environment:
             "current_platform": env.CpuPlatformStandIn(),
             "get_tensor_model_parallel_rank": self.ranks.get_tensor_model_parallel_rank,
             "get_tensor_model_parallel_world_size": self.ranks.get_tensor_model_parallel_world_size,
-            "get_pcp_group": self.ranks.get_pcp_group,
+            "get_pcp_group": env.get_pcp_group,
             "get_current_attn_backends": lambda vllm_config, layer_names=None: [self.backend],
             "zmq_ctx": self.listeners.zmq_ctx,
         })
 
     def _agent(self, name: str, config: Any = None) -> InProcessNixlAgent:
-        fabric = getattr(self._fabric, "value", None)
-        if fabric is None:
-            raise RuntimeError("kvconform's vllm adapter: a NIXL agent was created outside move_request")
-        return InProcessNixlAgent(name, fabric)
+        return InProcessNixlAgent(name, self._fabric.require(f"{ADAPTER}: a NIXL agent was created outside move_request"))
 
-    @contextlib.contextmanager
-    def fabric(self, fabric: Fabric):
-        self._fabric.value = fabric
-        try:
-            yield
-        finally:
-            self._fabric.value = None
-
-
-class _LogCapture(logging.Handler):
-    """Keeps the warnings and errors vLLM's connector logs during one move (failure reasons)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        line = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            line += f" [{type(error).__name__}: {error}]"
-        self.lines.append(line)
-
-    @contextlib.contextmanager
-    def attached(self, logger_name: str):
-        logger = logging.getLogger(logger_name)
-        logger.addHandler(self)
-        try:
-            yield self
-        finally:
-            logger.removeHandler(self)
+    def fabric(self, fabric: Fabric) -> ContextManager[Fabric]:
+        """NIXL agents vLLM creates on this thread while the block runs join ``fabric``."""
+        return self._fabric.using(fabric)
 
 
 # ===================================================================== pool conversion
@@ -278,7 +248,7 @@ class VllmImplementation:
         NIXL moves the request's blocks directly, all at once)."""
         with self._move_lock:
             fabric = Fabric()
-            with self._env.fabric(fabric), _LogCapture().attached("vllm.distributed.kv_transfer") as log:
+            with self._env.fabric(fabric), LogCapture().attached("vllm.distributed.kv_transfer") as log:
                 move = _Move(self, fabric, log, total_kv_heads=total_kv_heads, prefill_tp=prefill_tp,
                              decode_tp=decode_tp, prefill_pp=prefill_pp, decode_pp=decode_pp, page_size=page_size,
                              prefix_len=prefix_len, num_tokens=num_tokens)
@@ -291,7 +261,7 @@ class VllmImplementation:
 class _Move:
     """One ``move_request``: build both engines' workers, run the mode's protocol, copy the pools back."""
 
-    def __init__(self, impl: VllmImplementation, fabric: Fabric, log: _LogCapture, *, total_kv_heads: int,
+    def __init__(self, impl: VllmImplementation, fabric: Fabric, log: LogCapture, *, total_kv_heads: int,
                  prefill_tp: int, decode_tp: int, prefill_pp: int, decode_pp: int, page_size: int, prefix_len: int,
                  num_tokens: int) -> None:
         self.impl, self.code, self.fabric, self.log = impl, impl.code, fabric, log
