@@ -39,7 +39,7 @@ from typing import Any
 
 #: Examples per test in the ``gate`` profile: the whole suite against the reference on 2 CPU cores in <= 60 s
 #: (measured with ``kvconform --profile gate -n 2``; see bench/README.md).
-GATE_EXAMPLES = 20
+GATE_EXAMPLES = 40
 GATE = "gate"
 
 #: Profile name -> max_examples.

@@ -325,6 +325,8 @@ class ConformanceRun:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Tag invariant tests, skip those needing missing capabilities, mark listed xfails."""
+        if self.config.getoption("maxfail", 0) == 1:
+            items[:] = fail_fast_order(items)
         markers = [(item, item.get_closest_marker("invariant")) for item in items]
         tagged = [(item, marker) for item, marker in markers if marker is not None]
         if not tagged:
@@ -521,6 +523,16 @@ class ConformanceRun:
             rootdir=str(self.config.rootpath),
             invocation_dir=str(self.config.invocation_params.dir),
         )
+
+
+#: Fixtures that start processes (distributed mode's rank pool): seconds of fixed cost before the first example.
+_PROCESS_FIXTURES = frozenset({"worker_group"})
+
+
+def fail_fast_order(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``--exitfirst``: tests that must start processes last, the rest in collection order (a stable sort, the
+    same on every xdist worker).  Only *when* a failure is found changes; every test's examples do not."""
+    return sorted(items, key=lambda item: bool(_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))))
 
 
 def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:
