@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{outcome.status:9} {outcome.seconds_to_first_failure or '':>6} {outcome.wall_seconds or '':>6}  "
               f"{outcome.spec}  {outcome.invariant or outcome.reason or ''}", file=sys.stderr, flush=True)
         outcomes.append(outcome)
-    result = {"benchmark": "detection", "profile": "gate", "exitfirst": True,
+    from harness.profiles import GATE_EXAMPLES
+
+    result = {"benchmark": "detection", "profile": "gate", "gate_examples_per_test": GATE_EXAMPLES, "exitfirst": True,
               "numprocesses": args.numprocesses or "1 (no xdist)",
               "date": datetime.date.today().isoformat(), "machine": info, "summary": summary(outcomes),
               "implementations": [asdict(o) for o in outcomes]}

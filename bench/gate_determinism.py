@@ -90,6 +90,21 @@ def gate_run(report_dir: Path, hash_seed: str, numprocesses: str | None, impl: s
             "load_average_before": load, "output_tail": tail}
 
 
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _gate_examples() -> int:
+    sys.path.insert(0, str(REPO_ROOT))
+    from harness.profiles import GATE_EXAMPLES
+
+    return GATE_EXAMPLES
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--numprocesses", default="2", help="kvconform -n (default 2; 0 for one process)")
@@ -108,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     diff = differences(*verdicts)
     result = {
         "benchmark": "gate_determinism", "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
-        "numprocesses": args.numprocesses, "impl": args.impl or "reference", "runs": runs,
+        "numprocesses": args.numprocesses, "impl": args.impl or "reference", "commit": _commit(),
+        "gate_examples_per_test": _gate_examples(), "runs": runs,
         "tests": len(verdicts[0]["tests"]), "examples": sum(int(t["examples"] or 0) for t in verdicts[0]["tests"].values()),
         "identical": not diff, "differences": diff,
     }
