@@ -112,7 +112,7 @@ def pin_local_constants() -> None:
         return empty
 
     setattr(no_local_constants, _PINNED, True)
-    providers._kvconform_original_get_local_constants = current  # for tests/test_gate.py's control
+    setattr(providers, "_kvconform_original_get_local_constants", current)  # tests/test_gate.py: the control
     providers._get_local_constants = no_local_constants
     providers.CONSTANTS_CACHE.cache.clear()  # values already filtered from the old pool
 
