@@ -35,6 +35,7 @@ CASES = REPO_ROOT / "tests" / "fakes" / "conformance_cases.py"
 def _bench(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -209,3 +210,14 @@ def test_detection_benchmark_discovers_every_broken_implementation():
     assert found["tests.broken.device:SyncsInHotPath"].needs_cuda
     assert not any(spec.endswith(("LazyStream", "LazyEvent", "HeadRoundRing")) for spec in found), found
     assert textwrap.dedent(detection.__doc__).count("--exitfirst") >= 1
+
+
+def test_exitfirst_order_runs_process_spawning_tests_last_and_keeps_the_rest():
+    from types import SimpleNamespace
+
+    from harness.pytest_plugin import fail_fast_order
+
+    spawning = SimpleNamespace(name="distributed", fixturenames=["impl", "worker_group"])
+    first, second = SimpleNamespace(name="a", fixturenames=["impl"]), SimpleNamespace(name="b", fixturenames=[])
+    ordered = fail_fast_order([spawning, first, second])  # type: ignore[arg-type]
+    assert [item.name for item in ordered] == ["a", "b", "distributed"]
