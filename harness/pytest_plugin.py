@@ -101,8 +101,10 @@ def _database_directory_at_import() -> Path:
         return profiles.database_directory_default()
 
 
-# Registered at import so ``--hypothesis-profile ci|thorough`` resolves whenever Hypothesis's plugin configures.
+# Registered at import so ``--hypothesis-profile ci|thorough|gate`` resolves whenever Hypothesis's plugin configures.
 profiles.register_profiles(_database_directory_at_import())
+# Draws must not depend on which modules this process imported before (see profiles.pin_local_constants).
+profiles.pin_local_constants()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -323,6 +325,8 @@ class ConformanceRun:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Tag invariant tests, skip those needing missing capabilities, mark listed xfails."""
+        if self.config.getoption("maxfail", 0) == 1:
+            items[:] = fail_fast_order(items)
         markers = [(item, item.get_closest_marker("invariant")) for item in items]
         tagged = [(item, marker) for item, marker in markers if marker is not None]
         if not tagged:
@@ -428,8 +432,11 @@ class ConformanceRun:
             return
         if not (self.eager or self.records):
             return
+        stopped_first = self._stopped_at_first_failure(session)
+        if stopped_first:  # pytest-xdist ends an --exitfirst run as an interruption; it is a failed run
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
-        if interrupted:
+        if interrupted or stopped_first:
             for nodeid in self.running:
                 if nodeid in self.records:
                     self.records[nodeid].interrupt()
@@ -437,12 +444,23 @@ class ConformanceRun:
         if interrupted:
             note = "interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation) during " + (
                 ", ".join(sorted(self.running)) or "the run")
+        elif stopped_first:
+            note = "stopped at the first failure (--exitfirst): tests after it did not run" + (
+                f"; {', '.join(sorted(self.running))} did not finish" if self.running else "")
         elif not any(record.ran for record in self.records.values()) and (self.records or not self.others_ran):
             note = self._nothing_checked()
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
         state = "interrupted" if interrupted else "complete"
         self._write(Completion(state, int(session.exitstatus), note))
+
+    def _stopped_at_first_failure(self, session: pytest.Session) -> bool:
+        """Whether ``-x``/``--exitfirst`` ended the run after a failure (in-process or through pytest-xdist)."""
+        if self.config.getoption("maxfail", 0) != 1 or not session.testsfailed:
+            return False
+        dsession = self.config.pluginmanager.getplugin("dsession")  # pytest-xdist's controller
+        xdist_stop = str(getattr(dsession, "shouldstop", "") or "")
+        return bool(session.shouldfail) or xdist_stop.startswith("stopping after")
 
     def _nothing_checked(self) -> str:
         """Why no invariant test ran, for the report and the exit status."""
@@ -505,6 +523,16 @@ class ConformanceRun:
             rootdir=str(self.config.rootpath),
             invocation_dir=str(self.config.invocation_params.dir),
         )
+
+
+#: Fixtures that start processes (distributed mode's rank pool): seconds of fixed cost before the first example.
+_PROCESS_FIXTURES = frozenset({"worker_group"})
+
+
+def fail_fast_order(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``--exitfirst``: tests that must start processes last, the rest in collection order (a stable sort, the
+    same on every xdist worker).  Only *when* a failure is found changes; every test's examples do not."""
+    return sorted(items, key=lambda item: bool(_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))))
 
 
 def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:

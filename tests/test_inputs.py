@@ -130,7 +130,7 @@ def test_fallback_directory_is_per_process_under_the_temporary_directory():
     ("KVCONFORM_CALL_TIMEOUT_S", "abc", "KVCONFORM_CALL_TIMEOUT_S='abc': expected a positive number of seconds"),
     ("KVCONFORM_CALL_TIMEOUT_S", "0", "KVCONFORM_CALL_TIMEOUT_S='0': expected a positive number of seconds"),
     ("KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S", "-1", "KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S='-1': expected a positive"),
-    ("KVCONFORM_PROFILE", "fast", "KVCONFORM_PROFILE='fast': expected one of default, ci, thorough"),
+    ("KVCONFORM_PROFILE", "fast", "KVCONFORM_PROFILE='fast': expected one of default, ci, thorough, gate"),
     ("KVCONFORM_CONFORMANCE_DIR", "/nonexistent", "KVCONFORM_CONFORMANCE_DIR='/nonexistent': expected an existing"),
     ("KVCONFORM_DIST_BACKEND", "mpi", "KVCONFORM_DIST_BACKEND='mpi': expected gloo, nccl or off"),
     ("KVCONFORM_DIST_DEVICE", "tpu", "KVCONFORM_DIST_DEVICE='tpu': expected cpu or cuda"),
@@ -229,7 +229,7 @@ def test_unknown_profile_is_a_usage_error_listing_the_valid_ones(tmp_path):
 
 def test_unknown_profile_passed_through_to_pytest_is_a_usage_error(tmp_path):
     kvconform(tmp_path, *cheap("--", "--hypothesis-profile", "fast")).assert_one_line_usage_error(
-        "--hypothesis-profile='fast' is not a registered Hypothesis profile", "ci, default, thorough")
+        "--hypothesis-profile='fast' is not a registered Hypothesis profile", "ci, default, gate, thorough")
 
 
 def test_hypothesis_profile_option_is_passed_through(tmp_path):
