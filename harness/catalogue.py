@@ -61,7 +61,8 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant("device", "Accelerator behaviour",
               "On CUDA: results bit-identical to the CPU run, no host sync in the per-chunk hot path (gather, "
               "arrival, scatter submission), scatters on a side stream, regions freed only after their "
-              "scatter completed."),
+              "scatter completed, no buffer freed while work on another stream still uses it (no "
+              "`record_stream` / event wait: checked by holding side streams back and poisoning what was freed)."),
     Invariant("bad_topology", "Bad topology",
               "Invalid configurations raise a `ValueError` that names the problem, before any byte moves."),
 )

@@ -79,7 +79,8 @@ environment (checked before the first test; a bad value is a usage error):
 examples:
   {prog} --impl mypkg.kvstaging:make_implementation
   {prog} --impl sglang --xfails sglang --profile ci -n 4
-  {prog} --impl mypkg.kvstaging -k layout -- -x -v
+  {prog} --impl mypkg.kvstaging --profile gate --exitfirst
+  {prog} --impl mypkg.kvstaging -k layout -- -v
   {prog} --impl reference harness/conformance/test_layout.py::test_layout_spans"""
 
 
@@ -116,6 +117,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--xfails", metavar="FILE",
                         help="expected-failure list: invariant ids or node-id substrings, one per line, '#' comments; "
                         "a bare name reads harness/xfails/NAME.txt")
+    parser.add_argument("-x", "--exitfirst", action="store_true",
+                        help="stop at the first failing invariant test; the report is still written, with that "
+                        "failure, its counterexample and repro (the invariants not reached read not-run)")
     parser.add_argument("-k", dest="keyword", metavar="EXPR", help="only tests matching the pytest -k expression")
     parser.add_argument("-n", "--numprocesses", metavar="N",
                         help="run tests in N processes (or 'auto') with pytest-xdist, which must be installed")
@@ -220,6 +224,8 @@ def _pytest_arguments(args: argparse.Namespace, passthrough: list[str], prog: st
         "--kvconform-report", str(Path(args.report_dir).resolve()),
         "--kvconform-prog", prog,
     ]
+    if args.exitfirst:
+        result.append("--exitfirst")
     for option, value in (
         ("--hypothesis-profile", args.profile),
         ("--xfails", args.xfails),

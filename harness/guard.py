@@ -6,7 +6,7 @@ the allocators and handlers it makes:
 * runs with a deadline.  The call runs on a helper thread (one per calling
   thread, so two threads driving a handler still overlap); the caller waits
   for it like a watchdog.  A call that does not return in time is reported as
-  an :class:`ImplementationFault` ("hung") on the invariant of the method,
+  an :class:`ImplementationFault` ("hung") naming the call,
   with the calls that led there, and Hypothesis adds the repro; the stuck
   helper is abandoned (and, when it spins in Python code, stopped) so the
   rest of the suite goes on.  The deadline is ``$KVCONFORM_CALL_TIMEOUT_S``
@@ -15,20 +15,20 @@ the allocators and handlers it makes:
   ``$KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S`` (default 0.05 s), so that
   shrinking a hang takes seconds, not hours (each shrink step that reaches
   the hang waits that long);
-* turns an exception into an :class:`ImplementationFault` naming the method,
-  its arguments and the invariant (an ``InvariantViolation`` raised by harness
-  code the implementation called back passes through untouched);
+* turns an exception into an :class:`ImplementationFault` naming the method
+  and its arguments (an ``InvariantViolation`` raised by harness code the
+  implementation called back passes through untouched);
 * checks what comes back against the return annotation its Protocol documents
   in ``harness/interface.py`` (``poll`` returns a state, ``assign`` ``None`` or
   three integers, ...; ``harness/returns.py``), so garbage is reported where
   it appears instead of as a confusing failure later.  A returned generator is
   materialized once and that list is passed on: checking never consumes it.
 
-:class:`CanaryFence` hands out buffers with canary margins on both sides and
-reports a write outside any of them as an ``[isolation]`` violation.
+A fault is reported on the invariant of the test it happens in: the test's
+``invariant`` marker decides (``oracles.attribute``), as for every violation.
 
 Calls made by an implementation into harness objects it was given (the
-allocator watch) run inline on the same helper thread, under the outer
+engine's ledger) run inline on the same helper thread, under the outer
 deadline.
 """
 
@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from harness import cluster, settings
+from harness import settings
 from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, Allocator, DecodeHandler, method_owners, protocol_methods
 from harness.oracles import InvariantViolation
 from harness.returns import check_return, expected_return
@@ -59,21 +59,20 @@ TRAIL_LENGTH = 12
 
 @dataclass(frozen=True)
 class _Documented:
-    """What the interface says about one method: its return annotation and the invariant its faults go to."""
+    """What the interface says about one method: its return annotation."""
 
     returns: Any
-    invariant: str
 
 
 #: Every method the guard wraps (each capability's, and those of the allocators and handlers its factories
-#: make), with its documented return and the invariant of its capability.
-_DOCUMENTED = {method: _Documented(expected_return(protocol, method), cap.invariant)
+#: make), with its documented return.
+_DOCUMENTED = {method: _Documented(expected_return(protocol, method))
                for method, (cap, protocol) in method_owners().items()}
 _IMPLEMENTATION_METHODS = frozenset(method for cap in CAPABILITY_TABLE for method in cap.methods)
 
 
 class ImplementationFault(InvariantViolation):
-    """The implementation raised, returned garbage or hung; the message names the call and the invariant."""
+    """The implementation raised, returned garbage or hung; the message names the call."""
 
 
 class _Abandoned(BaseException):
@@ -292,7 +291,6 @@ class _Guarded:
 
     def _call(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         label = _CallLabel(self._ROLE, name, args, kwargs)
-        invariant = _invariant_of(name)
         self._context.trail.append(label)
         outer = getattr(_local, "helper_job", None)
         if outer is not None:  # called back from inside the implementation: the outer deadline covers it
@@ -300,21 +298,21 @@ class _Guarded:
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                converted = self._raised(invariant, label, exc)
+                converted = self._raised(label, exc)
                 if converted is exc:
                     raise
                 raise converted from exc
             finally:
                 outer.pending.pop()
         else:
-            result = self._with_deadline(invariant, label, fn, args, kwargs)
+            result = self._with_deadline(label, fn, args, kwargs)
         result, problem = check_return(_DOCUMENTED[name].returns, result)
         if problem:
-            raise ImplementationFault(f"[{invariant}] {label} returned garbage: {_show(result)} {problem}; "
+            raise ImplementationFault(f"{label} returned garbage: {_show(result)} {problem}; "
                                       f"calls so far: {self._context.describe_trail()}")
         return self._wrap_result(name, result)
 
-    def _with_deadline(self, invariant: str, label: "_CallLabel", fn, args, kwargs) -> Any:
+    def _with_deadline(self, label: "_CallLabel", fn, args, kwargs) -> Any:
         hung_before = self._context.root in _hung
         timeout = call_timeout_s(after_hang=hung_before)
         job = _Job(fn, args, kwargs, _current_stream(), pending=[label])
@@ -326,21 +324,21 @@ class _Guarded:
             helper.abandon()
             _hung.add(self._context.root)
             raise ImplementationFault(
-                f"[{_invariant_of(stuck.method)}] {stuck} hung: no return within {timeout:g}s "
+                f"{stuck} hung: no return within {timeout:g}s "
                 f"({'already hung before, short deadline' if hung_before else f'${TIMEOUT_ENV_VAR}'}); "
                 f"calls so far: {self._context.describe_trail()}")
         if job.error is not None:
-            converted = self._raised(invariant, label, job.error)
+            converted = self._raised(label, job.error)
             if converted is job.error:
                 raise converted
             raise converted from job.error
         return job.result
 
-    def _raised(self, invariant: str, label: "_CallLabel", exc: BaseException) -> BaseException:
+    def _raised(self, label: "_CallLabel", exc: BaseException) -> BaseException:
         """What to raise for an exception out of the implementation (harness violations pass through)."""
         if isinstance(exc, InvariantViolation) or not self._context.convert_errors:
             return exc
-        return ImplementationFault(f"[{invariant}] {label} raised {type(exc).__name__}: {exc}; "
+        return ImplementationFault(f"{label} raised {type(exc).__name__}: {exc}; "
                                    f"calls so far: {self._context.describe_trail()}")
 
     def _wrap_result(self, name: str, result: Any) -> Any:
@@ -405,11 +403,6 @@ def forget_hangs() -> None:
 
 
 # -- what the calls return --------------------------------------------------------------------
-def _invariant_of(method: str) -> str:
-    documented = _DOCUMENTED.get(method)
-    return documented.invariant if documented else "lifecycle"
-
-
 def _show(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         if value.numel() <= 8 and value.dim() <= 1:
@@ -425,35 +418,3 @@ def _show(value: Any) -> str:
 def _show_args(args: tuple, kwargs: dict) -> str:
     shown = [_show(a) for a in args] + [f"{k}={_show(v)}" for k, v in kwargs.items()]
     return ", ".join(shown)
-
-
-# -- canary-guarded buffers -------------------------------------------------------------------
-class CanaryFence:
-    """Every buffer handed to an implementation, each between canary margins (``cluster.Guarded``).
-
-    ``check`` reports the first buffer written outside its bounds as an
-    ``[isolation]`` violation: an out-of-bounds write from a kernel or an
-    ``as_strided`` view is caught even though torch indexing cannot do it.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._buffers: list[tuple[str, cluster.Guarded]] = []
-
-    def bytes(self, nbytes: int, what: str, fill: int) -> torch.Tensor:
-        """A fenced uint8 buffer of ``nbytes`` filled with ``fill``."""
-        buffer = cluster.Guarded(nbytes, self.device)
-        buffer.inner.fill_(fill)
-        self._buffers.append((what, buffer))
-        return buffer.inner
-
-    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype, what: str, fill: int) -> torch.Tensor:
-        """A fenced tensor of ``shape`` and ``dtype`` whose every byte is ``fill``."""
-        nbytes = torch.empty((), dtype=dtype).element_size()
-        for size in shape:
-            nbytes *= size
-        return self.bytes(nbytes, what, fill).view(dtype).view(shape)
-
-    def check(self, invariant: str = "isolation") -> None:
-        for what, buffer in self._buffers:
-            buffer.check_margins(invariant, what)

@@ -11,7 +11,7 @@ Two levels:
 
 * **primitives** (``head_mapping``, ``layout``, ``allocator``, ``kv_copy``,
   ``direct_copy``, ``decode_handler``): the harness orchestrates a transfer
-  from these pieces (``harness.cluster``), pushing head slices from prefill to
+  from these pieces (``harness.engine``), pushing head slices from prefill to
   decode like SGLang / Mooncake do.
 * **end to end** (``end_to_end``): the implementation moves a whole request's
   KV from the prefill pools into the decode pools its own way (e.g. decode

@@ -12,7 +12,26 @@ from typing import Any
 
 
 class InvariantViolation(AssertionError):
-    """An implementation broke an invariant; the message says which and how."""
+    """An implementation broke an invariant; the message says how.
+
+    Which invariant is not typed by whoever raises it: the test's ``invariant`` marker decides, and
+    :func:`attribute` (called by the pytest plugin) prefixes the message with ``[<id>]``, so a message and
+    its report row cannot disagree.
+    """
+
+    invariant: str | None = None
+
+
+def attribute(exc: BaseException, invariant: str) -> None:
+    """Tag every ``InvariantViolation`` in ``exc`` (and in its exception group members) with ``invariant``:
+    its message then starts with ``[<invariant>] ``.  Idempotent; other exceptions are left alone."""
+    if isinstance(exc, InvariantViolation) and exc.invariant is None:
+        exc.invariant = invariant
+        first = str(exc.args[0]) if exc.args else ""
+        exc.args = (f"[{invariant}] {first}", *exc.args[1:])
+    for member in getattr(exc, "exceptions", ()) or ():
+        if isinstance(member, BaseException):
+            attribute(member, invariant)
 
 
 def owned_heads(total_kv_heads: int, tp_size: int, rank: int) -> list[int]:

@@ -7,6 +7,22 @@ no deadline (allocating tensors on CPU is slow and uneven) and suppress the
 ``.hypothesis/examples`` under the directory pytest was started from, or to
 ``$KVCONFORM_HYPOTHESIS_DB``, so a rerun of the same test replays them first.
 
+``gate`` is the lane for CI and merge gates: the same commit gives the same
+verdict on every machine and every run.  It is derandomized (each test's
+examples are derived from its own source, not drawn at random), has a fixed
+budget of examples per test (:data:`GATE_EXAMPLES`, sized so the whole suite
+against the reference runs within a minute on two CPU cores: 24-34 s measured
+with ``-n 2`` at load average 5, see bench/README.md), reads and
+writes no example database (``database=None``: a gate must not depend on
+what a machine saw before, and a read-only database would still make the
+verdict depend on which machine's history it holds), reports one bug per
+test (Hypothesis keeps looking for more bugs for up to ten *seconds* after
+the first, so the example count would depend on the machine's speed) and
+skips the explain phase (it reruns the failure under a tracer; slow, and it
+changes no verdict).  Every profile, not only ``gate``, runs with
+:func:`pin_local_constants`, since that source of nondeterminism is
+invisible otherwise.
+
 Select a profile with Hypothesis's ``--hypothesis-profile NAME`` or with
 ``KVCONFORM_PROFILE=NAME``; without either, ``default`` is loaded (or ``ci``
 when Hypothesis detected a CI environment).  An unknown name is a usage error
@@ -20,9 +36,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+#: Examples per test in the ``gate`` profile: the whole suite against the reference on 2 CPU cores in <= 60 s
+#: (measured with ``kvconform --profile gate -n 2``; see bench/README.md).
+GATE_EXAMPLES = 40
+GATE = "gate"
 
 #: Profile name -> max_examples.
-PROFILE_EXAMPLES: dict[str, int] = {"default": 25, "ci": 100, "thorough": 1000}
+PROFILE_EXAMPLES: dict[str, int] = {"default": 25, "ci": 100, "thorough": 1000, GATE: GATE_EXAMPLES}
+#: Profiles whose verdict is a function of the commit alone (derandomized, no example database).
+DETERMINISTIC_PROFILES = frozenset({GATE})
 
 
 def database_directory(base: Path | str | None = None) -> Path:
@@ -43,20 +67,58 @@ def register_profiles(database_dir: Path) -> None:
 
     Re-registering the currently loaded profile reloads it (Hypothesis does so).
     """
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     database = DirectoryBasedExampleDatabase(str(database_dir))
     for name, examples in PROFILE_EXAMPLES.items():
+        deterministic = name in DETERMINISTIC_PROFILES
         settings.register_profile(
             name,
             max_examples=examples,
             deadline=None,
             print_blob=True,
-            derandomize=False,
+            derandomize=deterministic,
             suppress_health_check=[HealthCheck.too_slow],
-            database=database,
+            database=None if deterministic else database,
+            # One bug per test (no time-boxed search for more) and no explain phase: see the module docstring.
+            report_multiple_bugs=not deterministic,
+            phases=tuple(p for p in Phase if not (deterministic and p is Phase.explain)),
         )
+
+
+def pin_local_constants() -> None:
+    """Stop Hypothesis from drawing constants found in the source of whatever local modules are imported.
+
+    Hypothesis (6.13x+) occasionally replaces a drawn value by a literal found
+    in a "local" module (not stdlib, not site-packages) in ``sys.modules``, and
+    re-scans whenever more modules are imported.  Which ones are imported
+    depends on the tests a process ran before (pytest-xdist hands tests out by
+    load) and on whether kvconform is a checkout or installed, so the pool,
+    and with it every later draw of a derandomized test, differed between two
+    runs of the same commit.  Pinned to the empty pool, draws depend on the
+    test alone; Hypothesis's built-in constants (boundary values) still apply.
+    Idempotent; a no-op on Hypothesis versions without the pool.
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:
+        return
+    current = getattr(providers, "_get_local_constants", None)
+    if current is None or getattr(current, _PINNED, False):
+        return
+    empty = providers.Constants()
+
+    def no_local_constants() -> Any:
+        return empty
+
+    setattr(no_local_constants, _PINNED, True)
+    setattr(providers, "_kvconform_original_get_local_constants", current)  # tests/test_gate.py: the control
+    providers._get_local_constants = no_local_constants
+    providers.CONSTANTS_CACHE.cache.clear()  # values already filtered from the old pool
+
+
+_PINNED = "_kvconform_pinned"
 
 
 def selected_profile(command_line_profile: str | None) -> str | None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ from typing import Any
 import pytest
 
 from harness import profiles, runinfo, scope, settings
+from harness.oracles import attribute
 from harness.catalogue import BY_ID
 from harness.devices import require_devices, select_devices
 from harness.interface import CAPABILITIES, Implementation
@@ -98,8 +100,10 @@ def _database_directory_at_import() -> Path:
         return profiles.database_directory_default()
 
 
-# Registered at import so ``--hypothesis-profile ci|thorough`` resolves whenever Hypothesis's plugin configures.
+# Registered at import so ``--hypothesis-profile ci|thorough|gate`` resolves whenever Hypothesis's plugin configures.
 profiles.register_profiles(_database_directory_at_import())
+# Draws must not depend on which modules this process imported before (see profiles.pin_local_constants).
+profiles.pin_local_constants()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -254,11 +258,11 @@ class ConformanceRun:
         try:
             if command_line_profile:
                 profiles.check_profile_name(command_line_profile)
-            name = profiles.selected_profile(command_line_profile)
+            selected = profiles.selected_profile(command_line_profile)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
-        if name:
-            settings.load_profile(name)
+        if selected:
+            settings.load_profile(selected)
 
     def restore_hypothesis_profiles(self) -> None:
         """Undo this session's profile changes (matters when pytest runs in-process, e.g. pytester)."""
@@ -320,8 +324,10 @@ class ConformanceRun:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Tag invariant tests, skip those needing missing capabilities, mark listed xfails."""
-        tagged = [(item, item.get_closest_marker("invariant")) for item in items]
-        tagged = [(item, marker) for item, marker in tagged if marker is not None]
+        if self.config.getoption("maxfail", 0) == 1:
+            items[:] = fail_fast_order(items)
+        markers = [(item, item.get_closest_marker("invariant")) for item in items]
+        tagged = [(item, marker) for item, marker in markers if marker is not None]
         if not tagged:
             return
         if self.is_worker:  # a usage error on a worker crashes it; let the impl fixture fail each test instead
@@ -348,6 +354,7 @@ class ConformanceRun:
                 item.add_marker(pytest.mark.skip(
                     reason=f"not implemented: {loaded.name} lacks capability '{missing[0]}'"))
                 continue
+            fit_to_declared_scope(getattr(item, "obj", None))
             entry = first_match(self.xfails, item.nodeid, invariant)
             if entry is not None:
                 item.user_properties.append((PROP_XFAIL, entry.source))
@@ -371,6 +378,7 @@ class ConformanceRun:
             try:
                 return (yield)
             except Exception as exc:
+                attribute_to_marker(item, exc)
                 item.user_properties.extend(_failure_properties(exc, item, statistics))
                 raise
             finally:
@@ -393,7 +401,8 @@ class ConformanceRun:
             self._write(Completion())  # after every test: a run killed from outside keeps its results
 
     def _fold(self, report: pytest.TestReport) -> None:
-        props = dict(tuple(p) for p in report.user_properties)
+        # Values are whatever this plugin appended (strings, counts); xdist may turn the pairs into lists.
+        props: dict[str, Any] = {name: value for name, value in report.user_properties}
         invariant = props.get(PROP_INVARIANT)
         if invariant is None:
             return
@@ -424,8 +433,11 @@ class ConformanceRun:
             return
         if not (self.eager or self.records):
             return
+        stopped_first = self._stopped_at_first_failure(session)
+        if stopped_first:  # pytest-xdist ends an --exitfirst run as an interruption; it is a failed run
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
-        if interrupted:
+        if interrupted or stopped_first:
             for nodeid in self.running:
                 if nodeid in self.records:
                     self.records[nodeid].interrupt()
@@ -433,12 +445,23 @@ class ConformanceRun:
         if interrupted:
             note = "interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation) during " + (
                 ", ".join(sorted(self.running)) or "the run")
+        elif stopped_first:
+            note = "stopped at the first failure (--exitfirst): tests after it did not run" + (
+                f"; {', '.join(sorted(self.running))} did not finish" if self.running else "")
         elif not any(record.ran for record in self.records.values()) and (self.records or not self.others_ran):
             note = self._nothing_checked()
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
         state = "interrupted" if interrupted else "complete"
         self._write(Completion(state, int(session.exitstatus), note))
+
+    def _stopped_at_first_failure(self, session: pytest.Session) -> bool:
+        """Whether ``-x``/``--exitfirst`` ended the run after a failure (in-process or through pytest-xdist)."""
+        if self.config.getoption("maxfail", 0) != 1 or not session.testsfailed:
+            return False
+        dsession = self.config.pluginmanager.getplugin("dsession")  # pytest-xdist's controller
+        xdist_stop = str(getattr(dsession, "shouldstop", "") or "")
+        return bool(session.shouldfail) or xdist_stop.startswith("stopping after")
 
     def _nothing_checked(self) -> str:
         """Why no invariant test ran, for the report and the exit status."""
@@ -510,6 +533,16 @@ class ConformanceRun:
         )
 
 
+#: Fixtures that start processes (distributed mode's rank pool): seconds of fixed cost before the first example.
+_PROCESS_FIXTURES = frozenset({"worker_group"})
+
+
+def fail_fast_order(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``--exitfirst``: tests that must start processes last, the rest in collection order (a stable sort, the
+    same on every xdist worker).  Only *when* a failure is found changes; every test's examples do not."""
+    return sorted(items, key=lambda item: bool(_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))))
+
+
 def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:
     """``(invariant id, required capabilities)`` of an ``invariant`` marker, validated."""
     args = list(marker.args)
@@ -523,6 +556,46 @@ def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:
     if unknown:
         raise ValueError(f"unknown capability {unknown[0]!r} in requires; valid: {', '.join(CAPABILITIES)}")
     return invariant, tuple(requires)
+
+
+def attribute_to_marker(item: pytest.Item, exc: BaseException) -> None:
+    """Tag a failure's violations with the invariant of the test's marker (see ``oracles.attribute``)."""
+    marker = item.get_closest_marker("invariant")
+    if marker is not None:
+        attribute(exc, parse_invariant_marker(marker)[0])
+
+
+_FITS_SCOPE = "_kvconform_fits_scope"
+
+
+def fit_to_declared_scope(test: Any) -> None:
+    """Make Hypothesis test ``test`` run every drawn value inside the implementation's declared limits.
+
+    Wraps its ``inner_test`` (the function Hypothesis calls with fixtures and drawn arguments; idempotent):
+    with the implementation taken from the ``impl`` or ``loaded_impl`` argument, every argument is passed
+    through ``scope.fit`` (``TransferCase`` and ``RankShape`` values, inside tuples and lists too).  The
+    only place limits reach ``@given`` tests; the engine fits what state machines draw.
+    """
+    from hypothesis import note
+
+    handle = getattr(test, "hypothesis", None)
+    inner = getattr(handle, "inner_test", None)
+    if handle is None or inner is None or getattr(inner, _FITS_SCOPE, False):
+        return
+
+    @functools.wraps(inner)
+    def fitted(*args: Any, **kwargs: Any) -> Any:
+        impl = kwargs.get("impl", getattr(kwargs.get("loaded_impl"), "implementation", None))
+        if impl is not None and scope.declared_limits(impl):
+            fitted_kwargs = {name: scope.fit(impl, value) for name, value in kwargs.items()}
+            for name, value in fitted_kwargs.items():
+                if value != kwargs[name]:  # the printed counterexample shows the drawn value: say what ran
+                    note(f"{name} as run within the declared limits: {value!r}")
+            kwargs = fitted_kwargs
+        return inner(*args, **kwargs)
+
+    setattr(fitted, _FITS_SCOPE, True)
+    handle.inner_test = fitted
 
 
 @contextlib.contextmanager
@@ -544,7 +617,8 @@ def _collecting_statistics(sink: list[dict]) -> Iterator[None]:
         if previous is not None:
             previous(stats)
 
-    with collector.with_value(note):
+    # Hypothesis declares the collector as DynamicVariable(None), so mypy types its value as None only.
+    with collector.with_value(note):  # type: ignore[arg-type]
         yield
 
 

@@ -97,7 +97,7 @@ REPORT_BASENAME = "kvconform-report"
 #: Failure statuses, most specific first, and how each is recognised in the error (the report legend).
 FAILURE_STATUSES: dict[str, str] = {
     "out-of-bounds": "a write outside a buffer handed to the implementation: a canary margin changed "
-                     "(\"wrote outside its buffer\", the canary fence of harness/cluster.py)",
+                     "(\"wrote outside its buffer\", the canary fence of harness/engine/buffers.py)",
     "timeout": "a call into the implementation did not return in time (the guard's \"hung: no return within\") "
                "or a distributed rank operation timed out",
     "crash": "the implementation raised an exception (the guard's \"raised\"), a rank process died, or the test "
@@ -130,7 +130,7 @@ def failure_status(error: str) -> str:
         return "out-of-bounds"
     if re.search(r"\bhung: no return within\b|\btimed out\b|\(timeout [\d.]+s\)|did not join", error):
         return "timeout"
-    if re.search(r"\] \S.* raised [\w.]+: |died without a report|a rank process died", error):
+    if re.search(r"ImplementationFault: .*? raised [\w.]+: |died without a report|a rank process died", error):
         return "crash"
     if error and not _ASSERTION_TYPES.match(error) and re.match(r"^[\w.]+(: |$)", error):
         return "crash"

@@ -1,17 +1,24 @@
 """Declared scope limits: what an implementation's design does not cover, stated up front.
 
-An implementation may set ``limits`` to names from :data:`LIMITS`.  The suite
-then maps every generated case into that scope before running it, and the
-report lists the declared limits next to the capabilities, so a narrower
-design is visible instead of showing up as failures or being silently
-skipped.  A limit never relaxes a check on a case that runs: it only changes
-which cases are generated.
+An implementation may set ``limits`` to names from :data:`LIMITS`.  The suite then maps every generated
+input into that scope before running it, and the report lists the declared limits next to the
+capabilities, so a narrower design is visible instead of showing up as failures or being silently
+skipped.  A limit never relaxes a check on an input that runs: it only changes which inputs are run.
+
+Applied in two places, never by a test: the pytest plugin fits every argument of a Hypothesis test that is
+a :class:`~strategies.cases.TransferCase` or a :class:`~harness.engine.shapes.RankShape` (inside tuples and
+lists too) before the test body sees it, in process and in the parent of distributed mode; the engine's
+:class:`~harness.engine.rank.Rank` fits the shape it is built from and every request it registers (what
+state machines and the other stress suites draw).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.engine.shapes import RequestPlan
 
 #: Limit name -> what the suite stops generating when an implementation declares it.
 LIMITS: dict[str, str] = {
@@ -29,13 +36,42 @@ def unknown_limits(raw: Any) -> list[str]:
     return sorted(str(name) for name in (raw or ()) if name not in LIMITS)
 
 
-def fit(impl: Any, case):
-    """``case`` mapped into ``impl``'s declared scope; the case itself when nothing is declared."""
+def fit(impl: Any, value: Any) -> Any:
+    """``value`` mapped into ``impl``'s declared scope: a ``TransferCase``, a ``RankShape``, or a tuple or list
+    of values (fitted item by item); anything else, and anything when nothing is declared, is returned as is."""
     limits = declared_limits(impl)
-    if "whole_pages" in limits:
-        page = case.kv.page_size
-        case = dataclasses.replace(case, request=dataclasses.replace(
-            case.request, num_tokens=-(-case.request.num_tokens // page) * page))
-    if "no_pipeline_fan_in" in limits and case.topology.prefill_pp != case.topology.decode_pp:
-        case = dataclasses.replace(case, topology=dataclasses.replace(case.topology, prefill_pp=case.topology.decode_pp))
-    return case
+    return _fit(limits, value) if limits else value
+
+
+def fit_plan(impl: Any, plan: "RequestPlan", page_size: int) -> "RequestPlan":
+    """A request on pages of ``page_size`` tokens mapped into ``impl``'s declared scope."""
+    if "whole_pages" in declared_limits(impl):
+        return dataclasses.replace(plan, num_tokens=_whole_pages(plan.num_tokens, page_size))
+    return plan
+
+
+def _fit(limits: frozenset[str], value: Any) -> Any:
+    # Imported here: the pytest plugin imports this module, and must not import torch for runs without conformance.
+    from harness.engine.shapes import RankShape
+    from strategies.cases import TransferCase
+
+    if isinstance(value, TransferCase):
+        if "whole_pages" in limits:
+            tokens = _whole_pages(value.request.num_tokens, value.kv.page_size)
+            value = dataclasses.replace(value, request=dataclasses.replace(value.request, num_tokens=tokens))
+        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology))
+    if isinstance(value, RankShape):
+        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology))
+    if type(value) in (tuple, list):
+        return type(value)(_fit(limits, item) for item in value)
+    return value
+
+
+def _fit_topology(limits: frozenset[str], topology):
+    if "no_pipeline_fan_in" in limits and topology.prefill_pp != topology.decode_pp:
+        return dataclasses.replace(topology, prefill_pp=topology.decode_pp)
+    return topology
+
+
+def _whole_pages(tokens: int, page_size: int) -> int:
+    return -(-tokens // page_size) * page_size

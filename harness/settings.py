@@ -46,7 +46,7 @@ VARIABLES: dict[str, str] = {
     IMPL: "default for --impl",
     PROFILE: "default for --profile (" + ", ".join(PROFILE_EXAMPLES) + ")",
     HYPOTHESIS_DB: "Hypothesis example database directory (default ./.hypothesis/examples; "
-                   "failing examples saved there are replayed first on the next run)",
+                   "failing examples saved there are replayed first on the next run; the gate profile uses none)",
     CONFORMANCE_DIR: "another conformance test directory (for testing the harness itself)",
     CALL_TIMEOUT: "seconds one call into the implementation may take (default 30)",
     CALL_TIMEOUT_AFTER_HANG: "deadline once the implementation has hung (default 0.05)",

@@ -117,14 +117,14 @@ class World:
         return [p.clone() for p in self.prefill], [p.clone() for p in self.decode]
 
     # -- comparisons with readable diagnostics -----------------------------------------
-    def check_decode(self, invariant: str, part: str = "all", indices: Optional[list[int]] = None) -> None:
+    def check_decode(self, part: str = "all", indices: Optional[list[int]] = None) -> None:
         """Decode pools equal their expectation bit for bit, or an InvariantViolation explains the first difference.
 
         ``part``: ``"request"`` (the request's token slots), ``"outside"``
         (every other slot, which must keep its canary) or ``"all"``.
         """
         for index in indices if indices is not None else range(len(self.decode)):
-            self.check_pool_equal(invariant, f"decode rank {self._rank_name(index, self.case.topology.decode_tp)}",
+            self.check_pool_equal(f"decode rank {self._rank_name(index, self.case.topology.decode_tp)}",
                                   self.decode[index], self.expected_decode(index), part)
 
     def request_mask(self, pool: RankPool) -> torch.Tensor:
@@ -133,7 +133,7 @@ class World:
         mask[slots_of(pool.page_table, self.case.kv.page_size, self.case.request.num_tokens)] = True
         return mask
 
-    def check_pool_equal(self, invariant: str, where: str, actual: RankPool, expected: RankPool, part: str = "all") -> None:
+    def check_pool_equal(self, where: str, actual: RankPool, expected: RankPool, part: str = "all") -> None:
         rows = {"all": None, "request": self.request_mask(actual), "outside": ~self.request_mask(actual)}[part]
         for name, got_layers, want_layers in (("K", actual.k, expected.k), ("V", actual.v, expected.v)):
             for local, (got, want) in enumerate(zip(got_layers, want_layers)):
@@ -143,7 +143,7 @@ class World:
                 if bool(diff.any()):
                     slot, head, dim = (int(x) for x in diff.nonzero()[0])
                     raise InvariantViolation(
-                        f"[{invariant}] {where}: {name} layer {actual.layers[local]} differs at pool slot {slot}, "
+                        f"{where}: {name} layer {actual.layers[local]} differs at pool slot {slot}, "
                         f"local head {head}, dim {dim}; {self._explain(actual, slot, head, got, want, name, local)}"
                     )
 
@@ -209,10 +209,10 @@ def _nbytes(shape, dtype) -> int:
     return n
 
 
-def check_untouched(invariant: str, what: str, before: list[RankPool], after: list[RankPool]) -> None:
+def check_untouched(what: str, before: list[RankPool], after: list[RankPool]) -> None:
     """Pools that must only be read are bit-identical to their snapshot."""
     for index, (b, a) in enumerate(zip(before, after)):
         for name, bl, al in (("K", b.k, a.k), ("V", b.v, a.v)):
             for local, (x, y) in enumerate(zip(bl, al)):
                 if not torch.equal(int_view(x), int_view(y)):
-                    raise InvariantViolation(f"[{invariant}] {what} pool {index} {name} layer {b.layers[local]} was modified")
+                    raise InvariantViolation(f"{what} pool {index} {name} layer {b.layers[local]} was modified")

@@ -43,7 +43,7 @@ def assign_sizes(capacity: int, oversized: bool = True) -> st.SearchStrategy[int
 
 
 @st.composite
-def _allocator_programs(draw, capacity, max_ops, oversized):
+def _allocator_programs(draw: st.DrawFn, capacity: int, max_ops: int, oversized: bool) -> list[Op]:
     """Draw raw ops as a list (deleting one keeps the rest meaningful), then
     resolve each free's index modulo the assigns made so far."""
     raw = st.one_of(
@@ -54,7 +54,7 @@ def _allocator_programs(draw, capacity, max_ops, oversized):
     program: list[Op] = []
     assigns = 0
     for op in draw(st.lists(raw, max_size=max_ops)):
-        if op[0] == "free":
+        if op[0] == "free" and len(op) == 2:  # always two long; len() lets the type checker see op[1]
             if not assigns:
                 continue  # nothing to free yet: the op is dropped
             op = ("free", op[1] % assigns)

@@ -80,6 +80,39 @@ def test_never_reached_names_itself_and_the_adapter():
     assert fn.__name__ == "get_thing"
     with pytest.raises(RuntimeError, match=r"kvconform's x adapter does not provide get_thing\(\)"):
         fn(1, k=2)
+    why = toolkit.never_reached("get_group", "kvconform's x adapter", "it runs on one rank")
+    with pytest.raises(RuntimeError, match=r"^kvconform's x adapter does not provide get_group\(\); it runs on one rank$"):
+        why()
+
+
+# ---------------------------------------------------------------- loading once
+def test_load_once_runs_one_load_for_concurrent_callers_and_retries_a_failure():
+    calls = []
+    gate = threading.Event()
+
+    @toolkit.load_once
+    def load():
+        """Loads the engine."""
+        calls.append(threading.get_ident())
+        gate.wait(5)
+        if len(calls) == 1:
+            raise ImportError("first load fails")
+        return object()
+
+    with pytest.raises(ImportError, match="first load fails"):
+        gate.set()
+        load()
+    gate.clear()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(load())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 2  # the failure was not cached; the success ran once for four callers
+    assert len(results) == 4 and all(r is results[0] for r in results) and load() is results[0]
+    assert load.__doc__ == "Loads the engine."
 
 
 # ---------------------------------------------------------------- the API pin
@@ -105,6 +138,15 @@ def test_api_differences_lists_every_changed_missing_and_vanished_name():
         "gone is missing",
         "lost is missing",
     ]
+
+
+def test_attribute_at_walks_a_dotted_path_and_reports_the_missing_part():
+    root = type("Root", (), {"Box": type("Box", (), {"get": _pinned})})
+    assert toolkit.attribute_at(root, "Box.get") is _pinned
+    with pytest.raises(AttributeError, match="gone"):
+        toolkit.attribute_at(root, "Box.gone")
+    problems = toolkit.api_differences({}, ("Box.get", "Box.gone"), lambda key: toolkit.attribute_at(root, key))
+    assert problems == ["Box.gone is missing"]
 
 
 PIN = toolkit.ApiPin("engine", "1.2.3", "pip install engine==1.2.3", "adapters/engine/")
@@ -156,6 +198,24 @@ def test_clock_router_reads_the_clock_of_this_thread_only():
     assert router.sleep is __import__("time").sleep  # the rest is the real time module
 
 
+def test_thread_scoped_value_is_seen_on_its_thread_inside_its_block_only():
+    scoped = toolkit.ThreadScoped()
+    seen_elsewhere = []
+    assert scoped.get() is None
+    with pytest.raises(RuntimeError, match="^read outside$"):
+        scoped.require("read outside")
+    with scoped.using((1, 4)) as value:
+        assert value == (1, 4) and scoped.require("read outside") == (1, 4)
+        with pytest.raises(ValueError), scoped.using((2, 4)):
+            assert scoped.get() == (2, 4)
+            raise ValueError("engine call failed")
+        assert scoped.get() == (1, 4)  # the enclosing value is back, even after an error
+        other = threading.Thread(target=lambda: seen_elsewhere.append(scoped.get()))
+        other.start()
+        other.join()
+    assert seen_elsewhere == [None] and scoped.get() is None
+
+
 def test_cpu_stream_and_event_stand_ins_are_complete_and_ordered():
     stream = toolkit.SynchronousStream("cpu")
     assert stream.device == torch.device("cpu") and stream.query()
@@ -204,3 +264,21 @@ def test_once_logger_emits_each_message_once_per_level(caplog):
         logger.debug("plain")
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", "w 1"), ("INFO", "w 1"), ("DEBUG", "plain")]
+
+
+def test_log_capture_keeps_warnings_and_exceptions_of_its_logger_while_attached():
+    import logging
+
+    logger = logging.getLogger("kvconform.test.capture")
+    child = logging.getLogger("kvconform.test.capture.child")
+    with toolkit.LogCapture().attached("kvconform.test.capture") as log:
+        logger.info("below the level")
+        child.warning("request %s failed", 7)
+        try:
+            raise ValueError("bad descriptor")
+        except ValueError:
+            logger.exception("transfer raised")
+        logging.getLogger("kvconform.test.elsewhere").error("another logger")
+    logger.warning("after the block")
+    assert log.lines == ["request 7 failed", "transfer raised [ValueError: bad descriptor]"]
+    assert log not in logger.handlers

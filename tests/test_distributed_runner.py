@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cluster import WriterPlan
+from harness.engine.writers import WriterPlan
 from harness.distributed import (
     BackendUnavailable,
     CaseJob,
@@ -168,9 +168,9 @@ def test_arrival_orders_must_cover_every_slot():
 
 def test_report_names_the_rank_of_the_first_finding():
     results = (RankResult(0, "prefill", 0, "cpu", "pass"),
-               RankResult(1, "decode", 0, "cpu", "violation", "[round_trip] decode rank 0: K layer 0 differs"),
+               RankResult(1, "decode", 0, "cpu", "violation", "decode rank 0: K layer 0 differs"),
                RankResult(2, "decode", 1, "cpu", "peer_failed", "writer on rank 0 failed"))
-    with pytest.raises(InvariantViolation, match=r"^\[round_trip\] rank 1 \(decode 0, cpu\): decode rank 0: K layer 0 differs"
+    with pytest.raises(InvariantViolation, match=r"^rank 1 \(decode 0, cpu\): decode rank 0: K layer 0 differs"
                                                  r"\nother ranks: rank 2 \(decode 1, cpu\) peer_failed"):
         CaseReport(1, results).raise_if_failed()
     with pytest.raises(RankError, match=r"rank 3 \(prefill 1, cpu\): RuntimeError: boom"):
@@ -230,7 +230,7 @@ def test_broken_scatter_is_caught_on_the_decode_ranks(group6):
     assert not report.passed
     assert {r.rank for r in report.primary} == {4, 5}
     assert all(r.outcome == "pass" for r in report.results if r.role == "prefill")
-    with pytest.raises(InvariantViolation, match=r"^\[round_trip\] rank 4 \(decode 0, cpu\): decode rank 0: [KV] layer"):
+    with pytest.raises(InvariantViolation, match=r"^rank 4 \(decode 0, cpu\): request 1 token \d+: [KV] layer"):
         report.raise_if_failed()
 
 
@@ -238,7 +238,7 @@ def test_broken_scatter_is_caught_on_the_decode_ranks(group6):
 def test_writer_ignoring_the_watermark_is_caught_across_processes(group6):
     # One-chunk ring: chunk 1 wraps onto chunk 0, which is still live until the decode rank polls.
     report = group6.run(CaseJob(case(2, 1, 1), f"{THIS}:IgnoresWatermark", slack=1))
-    with pytest.raises(InvariantViolation, match=r"\[allocator\] rank 1 \(decode 0, cpu\): writer allowed to write .*\(safety\)"):
+    with pytest.raises(InvariantViolation, match=r"^rank 1 \(decode 0, cpu\): writer allowed to write .*\(safety\)"):
         report.raise_if_failed()
 
 

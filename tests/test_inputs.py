@@ -1,4 +1,5 @@
-"""Bad inputs are refused before the first test: one line naming the input, exit status 4, within seconds.
+"""Bad inputs are refused before the first test: one line naming the input, exit status 4, before pytest collects a test
+(no timing assertions: how fast that is belongs in a benchmark, not a unit test).
 
 Each case runs the real CLI (``python -m harness``, or a console-script-like
 launcher) as a subprocess against a tiny fake implementation with ``-k``
@@ -31,8 +32,6 @@ HOSTILE = "tests.fakes.hostile_impls"
 #: The reference's head mapping (what the cheap test calls): the cheap test passes.
 CORRECT = f"{HOSTILE}:HangsInLayout"
 CHEAP_TEST = "test_head_coverage_mapping"
-#: Generous: a usage error takes well under a second; a full start of pytest and torch a few seconds.
-SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,7 @@ class Run:
         line = self.error_lines[0]
         assert all(fragment in line for fragment in fragments), line
         assert "Traceback" not in self.stdout + self.stderr
-        assert "test session starts" not in self.stdout, self.stdout
-        assert self.seconds < SECONDS
+        assert "test session starts" not in self.stdout, self.stdout  # refused before pytest collected anything
         return line
 
 
@@ -132,7 +130,7 @@ def test_fallback_directory_is_per_process_under_the_temporary_directory():
     ("KVCONFORM_CALL_TIMEOUT_S", "abc", "KVCONFORM_CALL_TIMEOUT_S='abc': expected a positive number of seconds"),
     ("KVCONFORM_CALL_TIMEOUT_S", "0", "KVCONFORM_CALL_TIMEOUT_S='0': expected a positive number of seconds"),
     ("KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S", "-1", "KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S='-1': expected a positive"),
-    ("KVCONFORM_PROFILE", "fast", "KVCONFORM_PROFILE='fast': expected one of default, ci, thorough"),
+    ("KVCONFORM_PROFILE", "fast", "KVCONFORM_PROFILE='fast': expected one of default, ci, thorough, gate"),
     ("KVCONFORM_CONFORMANCE_DIR", "/nonexistent", "KVCONFORM_CONFORMANCE_DIR='/nonexistent': expected an existing"),
     ("KVCONFORM_DIST_BACKEND", "mpi", "KVCONFORM_DIST_BACKEND='mpi': expected gloo, nccl or off"),
     ("KVCONFORM_DIST_DEVICE", "tpu", "KVCONFORM_DIST_DEVICE='tpu': expected cpu or cuda"),
@@ -142,7 +140,6 @@ def test_fallback_directory_is_per_process_under_the_temporary_directory():
 def test_bad_environment_variable_is_a_usage_error(tmp_path, name, value, expected):
     run = kvconform(tmp_path, *cheap(), env=clean_environment(**{name: value}))
     print(run.assert_one_line_usage_error(expected))
-    assert run.seconds < 10  # refused before pytest, torch or the implementation start
 
 
 def test_hypothesis_db_that_is_a_file_is_a_usage_error(tmp_path):
@@ -232,7 +229,7 @@ def test_unknown_profile_is_a_usage_error_listing_the_valid_ones(tmp_path):
 
 def test_unknown_profile_passed_through_to_pytest_is_a_usage_error(tmp_path):
     kvconform(tmp_path, *cheap("--", "--hypothesis-profile", "fast")).assert_one_line_usage_error(
-        "--hypothesis-profile='fast' is not a registered Hypothesis profile", "ci, default, thorough")
+        "--hypothesis-profile='fast' is not a registered Hypothesis profile", "ci, default, gate, thorough")
 
 
 def test_hypothesis_profile_option_is_passed_through(tmp_path):

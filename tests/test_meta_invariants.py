@@ -67,6 +67,7 @@ def test_same_tests_pass_on_the_reference(conformance_test, kwargs):
 CUDA_CASES = [
     (broken_device.SyncsInHotPath, test_device.test_device_no_host_sync_in_hot_path, "[device]"),
     (broken_device.ScattersOnCallerStream, test_device.test_device_scatter_on_its_own_stream, "[device]"),
+    (broken_device.ScratchFreedUnderSideStream, test_device.test_device_buffers_outlive_their_side_stream_work, "[device]"),
 ]
 
 

@@ -31,6 +31,7 @@ from harness.conformance import test_concurrency, test_faults, test_stateful
 from harness.oracles import InvariantViolation
 from reference.plugin import ReferenceImplementation
 from tests.broken_stress import allocator, lifecycle, misbehaving, threading_bugs
+from tests.meta_support import attributed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Runs of the concurrency test per implementation (the interleaving differs on every run).
@@ -45,11 +46,12 @@ def meta_settings(examples: int, steps: int = 8) -> settings:
                     phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink))
 
 
-def caught(run, tag: str, *fragments: str) -> str:
-    """Run ``run``; it must fail with an InvariantViolation tagged ``tag`` mentioning ``fragments``.
+def caught(test, run, tag: str, *fragments: str) -> str:
+    """Run ``run`` (a run of conformance test ``test``); it must fail with an InvariantViolation, attributed to
+    ``test``'s invariant as in a suite run, whose message starts with ``tag`` and mentions ``fragments``.
     Returns (and prints) the message with Hypothesis's counterexample."""
     with pytest.raises(InvariantViolation) as info:
-        run()
+        attributed(test, run)()
     message = str(info.value)
     report = "\n".join([message, *getattr(info.value, "__notes__", [])])
     print(report)
@@ -57,6 +59,11 @@ def caught(run, tag: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in message, report
     return report
+
+
+HANDLER_MACHINE = test_stateful.test_lifecycle_handler_state_machine
+OUTLIVE = test_faults.test_lifecycle_faults_regions_outlive_their_scatters
+CONCURRENT = test_concurrency.test_concurrency_transfer_and_scheduler_threads
 
 
 def handler_machine_run(impl, examples: int = 200):
@@ -85,39 +92,42 @@ def given_run(test, impl, examples: int = 50):
 def steps_of(report: str) -> list[str]:
     """The state machine steps of a failure report (invariant checks left out)."""
     return [line for line in report.splitlines()
-            if line.startswith(("state.", "requests_")) and "bytes_and_allocations" not in line and "check_watermark" not in line]
+            if line.startswith(("state.", "requests_")) and "bytes_and_allocations" not in line and "check_ledger" not in line]
 
 
 # -- the five lifecycle bugs, each with its shrunk step sequence -----------------------------
 def test_watermark_past_a_live_allocation_is_caught():
-    report = caught(lambda: run_state_machine_as_test(
+    report = caught(test_stateful.test_allocator_state_machine, lambda: run_state_machine_as_test(
         test_stateful.allocator_machine(allocator.WatermarkPastLiveAllocation()), settings=meta_settings(200)),
         "[allocator]", "ahead of")
-    assert any(step.startswith("state.free") for step in steps_of(report)), report
+    assert any(step.startswith(("state.free", "state.drain")) for step in steps_of(report)), report  # after a free
 
 
 def test_free_before_scatter_completes_is_caught():
-    report = caught(handler_machine_run(lifecycle.FreesBeforeScatterCompletes()), "[lifecycle] request")
+    report = caught(HANDLER_MACHINE, handler_machine_run(lifecycle.FreesBeforeScatterCompletes()), "[lifecycle] request")
     assert len(steps_of(report)) <= 6, report
 
 
 def test_double_scatter_on_duplicate_arrival_is_caught():
-    report = caught(handler_machine_run(lifecycle.DoubleScatterOnDuplicate()), "[lifecycle] request")
+    report = caught(HANDLER_MACHINE, handler_machine_run(lifecycle.DoubleScatterOnDuplicate()), "[lifecycle] request")
     assert steps_of(report), report
-    caught(given_run(test_faults.test_duplicate_completion, lifecycle.DoubleScatterOnDuplicate()), "[lifecycle] request",
+    test = test_faults.test_lifecycle_faults_duplicate_completion
+    caught(test, given_run(test, lifecycle.DoubleScatterOnDuplicate()), "[lifecycle] request",
            "scattered after its region was freed")
 
 
 def test_leak_on_abort_is_caught():
-    report = caught(handler_machine_run(lifecycle.LeakOnAbort()), "[lifecycle]")
+    report = caught(HANDLER_MACHINE, handler_machine_run(lifecycle.LeakOnAbort()), "[lifecycle]")
     assert any("abort" in step for step in steps_of(report)), report
-    caught(given_run(test_faults.test_partial_write_never_lands, lifecycle.LeakOnAbort()), "[lifecycle]", "held")
+    test = test_faults.test_lifecycle_faults_partial_write_never_lands
+    caught(test, given_run(test, lifecycle.LeakOnAbort()), "[lifecycle]", "held")
 
 
 def test_one_failed_request_corrupting_another_is_caught():
-    report = caught(handler_machine_run(lifecycle.FailureFreesNeighbours()), "[lifecycle]")
+    report = caught(HANDLER_MACHINE, handler_machine_run(lifecycle.FailureFreesNeighbours()), "[lifecycle]")
     assert steps_of(report), report
-    caught(given_run(test_faults.test_oversized_chunk, lifecycle.FailureFreesNeighbours()), "[lifecycle]",
+    test = test_faults.test_lifecycle_faults_oversized_chunk
+    caught(test, given_run(test, lifecycle.FailureFreesNeighbours()), "[lifecycle]",
            "freed while the request is pending")
 
 
@@ -127,10 +137,10 @@ def test_one_failed_request_corrupting_another_is_caught():
 def test_correct_handlers_pass(impl):
     run_state_machine_as_test(test_stateful.handler_machine(impl, "cpu"), settings=meta_settings(60, steps=25))
     run_state_machine_as_test(test_stateful.allocator_machine(impl), settings=meta_settings(60, steps=25))
-    for name in ("test_writer_never_arrives", "test_partial_write_never_lands", "test_duplicate_completion",
-                 "test_release_mid_scatter", "test_oversized_chunk", "test_misaligned_prefix"):
-        given_run(getattr(test_faults, name), impl, examples=15)()
-    test_faults.test_regions_outlive_their_scatters(impl=impl, device="cpu")
+    for name in ("writer_never_arrives", "partial_write_never_lands", "duplicate_completion",
+                 "release_mid_scatter", "oversized_chunk", "misaligned_prefix"):
+        given_run(getattr(test_faults, f"test_lifecycle_faults_{name}"), impl, examples=15)()
+    OUTLIVE(impl=impl, device="cpu")
 
 
 # -- concurrency ---------------------------------------------------------------------------------
@@ -138,30 +148,31 @@ def test_thread_unsafe_handler_fails_every_run_and_reference_passes_every_run():
     for run in range(CONCURRENT_RUNS):
         seed = test_concurrency.SEEDS[run % len(test_concurrency.SEEDS)]
         test_concurrency.run_concurrently(ReferenceImplementation(), "cpu", seed)
-        caught(lambda: test_concurrency.run_concurrently(threading_bugs.ThreadUnsafeHandler(), "cpu", seed),
-               f"[{test_concurrency.INVARIANT}]")
+        caught(CONCURRENT, lambda: test_concurrency.run_concurrently(threading_bugs.ThreadUnsafeHandler(), "cpu", seed),
+               "[concurrency]")
 
 
 # -- the harness survives misbehaving implementations --------------------------------------------
 def test_raising_implementation_is_reported_on_the_method_invariant():
-    caught(handler_machine_run(misbehaving.RaisesOnDuplicate()), "[lifecycle] handler.chunk_arrived(", "raised KeyError")
+    caught(HANDLER_MACHINE, handler_machine_run(misbehaving.RaisesOnDuplicate()), "[lifecycle] handler.chunk_arrived(",
+           "raised KeyError")
 
 
 def test_garbage_answers_are_reported():
-    caught(lambda: test_faults.test_regions_outlive_their_scatters(impl=misbehaving.PollReturnsCodes(), device="cpu"),
+    caught(OUTLIVE, lambda: OUTLIVE(impl=misbehaving.PollReturnsCodes(), device="cpu"),
            "[lifecycle] handler.poll(", "returned garbage", "not one of 'pending', 'done', 'failed'")
 
 
 def test_out_of_bounds_write_hits_the_canaries():
-    caught(lambda: test_faults.test_regions_outlive_their_scatters(impl=misbehaving.ClearsPastRegionEnd(), device="cpu"),
-           "[isolation] staging ring wrote outside its buffer")
+    caught(OUTLIVE, lambda: OUTLIVE(impl=misbehaving.ClearsPastRegionEnd(), device="cpu"),
+           "[lifecycle] staging ring wrote outside its buffer")
 
 
 def test_hang_is_reported_and_the_call_abandoned(monkeypatch):
     monkeypatch.setenv(guard.TIMEOUT_ENV_VAR, "0.5")
     guard.forget_hangs()
     started = time.monotonic()
-    caught(lambda: test_faults.test_regions_outlive_their_scatters(impl=misbehaving.HangsInPoll(), device="cpu"),
+    caught(OUTLIVE, lambda: OUTLIVE(impl=misbehaving.HangsInPoll(), device="cpu"),
            "[lifecycle] handler.poll(", "hung: no return within 0.5s")
     assert time.monotonic() - started < 5
 
@@ -177,7 +188,7 @@ def test_suite_keeps_running_past_a_hanging_implementation(pytester, monkeypatch
     started = time.monotonic()
     result = pytester.runpytest_subprocess(
         "-p", "harness.pytest_plugin", "--pyargs", "harness.conformance.test_stateful",
-        "harness.conformance.test_faults", "-k", "allocator_stateful or oversized or regions_outlive",
+        "harness.conformance.test_faults", "-k", "allocator_state_machine or oversized or regions_outlive",
         "--impl", "tests.broken_stress.misbehaving:HangsInPoll", "--device", "cpu",
         "--kvconform-report", str(pytester.path), "-p", "no:cacheprovider", timeout=300)
     report = json.loads((pytester.path / "kvconform-report.json").read_text())
@@ -198,12 +209,12 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA stre
 @cuda
 @pytest.mark.parametrize("broken", [lifecycle.FreesRightAfterLaunch, lifecycle.ReleaseSkipsScatterWait])
 def test_early_free_with_real_streams_is_caught(broken):
-    caught(lambda: test_faults.test_regions_outlive_their_scatters(impl=broken(), device="cuda"), "[lifecycle]")
+    caught(OUTLIVE, lambda: OUTLIVE(impl=broken(), device="cuda"), "[lifecycle]")
 
 
 @cuda
 def test_reference_passes_with_real_streams():
-    test_faults.test_regions_outlive_their_scatters(impl=ReferenceImplementation(), device="cuda")
+    OUTLIVE(impl=ReferenceImplementation(), device="cuda")
     for seed in test_concurrency.SEEDS:
         test_concurrency.run_concurrently(ReferenceImplementation(), "cuda", seed)
 
@@ -241,7 +252,7 @@ class _Spinner:
 def test_guard_reports_a_hang_and_stops_a_spinning_call(monkeypatch, how):
     monkeypatch.setenv(guard.TIMEOUT_ENV_VAR, "0.3")
     guarded, earlier = guard.guard(_Spinner(how)), set(threading.enumerate())
-    with pytest.raises(guard.ImplementationFault, match=r"^\[allocator\] impl.writer_may_write\(0, 1, \(0, 0\)\) hung"):
+    with pytest.raises(guard.ImplementationFault, match=r"^impl.writer_may_write\(0, 1, \(0, 0\)\) hung"):
         guarded.writer_may_write(0, 1, (0, 0))
     with pytest.raises(guard.ImplementationFault, match="already hung before, short deadline"):
         guarded.writer_may_write(0, 1, (0, 0))
@@ -261,7 +272,7 @@ def test_guard_lets_expected_errors_through_when_asked():
         def staging_layout(self, *args):
             raise ValueError("prefill TP 3 does not divide 8 heads: use 1, 2, 4 or 8")
 
-    with pytest.raises(guard.ImplementationFault, match=r"^\[layout\] impl.staging_layout\(.*raised ValueError"):
+    with pytest.raises(guard.ImplementationFault, match=r"^impl.staging_layout\(.*raised ValueError"):
         guard.guard(Strict()).staging_layout(1, 1, 1, 1, 1, 4)
     with pytest.raises(ValueError, match="does not divide"):
         guard.guard(Strict(), convert_errors=False).staging_layout(1, 1, 1, 1, 1, 4)

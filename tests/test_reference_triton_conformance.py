@@ -18,7 +18,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed: the Trit
 from hypothesis import given, settings  # noqa: E402
 
 import strategies as kst  # noqa: E402
-from harness import cluster  # noqa: E402
+from harness.engine.moves import case_rank, move_with_kv_copy, ring_bytes_for, stage_case  # noqa: E402
 from harness.world import World, check_untouched  # noqa: E402
 from reference.plugin import make_triton_implementation  # noqa: E402
 
@@ -32,9 +32,9 @@ def test_triton_gather_scatter_round_trip_and_isolation(case):
     impl = make_triton_implementation()
     world = World.build(case, "cpu")
     prefill_before, _ = world.snapshot()
-    cluster.move_with_kv_copy(impl, world)
-    check_untouched("isolation", "prefill", prefill_before, world.prefill)
-    world.check_decode("round_trip")
+    move_with_kv_copy(impl, world)
+    check_untouched("prefill", prefill_before, world.prefill)
+    world.check_decode()
 
 
 @settings(max_examples=6, deadline=None, database=None)
@@ -42,9 +42,8 @@ def test_triton_gather_scatter_round_trip_and_isolation(case):
 def test_triton_scatter_through_the_decode_handler(case):
     impl = make_triton_implementation()
     world = World.build(case, "cpu")
-    run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, 1))
-    cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver())
-    world.check_decode("round_trip", indices=[0])
+    stage_case(case_rank(impl, world, 0, ring_bytes_for(impl, world, 1)))
+    world.check_decode(indices=[0])
 
 
 def test_reference_triton_really_uses_the_triton_kernels(monkeypatch):
@@ -61,6 +60,6 @@ def test_reference_triton_really_uses_the_triton_kernels(monkeypatch):
     case = TransferCase(TpTopology(2, 2, 1), KvSpec(2, 4, torch.bfloat16, 2), RequestSpec(5, 2, 1, (2, 0, 1), 4, (3, 1, 0), 4),
                         seed=3, nan_payloads=True)
     world = World.build(case, "cpu")
-    cluster.move_with_kv_copy(impl, world)
-    world.check_decode("round_trip")
+    move_with_kv_copy(impl, world)
+    world.check_decode()
     assert calls and impl.kernels(torch.empty(1, dtype=torch.uint8)) is triton_kv_copy

@@ -135,7 +135,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from harness import cluster
+from harness.engine.buffers import Guarded
 
 
 @pytest.mark.invariant("layout")
@@ -149,9 +149,9 @@ def test_two_ways(impl, x, y):
 
 @pytest.mark.invariant("isolation")
 def test_out_of_bounds(impl):
-    buffer = cluster.Guarded(8, torch.device("cpu"))
+    buffer = Guarded(8, torch.device("cpu"))
     buffer.whole[-1] = 0  # one byte past the end, as an out-of-bounds kernel would write
-    buffer.check_margins("isolation", "gather of writer 0")
+    buffer.check_margins("gather of writer 0")
 """
 
 
@@ -207,6 +207,11 @@ def test_failure_status_reads_what_the_harness_raises(monkeypatch):
         seen[name] = failure_status(f"{type(raised.value).__name__}: {str(raised.value).splitlines()[0]}")
     forget_hangs()
     assert seen == {"timeout": "timeout", "crash": "crash"}
+    # as the plugin sees them during a test: attributed to the test's invariant
+    assert failure_status("ImplementationFault: [lifecycle] handler.poll(3) raised KeyError: 3; calls so far: ...") \
+        == "crash"
+    assert failure_status("ImplementationFault: [layout] impl.staging_layout(1, 2) returned garbage: None ...") \
+        == "fail"
     assert failure_status("InvariantViolation: [round_trip] decode page 3 differs") == "fail"
     assert failure_status("AssertionError: assert [1] == [0]") == "fail"
     assert failure_status("KeyError: 'k'") == "crash"  # the test stopped on a non-assertion

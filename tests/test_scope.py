@@ -7,6 +7,7 @@ from hypothesis import given
 
 import strategies as kst
 from harness import scope
+from harness.engine.shapes import RankShape, RequestPlan
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 
 CASE = TransferCase(TpTopology(2, 2, 1, prefill_pp=2, decode_pp=1), KvSpec(2, 2, torch.float32, 4),
@@ -34,3 +35,12 @@ def test_fitted_cases_are_within_scope(case):
     assert fitted.request.num_tokens <= len(fitted.request.decode_page_table) * fitted.kv.page_size
     assert fitted.topology.prefill_pp == fitted.topology.decode_pp
     assert fitted.kv.num_layers % fitted.topology.prefill_pp == 0
+
+
+def test_rank_shapes_plans_and_tuples_are_fitted_too():
+    shape = RankShape(CASE.topology, CASE.kv)
+    fitted_shape, fitted_case, other = scope.fit(Narrow(), (shape, CASE, 7))
+    assert fitted_shape.topology.prefill_pp == 1 and fitted_case == scope.fit(Narrow(), CASE) and other == 7
+    assert scope.fit(Narrow(), [shape])[0] == fitted_shape
+    assert scope.fit_plan(Narrow(), RequestPlan(5, 0, 1, 0), page_size=4).num_tokens == 8
+    assert scope.fit_plan(object(), RequestPlan(5, 0, 1, 0), page_size=4).num_tokens == 5

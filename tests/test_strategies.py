@@ -16,8 +16,10 @@ from hypothesis import Phase, find, given, settings, strategies as st
 import strategies as S
 from strategies import TpTopology
 
-FAST = settings(max_examples=60, deadline=None, database=None)
-NO_DB = settings(database=None, deadline=None)
+# Explicit budgets, derandomized: settings made at import otherwise inherit the session's profile (random, its
+# budget), and a ``find`` for a rare regime then flaked with NoSuchExample in some runs.
+FAST = settings(max_examples=60, deadline=None, database=None, derandomize=True)
+NO_DB = settings(database=None, deadline=None, derandomize=True, max_examples=500)
 
 
 def simplest(strategy: st.SearchStrategy):

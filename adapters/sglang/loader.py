@@ -15,7 +15,6 @@ import enum
 import importlib
 import random
 import sys
-import threading
 import types
 from collections import deque
 from dataclasses import dataclass
@@ -38,8 +37,10 @@ from adapters.toolkit import (
     ClockRouter,
     OnceLogger,
     api_differences,
+    attribute_at,
     borrow,
     installed_version,
+    load_once,
     never_reached,
     package_directory,
     triton_interpreter,
@@ -72,26 +73,12 @@ class SglangCode:
         if ":" in name:
             return self.borrowed[name]
         module_key, _, path = name.partition(".")
-        value: Any = self.staging_buffer if module_key == "staging_buffer" else self.staging_handler
-        for part in path.split("."):
-            value = getattr(value, part)
-        return value
+        return attribute_at(self.staging_buffer if module_key == "staging_buffer" else self.staging_handler, path)
 
 
-_LOAD_LOCK = threading.Lock()
-_LOADED: Optional[SglangCode] = None
-
-
+@load_once
 def load_sglang() -> SglangCode:
     """Load (once per process) SGLang's staging modules and borrowed definitions, with the shims applied."""
-    global _LOADED
-    with _LOAD_LOCK:
-        if _LOADED is None:
-            _LOADED = _load()
-        return _LOADED
-
-
-def _load() -> SglangCode:
     root = package_directory("sglang", SGLANG_PIN.install, SglangUnavailable)
     clock = ClockRouter()
     problems: list[str] = []

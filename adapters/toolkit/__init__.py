@@ -20,15 +20,18 @@ Loading engine code (:mod:`.placeholders`, :mod:`.borrowing`)
     ``(objects by qualname, problems)``: a missing definition or a global the
     namespace lacks is a problem, never a later ``NameError``.
     ``free_globals(node)`` and ``find_definition(tree, qualname)`` are its parts.
-    ``never_reached(name, adapter)`` fills a global named only on branches the
-    adapter never takes (raises if called).
+    ``never_reached(name, adapter, because)`` fills a global named only on
+    branches the adapter never takes (raises if called, saying why).
+    ``load_once(load)`` (:mod:`.once`): the engine is loaded once per process,
+    thread-safe; a failed load is retried on the next call.
 
 The version and signature pin (:mod:`.api_pin`)
     ``ApiPin(distribution, version, install, sources)`` and its
     ``require(installed, problems, error)``: refuse a mismatching engine with one
     error naming the pinned and installed versions and every difference; warn
     on another version whose API matches.  ``api_differences(signatures,
-    attributes, resolve)`` collects the differences; ``parameters_of(obj)`` is
+    attributes, resolve)`` collects the differences (``attribute_at(root,
+    "a.b")`` walks a pin key's dotted path); ``parameters_of(obj)`` is
     the annotation-free parameter list pins are written in (enum defaults as
     ``Enum.MEMBER``).  ``installed_version(distribution)``,
     ``package_directory(package, install)`` (found without importing it).
@@ -43,11 +46,16 @@ Shims for running GPU code on CPU (:mod:`.devices`)
     from "no host sync" checks), ``single_rank_gloo_group()`` (an engine's
     collective over one rank is the identity).
 
-Time and logging (:mod:`.clock`, :mod:`.loggers`)
-    ``ClockRouter``: install as the ``time`` global of engine code;
-    ``with router.using(clock):`` makes ``time()``/``monotonic()`` read the
-    harness's clock on this thread.  ``OnceLogger``: the ``warning_once`` /
-    ``info_once`` / ``debug_once`` loggers engines patch in at package import.
+Ambient state, time and logging (:mod:`.thread_scope`, :mod:`.clock`, :mod:`.loggers`)
+    ``ThreadScoped``: a value engine code reads (through a global the adapter
+    installs) on the current thread while ``with scoped.using(value):`` runs;
+    ``get()``, ``require(message)``.  ``ClockRouter``: install as the ``time``
+    global of engine code; ``with router.using(clock):`` makes
+    ``time()``/``monotonic()`` read the harness's clock on this thread.
+    ``OnceLogger``: the ``warning_once`` / ``info_once`` / ``debug_once``
+    loggers engines patch in at package import.  ``LogCapture``: ``with
+    LogCapture().attached(logger_name) as log:`` keeps what the engine logs
+    (warnings and up) in ``log.lines``, its failure reasons.
 
 Import rules (``tests/test_import_graph.py``): the toolkit imports nothing from
 kvconform or an engine adapter; an engine adapter imports the toolkit, its own
@@ -59,6 +67,7 @@ from adapters.toolkit.api_pin import (
     ApiPin,
     EngineUnavailable,
     api_differences,
+    attribute_at,
     installed_version,
     package_directory,
     parameters_of,
@@ -73,8 +82,10 @@ from adapters.toolkit.devices import (
     single_rank_gloo_group,
     triton_interpreter,
 )
-from adapters.toolkit.loggers import OnceLogger
+from adapters.toolkit.loggers import LogCapture, OnceLogger
+from adapters.toolkit.once import load_once
 from adapters.toolkit.placeholders import PLACEHOLDER_MARK, never_reached, placeholder_module, skip_package_initialisers
+from adapters.toolkit.thread_scope import ThreadScoped
 
 __all__ = [
     "ApiMismatch",
@@ -82,16 +93,20 @@ __all__ = [
     "ClockRouter",
     "CompletedEvent",
     "EngineUnavailable",
+    "LogCapture",
     "OnceLogger",
     "PLACEHOLDER_MARK",
     "SynchronousStream",
+    "ThreadScoped",
     "api_differences",
+    "attribute_at",
     "borrow",
     "cuda_sync_debug_paused",
     "find_definition",
     "free_globals",
     "installed_version",
     "is_cpu",
+    "load_once",
     "never_reached",
     "package_directory",
     "parameters_of",

@@ -65,6 +65,14 @@ def parameters_of(obj: Any) -> str:
     return _ENUM_REPR.sub(r"\1", text)
 
 
+def attribute_at(root: Any, path: str) -> Any:
+    """The object a dotted ``path`` names below ``root`` (``"Class.method"``); ``AttributeError`` when missing."""
+    value = root
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def api_differences(signatures: Mapping[str, str], attributes: Iterable[str],
                     resolve: Callable[[str], Any]) -> list[str]:
     """Every pinned signature that changed or vanished and every pinned attribute that vanished.

@@ -12,35 +12,29 @@ outside any handler call; every other ``time`` attribute is the real one.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager
+
+from adapters.toolkit.thread_scope import ThreadScoped
 
 
 class ClockRouter:
     """Stands in for the ``time`` module inside an engine's code."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._clock: ThreadScoped[Callable[[], float]] = ThreadScoped()
 
     def monotonic(self) -> float:
-        clock = getattr(self._local, "clock", None)
+        clock = self._clock.get()
         return time.monotonic() if clock is None else float(clock())
 
     def time(self) -> float:
-        clock = getattr(self._local, "clock", None)
+        clock = self._clock.get()
         return time.time() if clock is None else float(clock())
 
-    @contextlib.contextmanager
-    def using(self, clock: Callable[[], float]) -> Iterator[None]:
+    def using(self, clock: Callable[[], float]) -> ContextManager[Callable[[], float]]:
         """``time()``/``monotonic()`` return ``clock()`` on this thread while the block runs (nests)."""
-        previous = getattr(self._local, "clock", None)
-        self._local.clock = clock
-        try:
-            yield
-        finally:
-            self._local.clock = previous
+        return self._clock.using(clock)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)

@@ -51,11 +51,14 @@ def skip_package_initialisers(root: Path, packages: Iterable[str], doc: str) -> 
     return created
 
 
-def never_reached(name: str, adapter: str) -> Callable[..., Any]:
-    """A global the engine's code names on a branch the adapter never takes; raises if called."""
+def never_reached(name: str, adapter: str, because: str = "this branch was not expected to run") -> Callable[..., Any]:
+    """A global the engine's code names on a branch the adapter never takes; raises if called.
+
+    The error names ``name``, ``adapter`` and ``because`` (why the branch is not taken).
+    """
 
     def unavailable(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"{adapter} does not provide {name}(); this branch was not expected to run")
+        raise RuntimeError(f"{adapter} does not provide {name}(); {because}")
 
     unavailable.__name__ = name
     return unavailable

@@ -1,4 +1,7 @@
-"""Allocator and watermark: safety, liveness, monotonic watermark, clean empty ring, explicit refusal."""
+"""Allocator and watermark: safety, liveness, monotonic watermark, clean empty ring, explicit refusal.
+
+Every rule is judged by the engine's ledger (``harness.engine.ledger``), the one allocator oracle.
+"""
 
 from __future__ import annotations
 
@@ -6,62 +9,28 @@ import pytest
 from hypothesis import example, given, strategies as st
 
 import strategies as kst
-from harness.cluster import Placed
-from harness.oracles import InvariantViolation
-
-
-def _fail(msg: str, history: list[str]) -> None:
-    raise InvariantViolation(f"[allocator] {msg}\n  operations so far: {'; '.join(history)}")
+from harness.engine.ledger import Ledger, Placement
 
 
 def check_program(impl, capacity: int, program) -> None:
-    alloc = impl.make_allocator(capacity)
-    placed: list[Placed | None] = []
-    history: list[str] = []
-    last_wm = tuple(alloc.watermark())
-    for op in list(program) + [("free", k) for k in range(len([o for o in program if o[0] == "assign"]))]:
+    """Run ``program`` (then free everything); after every operation every live allocation's writer is asked
+    whether it may write under the current watermark, and the ledger judges the answer."""
+    ledger = Ledger(impl.make_allocator(capacity), capacity)
+    placed: list[Placement | None] = []
+    assigns = len([op for op in program if op[0] == "assign"])
+    for op in list(program) + [("free", k) for k in range(assigns)]:
         if op[0] == "assign":
-            got = alloc.assign(op[1])
-            history.append(f"assign({op[1]}) -> {got}")
-            if op[1] > capacity:
-                if got is not None:
-                    _fail(f"assign({op[1]}) on a {capacity}-byte ring was not refused", history)
-                placed.append(None)
-                continue
-            if got is None:
-                _fail(f"assign({op[1]}) refused although it fits the {capacity}-byte ring", history)
-            p = Placed(got[0], got[1], op[1], got[2])
-            if p.offset < 0 or p.end > capacity:
-                _fail(f"{p} lies outside the ring [0, {capacity})", history)
-            placed.append(p)
+            got = ledger.assign(op[1])
+            placed.append(ledger.ledger[-1] if got is not None else None)
         elif op[0] == "free":
             target = placed[op[1]] if op[1] < len(placed) else None
-            if target is not None:
-                alloc.free(target.alloc_id)
-                target.live = False
-                history.append(f"free(#{op[1]})")
-        wm = tuple(alloc.watermark())
-        if wm < last_wm:
-            _fail(f"watermark moved backwards: {last_wm} -> {wm}", history)
-        last_wm = wm
-        live = [p for p in placed if p is not None and p.live]
-        for i, x in enumerate(live):
-            if wm > (x.round, x.offset):
-                _fail(f"watermark {wm} is ahead of live allocation {x}", history)
-            older = live[:i]
-            ready = impl.writer_may_write(x.round, x.end, wm)
-            clash = [y for y in older if y.offset < x.end and x.offset < y.end]
-            if ready and clash:
-                _fail(f"writer of {x} may write under watermark {wm} while older live {clash[0]} overlaps it (safety)", history)
-            if not ready and not older:
-                _fail(f"writer of {x} kept waiting under watermark {wm} although nothing older is live (liveness)", history)
-    # Everything is free now: the whole ring must be usable at once.
-    got = alloc.assign(capacity)
-    history.append(f"assign({capacity}) -> {got}")
-    if got is None or got[1] != 0:
-        _fail(f"after freeing everything, assign({capacity}) gave {got}; the ring still holds something", history)
-    if not impl.writer_may_write(got[2], capacity, tuple(alloc.watermark())):
-        _fail(f"after freeing everything, the whole-ring allocation {got} is not writable under {alloc.watermark()}", history)
+            if target is not None:  # double frees included
+                ledger.free(target.alloc_id)
+        wm = ledger.watermark()
+        ledger.raise_if_violated()
+        for p in ledger.live():
+            ledger.judge_writer(p, wm, bool(impl.writer_may_write(p.round, p.end, wm)))
+    ledger.check_empty_ring(impl.writer_may_write)
 
 
 @st.composite

@@ -18,13 +18,13 @@ def _expect_refusal(call, bad, what: str) -> None:
         call()
     except ValueError as exc:
         if bad.keyword not in str(exc).lower():
-            raise InvariantViolation(f"[bad_topology] {what} for {bad.topology} ({bad.reason}) raised {exc!r}, "
+            raise InvariantViolation(f"{what} for {bad.topology} ({bad.reason}) raised {exc!r}, "
                                      f"which does not mention {bad.keyword!r}: say what to fix") from exc
         return
     except Exception as exc:
-        raise InvariantViolation(f"[bad_topology] {what} for {bad.topology} ({bad.reason}) raised "
+        raise InvariantViolation(f"{what} for {bad.topology} ({bad.reason}) raised "
                                  f"{type(exc).__name__}: {exc}; expected ValueError") from exc
-    raise InvariantViolation(f"[bad_topology] {what} accepted {bad.topology}, which is invalid ({bad.reason})")
+    raise InvariantViolation(f"{what} accepted {bad.topology}, which is invalid ({bad.reason})")
 
 
 @pytest.mark.invariant("bad_topology", requires=("head_mapping",))
@@ -52,4 +52,4 @@ def test_bad_topology_end_to_end(impl, bad):
         decode_pools=pools, decode_page_tables=[torch.arange(4)] * len(pools), prefix_len=0, num_tokens=4,
         chunk_pages=1, staged=True), bad, "move_request")
     if not torch.equal(k[0], before):
-        raise InvariantViolation(f"[bad_topology] move_request wrote bytes before refusing {t}")
+        raise InvariantViolation(f"move_request wrote bytes before refusing {t}")

@@ -10,7 +10,7 @@ transfer thread is working on them.
 
 Checked: no exception and no hang in either thread (calls run under
 ``harness.guard``); every state a poll returns follows from what was sent
-(``SharedRank.judge``); after each release nothing of the request is held and
+(``harness.engine.model``); after each release nothing of the request is held and
 its rows are untouched or correct; at the end every pool byte is right,
 nothing leaked, buffers kept their canary margins.  On CUDA the transfer
 thread writes on a stream of its own (synchronised before it reports, as an
@@ -33,14 +33,13 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from harness.cluster import StagedReceiver
+from harness.engine.moves import StagedReceiver
+from harness.engine.rank import Rank
+from harness.engine.shapes import RankShape, RequestPlan, plan_request
 from harness.guard import guard
 from harness.interface import PENDING
 from harness.oracles import InvariantViolation
-from harness.shared_rank import RankShape, RequestPlan, SharedRank, plan_request
 
-#: Report id of these tests.
-INVARIANT = "concurrency"
 SEEDS = (1, 2, 3)
 #: Requests per run: more on CUDA, where slower calls make a racy interleaving rarer per request.
 REQUESTS = {"cpu": 32, "cuda": 48}
@@ -48,9 +47,9 @@ IN_FLIGHT = 3
 ABORT_SHARE = 0.35
 WAIT_S = 20.0  # a writer or the scheduler stuck this long means a hang or a lost request
 SHAPES = {
-    "cpu": RankShape(page_size=2, tp_writers=2, pp_writers=1, heads_per_writer=1, layers_per_writer=2, head_dim=4,
+    "cpu": RankShape.of(page_size=2, tp_writers=2, pp_writers=1, heads_per_writer=1, layers_per_writer=2, head_dim=4,
                      dtype=torch.float16, max_chunk_pages=2, ring_chunks=2),
-    "cuda": RankShape(page_size=4, tp_writers=2, pp_writers=1, heads_per_writer=2, layers_per_writer=2, head_dim=128,
+    "cuda": RankShape.of(page_size=4, tp_writers=2, pp_writers=1, heads_per_writer=2, layers_per_writer=2, head_dim=128,
                       dtype=torch.bfloat16, max_chunk_pages=2, ring_chunks=2),
 }
 
@@ -82,7 +81,7 @@ class Shared:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def transfer_thread(rank: SharedRank, shared: Shared, seed: int) -> None:
+def transfer_thread(rank: Rank, shared: Shared, seed: int) -> None:
     """Per request: each chunk is allocated, waited for, written by every writer, reported in a shuffled order
     (one slot twice); then prefill done.  Stops sending once a region is refused (the request failed)."""
     rng = random.Random(seed + 1)
@@ -97,16 +96,16 @@ def transfer_thread(rank: SharedRank, shared: Shared, seed: int) -> None:
             placement = rank.allocate(rid, chunk)
             if placement is None:
                 break
-            _wait(lambda: rank.writable(placement, strict=False), shared,
-                  lambda: f"[allocator] writer of {placement} waited {WAIT_S}s; live: {rank.ledger.live()} (liveness)",
-                  rank.raise_if_leaked)
-            for slot in range(rank.shape.num_writers):
+            if not rank.wait_writable(placement, strict=False, attempts=None, deadline_s=WAIT_S,
+                                      meanwhile=lambda: _check_running(rank, shared), progress=_yield):
+                return
+            for slot in range(rank.num_writers):
                 if stream is None:
                     rank.write(rid, chunk, slot)
                 else:
                     with torch.cuda.stream(stream):
                         rank.write(rid, chunk, slot)
-            order = list(range(rank.shape.num_writers))
+            order = list(range(rank.num_writers))
             rng.shuffle(order)
             order.insert(rng.randint(0, len(order)), rng.choice(order))
             for slot in order:
@@ -115,7 +114,7 @@ def transfer_thread(rank: SharedRank, shared: Shared, seed: int) -> None:
             rank.prefill_done(rid)
 
 
-def scheduler_thread(rank: SharedRank, shared: Shared, schedule: Schedule) -> None:
+def scheduler_thread(rank: Rank, shared: Shared, schedule: Schedule) -> None:
     """Keep ``IN_FLIGHT`` requests open: register, poll, abort the chosen ones once their transfer started,
     release what ended (checking it), until every request is released."""
     waiting = deque(range(len(schedule.plans)))
@@ -141,27 +140,32 @@ def scheduler_thread(rank: SharedRank, shared: Shared, schedule: Schedule) -> No
         rank.raise_if_leaked()
         if time.monotonic() - last_progress > WAIT_S:
             stuck = {rid: (rank.requests[rid].cause, dict(rank.requests[rid].arrived)) for rid in open_requests}
-            raise InvariantViolation(f"[lifecycle] no request ended for {WAIT_S}s; open: {stuck}")
+            raise InvariantViolation(f"no request ended for {WAIT_S}s; open: {stuck}")
         time.sleep(0)
     shared.inbox.put(None)
 
 
-def _wait(ready: Callable[[], bool], shared: Shared, describe: Callable[[], str], check: Callable[[], None]) -> None:
-    """Wait for ``ready``, running ``check`` meanwhile (a leaked region would block the writer forever)."""
-    deadline = time.monotonic() + WAIT_S
-    while not ready():
-        check()
-        if shared.stop.is_set():
-            return
-        if time.monotonic() > deadline:
-            raise InvariantViolation(describe())
-        time.sleep(0)
+class _Stopped(Exception):
+    """The other thread failed: this one stops waiting."""
+
+
+def _check_running(rank: Rank, shared: Shared) -> None:
+    """While a writer waits: a leaked region would block it forever; a failed peer thread ends the wait."""
+    rank.raise_if_leaked()
+    if shared.stop.is_set():
+        raise _Stopped()
+
+
+def _yield() -> None:
+    time.sleep(0)  # the scheduler thread polls meanwhile
 
 
 def _run_thread(body: Callable[[], None], shared: Shared) -> threading.Thread:
     def run() -> None:
         try:
             body()
+        except _Stopped:
+            pass
         except BaseException as exc:  # reported by the test thread
             shared.errors.append(exc)
             shared.stop.set()
@@ -175,7 +179,7 @@ def run_concurrently(impl, device: str, seed: int, requests: Optional[int] = Non
     """Drive ``requests`` requests from the two threads; raise the first violation either thread saw."""
     kind = torch.device(device).type
     shape, requests = SHAPES[kind], requests or REQUESTS[kind]
-    rank = SharedRank(guard(impl), shape, device, max_requests=requests, timeout_s=1e9)
+    rank = Rank(guard(impl), shape, device, max_requests=requests, timeout_s=1e9)
     schedule = Schedule.draw(shape, seed, requests)
     shared = Shared()
     threads = [_run_thread(lambda: transfer_thread(rank, shared, seed), shared),
@@ -185,22 +189,19 @@ def run_concurrently(impl, device: str, seed: int, requests: Optional[int] = Non
             thread.join(timeout=4 * WAIT_S)
         if any(thread.is_alive() for thread in threads):
             shared.stop.set()
-            raise InvariantViolation(f"[lifecycle] the transfer and scheduler threads did not finish in {4 * WAIT_S}s")
+            raise InvariantViolation(f"the transfer and scheduler threads did not finish in {4 * WAIT_S}s")
         if shared.errors:
             raise shared.errors[0]
-        rank.check_all()
-        if rank.ledger.live():
-            raise InvariantViolation(f"[lifecycle] every request was released but allocations are held: {rank.ledger.live()}")
+        rank.check_drained()
     except InvariantViolation as exc:
-        tagged = exc if INVARIANT == "lifecycle" else InvariantViolation(f"[{INVARIANT}] under two threads: {exc}")
-        tagged.add_note(f"concurrent run: seed={seed}, requests={requests}, device={device}; the thread interleaving "
-                        f"differs between runs, rerun a few times to reproduce")
-        if tagged is exc:
-            raise
-        raise tagged from exc
+        # The run's context joins the message (no PEP 678 notes on Python 3.10); same exception, same traceback.
+        first = str(exc.args[0]) if exc.args else ""
+        exc.args = (f"{first}\nconcurrent run: seed={seed}, requests={requests}, device={device}; the thread "
+                    f"interleaving differs between runs, rerun a few times to reproduce", *exc.args[1:])
+        raise
 
 
-@pytest.mark.invariant(INVARIANT, requires=("allocator", "decode_handler"))
+@pytest.mark.invariant("concurrency", requires=("allocator", "decode_handler"))
 @pytest.mark.parametrize("seed", SEEDS)
-def test_transfer_and_scheduler_threads(impl, device, seed):
+def test_concurrency_transfer_and_scheduler_threads(impl, device, seed):
     run_concurrently(impl, device, seed)

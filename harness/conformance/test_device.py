@@ -12,7 +12,8 @@ import torch
 from hypothesis import given
 
 import strategies as kst
-from harness import cluster, scope
+from harness.engine.moves import case_rank, move_with_kv_copy, ring_bytes_for, stage_case
+from harness.freed_memory import FreedMemoryProbe
 from harness.oracles import InvariantViolation
 from harness.world import World, int_view
 
@@ -28,7 +29,7 @@ def no_host_sync(what: str):
         yield
     except RuntimeError as exc:
         if "synchroniz" in str(exc).lower():
-            raise InvariantViolation(f"[device] {what} synchronised with the host: {exc}") from exc
+            raise InvariantViolation(f"{what} synchronised with the host: {exc}") from exc
         raise
     finally:
         torch.cuda.set_sync_debug_mode(previous)
@@ -38,16 +39,15 @@ def no_host_sync(what: str):
 @pytest.mark.invariant("device", requires=("kv_copy",))
 @given(case=kst.transfer_cases())
 def test_device_cuda_matches_cpu(impl, case):
-    case = scope.fit(impl, case)
     worlds = {}
     for device in ("cpu", "cuda"):
         worlds[device] = World.build(case, device)
-        cluster.move_with_kv_copy(impl, worlds[device])
+        move_with_kv_copy(impl, worlds[device])
     for index, (c, g) in enumerate(zip(worlds["cpu"].decode, worlds["cuda"].decode)):
         for name, cl, gl in (("K", c.k, g.k), ("V", c.v, g.v)):
             for layer, (a, b) in enumerate(zip(cl, gl)):
                 if not torch.equal(int_view(a), int_view(b).cpu()):
-                    raise InvariantViolation(f"[device] decode pool {index} {name} layer {layer}: CUDA result differs from CPU")
+                    raise InvariantViolation(f"decode pool {index} {name} layer {layer}: CUDA result differs from CPU")
 
 
 @needs_cuda
@@ -55,10 +55,9 @@ def test_device_cuda_matches_cpu(impl, case):
 @given(case=kst.transfer_cases(max_tokens=32))
 def test_device_no_host_sync_in_hot_path(impl, case):
     """Gather and chunk arrival (which submits the scatter) never wait for the GPU."""
-    case = scope.fit(impl, case)
     world = World.build(case, "cuda")
-    run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, 4))
-    hot = run.impl
+    rank = case_rank(impl, world, 0, ring_bytes_for(impl, world, 4))
+    hot = rank.impl
 
     class _Watched:
         """Forwards to the implementation, wrapping the per-chunk calls in no_host_sync."""
@@ -73,7 +72,7 @@ def test_device_no_host_sync_in_hot_path(impl, case):
             with no_host_sync("gather"):
                 hot.gather(*args)
 
-    handler = run.handler
+    handler = rank.handler
     arrived = handler.chunk_arrived
 
     def watched_arrival(*args):
@@ -81,10 +80,10 @@ def test_device_no_host_sync_in_hot_path(impl, case):
         with no_host_sync("chunk_arrived (scatter submission)"):
             arrived(*args)
 
-    run.impl, handler.chunk_arrived = _Watched(), watched_arrival
-    cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver())
+    rank.impl, handler.chunk_arrived = _Watched(), watched_arrival
+    stage_case(rank)
     torch.cuda.synchronize()
-    world.check_decode("device", indices=[0])
+    world.check_decode(indices=[0])
 
 
 @needs_cuda
@@ -93,12 +92,11 @@ def test_device_no_host_sync_in_hot_path(impl, case):
 def test_device_scatter_on_its_own_stream(impl, case):
     """The handler's scatters run on a stream other than the caller's (the transfer thread's),
     so they overlap with it; regions it frees get overwritten at once from yet another stream
-    (``AllocatorWatch``), so a region freed before its scatter finished shows in the data.
+    (the engine's ``Ledger``), so a region freed before its scatter finished shows in the data.
 
     Judged when the handler scatters through ``impl.scatter``; a handler with a scatter of
     its own is judged by the data check alone.
     """
-    case = scope.fit(impl, case)
     caller = torch.cuda.current_stream()
     streams = []
     original = impl.scatter
@@ -113,13 +111,44 @@ def test_device_scatter_on_its_own_stream(impl, case):
         pass  # immutable implementation object: the data check still judges it
     try:
         world = World.build(case, "cuda")
-        run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, 1))
-        cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver())
+        stage_case(case_rank(impl, world, 0, ring_bytes_for(impl, world, 1)))
     finally:
         if getattr(impl, "__dict__", {}).get("scatter") is recording_scatter:
             del impl.scatter
     torch.cuda.synchronize()
-    world.check_decode("device", indices=[0])
+    world.check_decode(indices=[0])
     if any(s == caller for s in streams):
-        raise InvariantViolation("[device] the decode handler scattered on the caller's stream; "
+        raise InvariantViolation("the decode handler scattered on the caller's stream; "
                                  "scatter on a side stream and track completion with an event")
+
+
+@needs_cuda
+@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"))
+@given(case=kst.transfer_cases(max_tokens=32))
+def test_device_buffers_outlive_their_side_stream_work(impl, case):
+    """Memory the handler frees while a kernel on another stream still uses it goes to its next user at once:
+    :class:`~harness.freed_memory.FreedMemoryProbe` holds side streams back during each handler call, then
+    takes and poisons what the caller's pool has free, so the race that fires once in many runs fires every
+    time: as probe bytes in the decode pool, or as a probe written after the fact."""
+    world = World.build(case, "cuda")
+    rank = case_rank(impl, world, 0, ring_bytes_for(impl, world, 2))
+    probe = FreedMemoryProbe("cuda")
+    for stream in rank.ledger.streams:
+        probe.exempt(stream)
+    handler = rank.handler
+
+    class _Probed:
+        """The handler, each call made under the probe."""
+
+        def __getattr__(self, name):
+            method = getattr(handler, name)
+            if not callable(method):
+                return method
+            return lambda *args, **kwargs: probe.call(f"handler.{name}", method, *args, **kwargs)
+
+    rank.handler = _Probed()
+    stage_case(rank)
+    problems = probe.check()
+    if problems:
+        raise InvariantViolation(problems[0])
+    world.check_decode(indices=[0])

@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strategies as kst
-from harness import scope
 from harness.distributed import (
     BackendUnavailable,
     CaseJob,
@@ -63,7 +62,6 @@ def worker_group():
 def test_distributed_round_trip(worker_group, loaded_impl, case, slack):
     """Writers in other processes fill each decode rank's ring (holding ``slack`` chunks) through the
     process group; every decode pool ends bit-identical to ground truth, nothing else changes."""
-    case = scope.fit(loaded_impl.implementation, case)
     worker_group.run(CaseJob(case, loaded_impl.spec, slack=slack)).raise_if_failed()
 
 
@@ -73,7 +71,6 @@ def test_distributed_round_trip(worker_group, loaded_impl, case, slack):
 def test_distributed_arrival_orders(worker_group, loaded_impl, case, data):
     """Each decode rank's writers arrive interleaved, out of order and duplicated; every chunk is
     scattered once, after its last writer, and the pools match ground truth."""
-    case = scope.fit(loaded_impl.implementation, case)
     slots, chunks = writer_slot_counts(loaded_impl.implementation, case)
     orders = tuple(
         tuple(data.draw(kst.arrival_orders([(c, s) for c in range(chunks) for s in range(n)]), label=f"arrivals at decode {j}"))

@@ -18,8 +18,8 @@ by writer, and at a drawn step hits a *victim* request sharing the rank:
   nothing of it lands misplaced even if its writers go on.
 
 After the fault: the victim's state and reason, nothing held after its
-release, and every pool byte of both requests (see ``harness.shared_rank``).
-``test_regions_outlive_their_scatters`` moves chunks through a ring of one
+release, and every pool byte of both requests (see ``harness.engine.rank``).
+``test_lifecycle_faults_regions_outlive_their_scatters`` moves chunks through a ring of one
 chunk; on CUDA it stalls the caller's stream before each last report, so a
 region freed (or released) before its side-stream scatter ran is scribbled
 under it.
@@ -33,12 +33,12 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from harness import oracles
-from harness.cluster import MAX_POLLS, StagedReceiver
+from harness.engine.moves import StagedReceiver
+from harness.engine.rank import Rank, ring_bytes_for
+from harness.engine.shapes import RankShape, RequestPlan, plan_request, rank_shapes, request_plans
 from harness.guard import guard
 from harness.interface import DONE, FAILED
 from harness.oracles import InvariantViolation
-from harness.shared_rank import RankShape, RequestPlan, SharedRank, chunk_bytes, plan_request, rank_shapes, request_plans
 
 _REQUIRES = ("allocator", "decode_handler")
 TIMEOUT_S = 10.0
@@ -59,47 +59,30 @@ def scenarios(draw, misaligned_victim: bool = False):
     return shape, victim, bystander, draw(st.integers(0, 63))
 
 
-def request_bytes(impl, shape: RankShape, plan: RequestPlan) -> int:
-    """Staging bytes of all of a request's chunks at once."""
-    grid = oracles.chunk_grid(plan.prefix_len, plan.num_tokens, shape.page_size, plan.chunk_pages)
-    return sum(chunk_bytes(impl, shape, tokens)[0] for _, _, tokens in grid)
-
-
-def roomy_rank(impl, device, shape: RankShape, victim: RequestPlan, bystander: RequestPlan, **kwargs) -> SharedRank:
+def roomy_rank(impl, device, shape: RankShape, victim: RequestPlan, bystander: RequestPlan, **kwargs) -> Rank:
     """A ring holding both requests whole: the bystander never waits on the victim's regions."""
-    ring = request_bytes(impl, shape, victim) + request_bytes(impl, shape, bystander)
-    return SharedRank(impl, shape, device, max_requests=2, ring_bytes=ring, timeout_s=TIMEOUT_S, **kwargs)
+    ring = ring_bytes_for(impl, shape, [victim, bystander])
+    return Rank(impl, shape, device, max_requests=2, ring_bytes=ring, timeout_s=TIMEOUT_S, **kwargs)
 
 
-def wait_writable(rank: SharedRank, placement) -> None:
-    """The writer waits for the watermark while the scheduler polls the owners of older live regions."""
-    for _ in range(MAX_POLLS):
-        if rank.writable(placement):
-            return
-        for p in rank.ledger.live():
-            if p.order < placement.order and p.owner and not rank.requests[p.owner[0]].released:
-                rank.poll(p.owner[0])
-    raise InvariantViolation(f"[allocator] {placement} never became writable; live: {rank.ledger.live()}")
-
-
-def send_chunk(rank: SharedRank, rid: int, chunk: int, slots: range | list[int] | None = None,
+def send_chunk(rank: Rank, rid: int, chunk: int, slots: range | list[int] | None = None,
                between: Callable[[], None] = lambda: None) -> None:
     """Allocate one chunk, then each writer slot writes and arrives; ``between`` runs after each arrival."""
     placement = rank.allocate(rid, chunk)
     if placement is None:
-        raise InvariantViolation(f"[lifecycle] chunk {chunk} of request {rid} was refused by a ring with room for it")
-    for slot in range(rank.shape.num_writers) if slots is None else slots:
-        wait_writable(rank, placement)
+        raise InvariantViolation(f"chunk {chunk} of request {rid} was refused by a ring with room for it")
+    for slot in range(rank.num_writers) if slots is None else slots:
+        rank.wait_writable(placement)
         rank.write(rid, chunk, slot)
         rank.arrive(rid, chunk, slot)
         rank.check_all()
         between()
 
 
-def run_bystander(rank: SharedRank, rid: int, fault_at: int, fault: Callable[[], None]) -> None:
+def run_bystander(rank: Rank, rid: int, fault_at: int, fault: Callable[[], None]) -> None:
     """Move the bystander writer by writer; the fault hits after arrival number ``fault_at`` (modulo their count)."""
     t = rank.requests[rid]
-    steps = len(t.grid) * rank.shape.num_writers
+    steps = len(t.grid) * rank.num_writers
     counter = iter(range(steps))
 
     def maybe_fault() -> None:
@@ -111,42 +94,42 @@ def run_bystander(rank: SharedRank, rid: int, fault_at: int, fault: Callable[[],
         send_chunk(rank, rid, chunk, between=maybe_fault)
     rank.prefill_done(rid)
     if rank.poll(rid) != DONE:
-        raise InvariantViolation(f"[lifecycle] bystander request {rid} did not complete: {rank.reason(rid)}")
+        raise InvariantViolation(f"bystander request {rid} did not complete: {rank.reason(rid)}")
     rank.check_all()
     rank.release(rid)
     rank.check_all()
 
 
-def expect_failed(rank: SharedRank, rid: int, cause: str) -> None:
-    """The victim polls failed (``SharedRank.poll`` judges it), with a reason naming the cause when one is given."""
+def expect_failed(rank: Rank, rid: int, cause: str) -> None:
+    """The victim polls failed (``Rank.poll`` judges it), with a reason naming the cause when one is given."""
     state = rank.poll(rid)
     if state != FAILED:
-        raise InvariantViolation(f"[lifecycle] request {rid} hit by {cause} is {state!r}, expected 'failed'")
+        raise InvariantViolation(f"request {rid} hit by {cause} is {state!r}, expected 'failed'")
     reason = rank.reason(rid)
     words = REASON_WORDS.get(cause, ())
     if callable(getattr(rank.handler, "failure_reason", None)) and words and not any(w in reason.lower() for w in words):
-        raise InvariantViolation(f"[lifecycle] request {rid} failed by {cause} gives an unclear reason: {reason!r} "
+        raise InvariantViolation(f"request {rid} failed by {cause} gives an unclear reason: {reason!r} "
                                  f"(expected a mention of {' or '.join(words)})")
 
 
-def start(impl, device, scenario, **kwargs) -> tuple[SharedRank, int]:
+def start(impl, device, scenario, **kwargs) -> tuple[Rank, int]:
     """A roomy rank whose victim registered long ago (staged); the bystander is registered later by the caller."""
     shape, victim, bystander, _ = scenario
     rank = roomy_rank(guard(impl), device, shape, victim, bystander, **kwargs)
     return rank, rank.register(victim, StagedReceiver())
 
 
-def register_bystander(rank: SharedRank, plan: RequestPlan) -> int:
+def register_bystander(rank: Rank, plan: RequestPlan) -> int:
     rank.tick(TIMEOUT_S - 1)  # the victim is old by now; the bystander is new
     return rank.register(plan, StagedReceiver())
 
 
 @pytest.mark.invariant("lifecycle", requires=_REQUIRES)
 @given(scenario=scenarios())
-def test_writer_never_arrives(impl, device, scenario):
+def test_lifecycle_faults_writer_never_arrives(impl, device, scenario):
     """The victim's last writer never reports: the victim times out, fails, and frees everything on release."""
     rank, victim = start(impl, device, scenario)
-    writers = rank.shape.num_writers
+    writers = rank.num_writers
     send_chunk(rank, victim, 0, slots=range(writers - 1))
     bystander = register_bystander(rank, scenario[2])
 
@@ -161,11 +144,11 @@ def test_writer_never_arrives(impl, device, scenario):
 
 @pytest.mark.invariant("lifecycle", requires=_REQUIRES)
 @given(scenario=scenarios(), how=st.sampled_from(("abort", "timeout")))
-def test_partial_write_never_lands(impl, device, scenario, how):
+def test_lifecycle_faults_partial_write_never_lands(impl, device, scenario, how):
     """Writer 0 writes half its part and dies; the others write and arrive.  The transfer error aborts the
     victim (or it times out): it fails, and its half-written region never reaches the pool."""
     rank, victim = start(impl, device, scenario)
-    send_chunk(rank, victim, 0, slots=range(1, rank.shape.num_writers))
+    send_chunk(rank, victim, 0, slots=range(1, rank.num_writers))
     rank.write(victim, 0, 0, fraction=0.5)
     bystander = register_bystander(rank, scenario[2])
 
@@ -183,23 +166,23 @@ def test_partial_write_never_lands(impl, device, scenario, how):
 
 @pytest.mark.invariant("lifecycle", requires=_REQUIRES)
 @given(scenario=scenarios())
-def test_duplicate_completion(impl, device, scenario):
+def test_lifecycle_faults_duplicate_completion(impl, device, scenario):
     """A finished victim's every "chunk ready" and "prefill done" arrive again while the bystander reuses its
     regions (a ring of 1-3 chunks): nothing is scattered twice, the victim stays done."""
     shape, victim_plan, bystander_plan, fault_at = scenario
-    rank = SharedRank(guard(impl), shape, device, max_requests=2, timeout_s=TIMEOUT_S)
+    rank = Rank(guard(impl), shape, device, max_requests=2, timeout_s=TIMEOUT_S)
     victim = rank.register(victim_plan, StagedReceiver())
     t = rank.requests[victim]
     for chunk in range(len(t.grid)):
         send_chunk(rank, victim, chunk)
     rank.prefill_done(victim)
     if rank.poll(victim) != DONE:
-        raise InvariantViolation(f"[lifecycle] request {victim} did not complete: {rank.reason(victim)}")
+        raise InvariantViolation(f"request {victim} did not complete: {rank.reason(victim)}")
     bystander = rank.register(bystander_plan, StagedReceiver())
 
     def duplicates() -> None:
         for chunk in range(len(t.grid)):
-            for slot in range(shape.num_writers):
+            for slot in range(rank.num_writers):
                 rank.arrive(victim, chunk, slot)
         rank.prefill_done(victim)
         rank.poll(victim)
@@ -215,18 +198,18 @@ def test_duplicate_completion(impl, device, scenario):
 
 @pytest.mark.invariant("lifecycle", requires=_REQUIRES)
 @given(scenario=scenarios(), arrived=st.integers(0, 4))
-def test_release_mid_scatter(impl, device, scenario, arrived):
+def test_lifecycle_faults_release_mid_scatter(impl, device, scenario, arrived):
     """The victim is released after ``arrived`` of its chunk's writers reported (all of them: its scatter was
     just submitted); late reports follow; the bystander then reuses its region.  Release frees everything,
     and no byte of the region reaches the pool after it was freed."""
     shape, victim_plan, bystander_plan, fault_at = scenario
-    rank = SharedRank(guard(impl), shape, device, max_requests=2, timeout_s=TIMEOUT_S)
+    rank = Rank(guard(impl), shape, device, max_requests=2, timeout_s=TIMEOUT_S)
     victim = rank.register(victim_plan, StagedReceiver())
-    writers = shape.num_writers
+    writers = rank.num_writers
     arrived = min(arrived, writers)
     placement = rank.allocate(victim, 0)
     if placement is None:
-        raise InvariantViolation(f"[lifecycle] chunk 0 of request {victim} was refused by a ring with room for it")
+        raise InvariantViolation(f"chunk 0 of request {victim} was refused by a ring with room for it")
     for slot in range(writers):
         rank.write(victim, 0, slot)
     for slot in range(arrived):
@@ -242,14 +225,14 @@ def test_release_mid_scatter(impl, device, scenario, arrived):
 
 @pytest.mark.invariant("lifecycle", requires=_REQUIRES)
 @given(scenario=scenarios())
-def test_oversized_chunk(impl, device, scenario):
+def test_lifecycle_faults_oversized_chunk(impl, device, scenario):
     """The victim asks for a chunk one byte larger than the ring: refused; the victim alone fails."""
     rank, victim = start(impl, device, scenario)
     bystander = register_bystander(rank, scenario[2])
 
     def fault() -> None:
         if rank.allocate(victim, 0, nbytes=rank.capacity + 1) is not None:
-            raise InvariantViolation(f"[lifecycle] a chunk larger than the {rank.capacity}-byte ring was accepted")
+            raise InvariantViolation(f"a chunk larger than the {rank.capacity}-byte ring was accepted")
         expect_failed(rank, victim, "oversized chunk")
         rank.release(victim)
 
@@ -258,7 +241,7 @@ def test_oversized_chunk(impl, device, scenario):
 
 @pytest.mark.invariant("lifecycle", requires=_REQUIRES)
 @given(scenario=scenarios(misaligned_victim=True))
-def test_misaligned_prefix(impl, device, scenario):
+def test_lifecycle_faults_misaligned_prefix(impl, device, scenario):
     """A staged victim whose cached prefix is not page-aligned registers mid-transfer: it fails; if the
     handler still hands out regions, its writers write and report, and nothing of it lands misplaced."""
     shape, victim_plan, bystander_plan, fault_at = scenario
@@ -272,7 +255,7 @@ def test_misaligned_prefix(impl, device, scenario):
         for chunk in range(len(t.grid)):
             placement = rank.allocate(victim, chunk)
             if placement is not None and rank.writable(placement, strict=False):
-                for slot in range(shape.num_writers):
+                for slot in range(rank.num_writers):
                     rank.write(victim, chunk, slot)
                     rank.arrive(victim, chunk, slot)
         rank.poll(victim)
@@ -283,8 +266,8 @@ def test_misaligned_prefix(impl, device, scenario):
 
 
 #: Chunks of two writers through a ring that holds one chunk: every region is reused as soon as it is freed.
-ONE_CHUNK_RING = RankShape(page_size=2, tp_writers=2, pp_writers=1, heads_per_writer=1, layers_per_writer=2, head_dim=8,
-                           dtype=torch.float32, max_chunk_pages=2, ring_chunks=1)
+ONE_CHUNK_RING = RankShape.of(page_size=2, tp_writers=2, pp_writers=1, heads_per_writer=1, layers_per_writer=2, head_dim=8,
+                              dtype=torch.float32, max_chunk_pages=2, ring_chunks=1)
 STALL_CYCLES = 100_000_000  # about 50 ms of GPU clock
 
 
@@ -295,22 +278,22 @@ def stall_caller_stream(device: torch.device) -> None:
         torch.cuda._sleep(STALL_CYCLES)
 
 
-def send_chunk_late(rank: SharedRank, rid: int, chunk: int) -> None:
+def send_chunk_late(rank: Rank, rid: int, chunk: int) -> None:
     """``send_chunk``, with the caller's CUDA stream stalled just before the last writer reports."""
     placement = rank.allocate(rid, chunk)
     if placement is None:
-        raise InvariantViolation(f"[lifecycle] chunk {chunk} of request {rid} was refused by a ring with room for it")
-    wait_writable(rank, placement)
-    for slot in range(rank.shape.num_writers):
+        raise InvariantViolation(f"chunk {chunk} of request {rid} was refused by a ring with room for it")
+    rank.wait_writable(placement)
+    for slot in range(rank.num_writers):
         rank.write(rid, chunk, slot)
-    for slot in range(rank.shape.num_writers):
-        if slot == rank.shape.num_writers - 1:
+    for slot in range(rank.num_writers):
+        if slot == rank.num_writers - 1:
             stall_caller_stream(rank.device)
         rank.arrive(rid, chunk, slot)
 
 
 @pytest.mark.invariant("lifecycle", requires=_REQUIRES)
-def test_regions_outlive_their_scatters(impl, device):
+def test_lifecycle_faults_regions_outlive_their_scatters(impl, device):
     """A ring of one chunk, so each region is reused as soon as it is freed.  Request 1 moves chunk after chunk;
     request 2 is released right after its first chunk's last writer reported; request 3 then reuses the region.
     A region freed (or released) before its scatter completed is scribbled or rewritten under the scatter and
@@ -322,13 +305,13 @@ def test_regions_outlive_their_scatters(impl, device):
 
 
 def regions_outlive_their_scatters(impl, device) -> None:
-    rank = SharedRank(impl, ONE_CHUNK_RING, device, max_requests=3, timeout_s=TIMEOUT_S)
+    rank = Rank(impl, ONE_CHUNK_RING, device, max_requests=3, timeout_s=TIMEOUT_S)
     first = rank.register(plan_request(ONE_CHUNK_RING, 8, 0, 1, False, 1), StagedReceiver())
     for chunk in range(len(rank.requests[first].grid)):
         send_chunk_late(rank, first, chunk)
     rank.prefill_done(first)
     if rank.poll(first) != DONE:
-        raise InvariantViolation(f"[lifecycle] request {first} did not complete: {rank.reason(first)}")
+        raise InvariantViolation(f"request {first} did not complete: {rank.reason(first)}")
     rank.release(first)
     rank.check_all()
     second = rank.register(plan_request(ONE_CHUNK_RING, 8, 0, 2, False, 2), StagedReceiver())

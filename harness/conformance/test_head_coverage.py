@@ -7,7 +7,8 @@ import torch
 from hypothesis import example, given
 
 import strategies as kst
-from harness import cluster, oracles, scope
+from harness import oracles
+from harness.engine.moves import move_with_kv_copy
 from harness.oracles import InvariantViolation
 from harness.world import World
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
@@ -23,11 +24,11 @@ def check_head_mapping(impl, topo) -> None:
         for rank in range(tp):
             got, want = list(impl.heads_of_rank(H, tp, rank)), oracles.owned_heads(H, tp, rank)
             if got != want:
-                raise InvariantViolation(f"[head_coverage] {side} rank {rank} of TP {tp}, H={H}: holds {got}, must hold {want}")
+                raise InvariantViolation(f"{side} rank {rank} of TP {tp}, H={H}: holds {got}, must hold {want}")
     for d in range(D):
         writers = list(impl.writers_of_decode_rank(H, P, D, d))
         if writers != oracles.source_ranks(H, P, D, d):
-            raise InvariantViolation(f"[head_coverage] decode rank {d} (H={H}, P={P}, D={D}): writers {writers}, "
+            raise InvariantViolation(f"decode rank {d} (H={H}, P={P}, D={D}): writers {writers}, "
                                      f"expected {oracles.source_ranks(H, P, D, d)} in slot order")
         covered: set[int] = set()
         dst_heads = oracles.owned_heads(H, D, d)
@@ -35,15 +36,15 @@ def check_head_mapping(impl, topo) -> None:
             src, count, dst = impl.head_slice(H, P, D, p, d)
             src_heads = oracles.owned_heads(H, P, p)
             if src < 0 or count < 1 or src + count > len(src_heads) or dst < 0 or dst + count > len(dst_heads):
-                raise InvariantViolation(f"[head_coverage] slice {(src, count, dst)} from prefill rank {p} to decode rank {d} "
+                raise InvariantViolation(f"slice {(src, count, dst)} from prefill rank {p} to decode rank {d} "
                                          f"leaves the ranks' heads ({len(src_heads)} and {len(dst_heads)} local heads)")
             sent, landed = src_heads[src:src + count], dst_heads[dst:dst + count]
             if sent != landed:
-                raise InvariantViolation(f"[head_coverage] prefill rank {p} sends global heads {sent} into decode rank {d}'s "
+                raise InvariantViolation(f"prefill rank {p} sends global heads {sent} into decode rank {d}'s "
                                          f"slots of global heads {landed} (H={H}, P={P}, D={D})")
             covered.update(landed)
         if covered != set(dst_heads):
-            raise InvariantViolation(f"[head_coverage] decode rank {d} must hold {dst_heads}; writers cover {sorted(covered)}")
+            raise InvariantViolation(f"decode rank {d} must hold {dst_heads}; writers cover {sorted(covered)}")
 
 
 @pytest.mark.invariant("head_coverage", requires=("head_mapping",))
@@ -57,7 +58,6 @@ def test_head_coverage_mapping(impl, topo):
 @given(case=kst.transfer_cases(max_tokens=8, max_layers_per_stage=1))
 @example(case=_REPLICATED)
 def test_head_coverage_data(impl, device, case):
-    case = scope.fit(impl, case)
     world = World.build(case, device)
-    cluster.move_with_kv_copy(impl, world)
-    world.check_decode("head_coverage", part="request")
+    move_with_kv_copy(impl, world)
+    world.check_decode(part="request")

@@ -6,38 +6,35 @@ import pytest
 from hypothesis import given
 
 import strategies as kst
-from harness import cluster, scope
+from harness.engine.moves import move_end_to_end, move_with_direct_copy, move_with_kv_copy
 from harness.world import World, check_untouched
 
 
 @pytest.mark.invariant("isolation", requires=("kv_copy",))
 @given(case=kst.transfer_cases())
 def test_isolation_kv_copy(impl, device, case):
-    case = scope.fit(impl, case)
     world = World.build(case, device)
     prefill_before, _ = world.snapshot()
-    cluster.move_with_kv_copy(impl, world)  # also checks canary margins around every buffer
-    check_untouched("isolation", "prefill", prefill_before, world.prefill)
-    world.check_decode("isolation", part="outside")
+    move_with_kv_copy(impl, world)  # also checks canary margins around every buffer
+    check_untouched("prefill", prefill_before, world.prefill)
+    world.check_decode(part="outside")
 
 
 @pytest.mark.invariant("isolation", requires=("direct_copy",))
 @given(case=kst.transfer_cases(topologies=kst.topologies(pipeline=False)))
 def test_isolation_direct_copy(impl, device, case):
-    case = scope.fit(impl, case)
     world = World.build(case, device)
     prefill_before, _ = world.snapshot()
-    cluster.move_with_direct_copy(impl, world)
-    check_untouched("isolation", "prefill", prefill_before, world.prefill)
-    world.check_decode("isolation", part="outside")
+    move_with_direct_copy(impl, world)
+    check_untouched("prefill", prefill_before, world.prefill)
+    world.check_decode(part="outside")
 
 
 @pytest.mark.invariant("isolation", requires=("end_to_end",))
 @given(case=kst.transfer_cases())
 def test_isolation_end_to_end(impl, device, case):
-    case = scope.fit(impl, case)
     world = World.build(case, device)
     prefill_before, _ = world.snapshot()
-    cluster.move_end_to_end(impl, world, staged=True)
-    check_untouched("isolation", "prefill", prefill_before, world.prefill)
-    world.check_decode("isolation", part="outside")
+    move_end_to_end(impl, world, staged=True)
+    check_untouched("prefill", prefill_before, world.prefill)
+    world.check_decode(part="outside")

@@ -24,7 +24,7 @@ def check_layout(impl, geometry) -> None:
     if got != want:
         writers, tokens, heads, layers, dim, esize = geometry
         raise InvariantViolation(
-            f"[layout] {writers} writers x {tokens} tokens x {heads} heads x {layers} layers x dim {dim} x {esize} B: "
+            f"{writers} writers x {tokens} tokens x {heads} heads x {layers} layers x dim {dim} x {esize} B: "
             f"spans {got[:4]}{'...' if len(got) > 4 else ''}, expected {want[:4]}{'...' if len(want) > 4 else ''} "
             f"(each writer 2*layers*tokens*heads*dim*esize bytes, back to back in slot order)")
 

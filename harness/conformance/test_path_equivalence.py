@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 
 import strategies as kst
-from harness import cluster, scope
+from harness.engine.moves import has, move_end_to_end, move_with_direct_copy, move_with_kv_copy
 from harness.world import World, int_view, slots_of
 
 
@@ -21,17 +21,16 @@ def plain_page_copy(world: World) -> None:
 
 
 def _paths(impl):
-    paths = {"staged (gather/scatter)": cluster.move_with_kv_copy, "non-staged (direct copy)": cluster.move_with_direct_copy}
-    if cluster.has(impl, "end_to_end"):
-        paths["end-to-end staged"] = lambda i, w: cluster.move_end_to_end(i, w, staged=True)
-        paths["end-to-end non-staged"] = lambda i, w: cluster.move_end_to_end(i, w, staged=False)
+    paths = {"staged (gather/scatter)": move_with_kv_copy, "non-staged (direct copy)": move_with_direct_copy}
+    if has(impl, "end_to_end"):
+        paths["end-to-end staged"] = lambda i, w: move_end_to_end(i, w, staged=True)
+        paths["end-to-end non-staged"] = lambda i, w: move_end_to_end(i, w, staged=False)
     return paths
 
 
 @pytest.mark.invariant("path_equivalence", requires=("kv_copy", "direct_copy"))
 @given(case=kst.transfer_cases())
 def test_path_equivalence(impl, device, case):
-    case = scope.fit(impl, case)
     results = {}
     for name, move in _paths(impl).items():
         world = World.build(case, device)
@@ -45,4 +44,4 @@ def test_path_equivalence(impl, device, case):
     (first_name, first), *others = results.items()
     for name, world in others:
         for index, (a, b) in enumerate(zip(first.decode, world.decode)):
-            first.check_pool_equal("path_equivalence", f"decode pool {index}: {first_name} vs {name}", b, a)
+            first.check_pool_equal(f"decode pool {index}: {first_name} vs {name}", b, a)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given
 
 import strategies as kst
-from harness import cluster, scope
+from harness.engine.moves import case_rank, ring_bytes_for, stage_case
 from harness.oracles import InvariantViolation
 from harness.world import World
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
@@ -21,14 +21,14 @@ class _NoFlagReceiver:
 
 
 def _lifecycle(impl, world: World, receiver) -> None:
-    run = cluster.DecodeRankRun(impl, world, 0, cluster.ring_capacity_for(world, impl, 2))
+    rank = case_rank(impl, world, 0, ring_bytes_for(impl, world, 2))
     try:
-        cluster.staged_request(run, request_id=3, receiver=receiver)
+        stage_case(rank, receiver)
     except InvariantViolation:
         raise
     except Exception as exc:
-        raise InvariantViolation(f"[receivers] {type(exc).__name__}: {exc} — raised for receiver {receiver!r}") from exc
-    world.check_decode("receivers", part="request", indices=[0])
+        raise InvariantViolation(f"{type(exc).__name__}: {exc} — raised for receiver {receiver!r}") from exc
+    world.check_decode(part="request", indices=[0])
 
 
 @pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"))
@@ -37,7 +37,6 @@ def _lifecycle(impl, world: World, receiver) -> None:
                            seed=0, nan_payloads=False),
          receiver=_NoFlagReceiver())  # the receiver of SGLang PR #22153: no require_staging at all
 def test_receivers_lifecycle(impl, device, case, receiver):
-    case = scope.fit(impl, case)
     _lifecycle(impl, World.build(case, device), receiver)
 
 
@@ -59,6 +58,6 @@ def test_receivers_registration(impl, receiver):
         handler.poll(5)
         handler.release(5)
     except Exception as exc:
-        raise InvariantViolation(f"[receivers] {type(exc).__name__}: {exc} — raised for receiver {receiver!r}") from exc
+        raise InvariantViolation(f"{type(exc).__name__}: {exc} — raised for receiver {receiver!r}") from exc
     if bool(staged) != expects_staging(receiver):
-        raise InvariantViolation(f"[receivers] {receiver!r} registered as {'staged' if staged else 'plain'}")
+        raise InvariantViolation(f"{receiver!r} registered as {'staged' if staged else 'plain'}")

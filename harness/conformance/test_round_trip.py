@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given, strategies as st
 
 import strategies as kst
-from harness import cluster, scope
+from harness.engine.moves import case_rank, move_end_to_end, move_with_kv_copy, ring_bytes_for, stage_case
 from harness.world import World
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 
@@ -20,28 +20,24 @@ _NAN_PAYLOADS = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 4, torch.bfloat16, 2
 @given(case=kst.transfer_cases())
 @example(case=_NAN_PAYLOADS)
 def test_round_trip_kv_copy(impl, device, case):
-    case = scope.fit(impl, case)
     world = World.build(case, device)
-    cluster.move_with_kv_copy(impl, world)
-    world.check_decode("round_trip", part="request")
+    move_with_kv_copy(impl, world)
+    world.check_decode(part="request")
 
 
 @pytest.mark.invariant("round_trip", requires=("allocator", "kv_copy", "decode_handler"))
 @given(case=kst.transfer_cases(), slack=st.integers(1, 3))
 def test_round_trip_decode_handler(impl, device, case, slack):
     """Through the decode handler and a ring that holds ``slack`` chunks (1: every chunk wraps)."""
-    case = scope.fit(impl, case)
     world = World.build(case, device)
     for index in range(len(world.decode)):
-        run = cluster.DecodeRankRun(impl, world, index, cluster.ring_capacity_for(world, impl, slack))
-        cluster.staged_request(run, request_id=1, receiver=cluster.StagedReceiver())
-    world.check_decode("round_trip", part="request")
+        stage_case(case_rank(impl, world, index, ring_bytes_for(impl, world, slack, index)))
+    world.check_decode(part="request")
 
 
 @pytest.mark.invariant("round_trip", requires=("end_to_end",))
 @given(case=kst.transfer_cases())
 def test_round_trip_end_to_end(impl, device, case):
-    case = scope.fit(impl, case)
     world = World.build(case, device)
-    cluster.move_end_to_end(impl, world, staged=True)
-    world.check_decode("round_trip", part="request")
+    move_end_to_end(impl, world, staged=True)
+    world.check_decode(part="request")

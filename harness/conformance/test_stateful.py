@@ -9,7 +9,7 @@ Two Hypothesis state machines, run against the plugged-in implementation:
   moves back nor passes live data, a writer never waits when nothing older is
   live; ``drain`` frees everything and the whole ring must restart at 0.
 * ``HandlerMachine`` drives the decode staging handler with several requests
-  at once (see ``harness.shared_rank``): registration with any receiver,
+  at once (see ``harness.engine.rank``): registration with any receiver,
   chunk allocation, writers writing (sometimes only part of their bytes, then
   dying), arrivals in any order, duplicated, stray ones, prefill done, polls,
   aborts, clock ticks past the timeout, oversized chunks, misaligned
@@ -20,13 +20,14 @@ Two Hypothesis state machines, run against the plugged-in implementation:
 
 On failure Hypothesis prints the shrunk step sequence (``state.register(...)``
 ...).  The implementation runs behind ``harness.guard``: a raise, a garbage
-answer or a hang is reported on the invariant of the method that misbehaved.
+answer or a hang is reported as a failure of the machine's invariant.
 """
 
 from __future__ import annotations
 
 import random
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import settings, strategies as st
@@ -35,8 +36,9 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, inva
 
 import strategies as kst
 from harness.guard import guard
-from harness.oracles import InvariantViolation
-from harness.shared_rank import SharedRank, plan_request, rank_shapes
+from harness.engine.ledger import Ledger
+from harness.engine.rank import Rank
+from harness.engine.shapes import plan_request, rank_shapes
 
 MAX_REQUESTS = 4
 TIMEOUT_S = 10.0
@@ -44,120 +46,84 @@ TIMEOUT_S = 10.0
 
 def machine_settings(**overrides) -> settings:
     """The loaded profile, with a modest number of steps per run (more under the larger profiles)."""
-    steps = 30 if settings.default.max_examples <= 25 else 50
+    steps = 30 if settings().max_examples <= 25 else 50  # settings(): the loaded profile's values
     return settings(settings.default, **{"stateful_step_count": steps, **overrides})
 
 
 # -- the allocator alone ----------------------------------------------------------------------
 class AllocatorRules(RuleBasedStateMachine):
-    """Rules over ``impl.make_allocator``; ``impl`` is set by :func:`allocator_machine`."""
+    """Rules over ``impl.make_allocator``, judged by the engine's ledger; ``impl`` is set by :func:`allocator_machine`."""
 
-    impl = None
+    impl: Any = None
 
     def __init__(self) -> None:
         super().__init__()
-        self.alloc = None
+        self._ledger: Ledger | None = None
 
     @initialize(capacity=st.integers(1, 96))
     def build(self, capacity: int) -> None:
         self.capacity = capacity
-        self.alloc = self.impl.make_allocator(capacity)
-        self.placed: list[dict] = []           # every assignment, oldest first
-        self.owner: list[int | None] = [None] * capacity  # which written allocation each ring byte holds
+        self._ledger = Ledger(self.impl.make_allocator(capacity), capacity)
         self.heard = (0, 0)
-        self.last_watermark = tuple(self.alloc.watermark())
 
-    def _fail(self, message: str) -> None:
-        raise InvariantViolation(f"[allocator] {message}")
-
-    def _live(self) -> list[dict]:
-        return [p for p in self.placed if p["live"]]
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger ``build`` made; Hypothesis runs that initialize rule before any other rule."""
+        if self._ledger is None:
+            raise RuntimeError("AllocatorRules.ledger used before the build rule ran")
+        return self._ledger
 
     @rule(nbytes=st.integers(1, 32))
     def assign(self, nbytes: int) -> None:
-        self._assign(nbytes)
+        self.ledger.assign(nbytes)
+        self.ledger.raise_if_violated()
 
     @rule(extra=st.integers(0, 1))
     def assign_whole_ring(self, extra: int) -> None:
         """Exactly the capacity (must be placed) or one byte more (must be refused)."""
-        self._assign(self.capacity + extra)
-
-    def _assign(self, nbytes: int) -> None:
-        got = self.alloc.assign(nbytes)
-        if nbytes > self.capacity:
-            if got is not None:
-                self._fail(f"assign({nbytes}) on a {self.capacity}-byte ring answered {got} instead of refusing")
-            return
-        if got is None:
-            self._fail(f"assign({nbytes}) refused although it fits the {self.capacity}-byte ring")
-        alloc_id, offset, rnd = (int(x) for x in got)
-        if offset < 0 or offset + nbytes > self.capacity:
-            self._fail(f"assign({nbytes}) placed bytes [{offset}, {offset + nbytes}) outside the {self.capacity}-byte ring")
-        self.placed.append({"id": alloc_id, "offset": offset, "end": offset + nbytes, "round": rnd,
-                            "live": True, "written": False, "n": len(self.placed)})
+        self.ledger.assign(self.capacity + extra)
+        self.ledger.raise_if_violated()
 
     @rule(pick=st.integers(0, 15))
     def free(self, pick: int) -> None:
-        live = self._live()
+        live = self.ledger.live()
         if live:
-            victim = live[pick % len(live)]
-            victim["live"] = False
-            self.alloc.free(victim["id"])
+            self.ledger.free(live[pick % len(live)].alloc_id)
 
     @rule(pick=st.integers(0, 15))
     def free_again_or_unknown(self, pick: int) -> None:
-        dead = [p for p in self.placed if not p["live"]]
-        self.alloc.free(dead[pick % len(dead)]["id"] if dead else 10**9 + pick)
+        dead = [p for p in self.ledger.ledger if not p.live]
+        self.ledger.free(dead[pick % len(dead)].alloc_id if dead else 10**9 + pick)
 
     @rule(pick=st.integers(0, 15))
     def writer_writes(self, pick: int) -> None:
         """A prefill writer reads the watermark and writes its region if allowed."""
-        live = self._live()
+        live = self.ledger.live()
         if not live:
             return
         target = live[pick % len(live)]
-        older = [p for p in live if p["n"] < target["n"]]
-        self.heard = max(self.heard, tuple(int(x) for x in self.alloc.watermark()))
-        if not self.impl.writer_may_write(target["round"], target["end"], self.heard):
-            if not older:
-                self._fail(f"writer of {target} kept waiting under watermark {self.heard} although nothing older is live (liveness)")
-            return
-        for p in older:
-            if p["offset"] < target["end"] and target["offset"] < p["end"]:
-                self._fail(f"writer of {target} may write under watermark {self.heard} while older live {p} overlaps it (safety)")
-        target["written"] = True
-        self.owner[target["offset"]:target["end"]] = [target["n"]] * (target["end"] - target["offset"])
+        self.heard = max(self.heard, self.ledger.watermark())
+        may_write = bool(self.impl.writer_may_write(target.round, target.end, self.heard))
+        self.ledger.judge_writer(target, self.heard, may_write)
+        if may_write:
+            self.ledger.wrote(target, target.offset, target.nbytes)
 
     @rule()
     def drain(self) -> None:
         """Free everything: the whole ring must then be one writable allocation at offset 0."""
-        for p in self._live():
-            p["live"] = False
-            self.alloc.free(p["id"])
-        self.check_watermark()
-        got = self.alloc.assign(self.capacity)
-        if got is None or int(got[1]) != 0:
-            self._fail(f"after freeing everything, assign({self.capacity}) gave {got}; the ring still holds something")
-        wm = tuple(int(x) for x in self.alloc.watermark())
-        if not self.impl.writer_may_write(int(got[2]), self.capacity, wm):
-            self._fail(f"after freeing everything, the whole-ring allocation {got} is not writable under {wm}")
-        self.alloc.free(got[0])
+        for p in self.ledger.live():
+            self.ledger.free(p.alloc_id)
+        self.check_ledger()
+        self.ledger.check_empty_ring(self.impl.writer_may_write)
 
     @invariant()
-    def check_watermark(self) -> None:
-        if self.alloc is None:
+    def check_ledger(self) -> None:
+        """The watermark never moves back nor passes live data; written live data is intact."""
+        if self._ledger is None:
             return
-        wm = tuple(int(x) for x in self.alloc.watermark())
-        if wm < self.last_watermark:
-            self._fail(f"watermark moved backwards from {self.last_watermark} to {wm}")
-        self.last_watermark = wm
-        live = self._live()
-        if live and wm > (live[0]["round"], live[0]["offset"]):
-            self._fail(f"watermark {wm} is ahead of the oldest live allocation {live[0]}")
-        for p in live:
-            if p["written"] and any(o != p["n"] for o in self.owner[p["offset"]:p["end"]]):
-                thief = next(o for o in self.owner[p["offset"]:p["end"]] if o != p["n"])
-                self._fail(f"live allocation {p} was overwritten by the writer of {self.placed[thief]}")
+        self.ledger.watermark()
+        self.ledger.raise_if_violated()
+        self.ledger.check_written()
 
 
 def allocator_machine(impl) -> type[RuleBasedStateMachine]:
@@ -165,7 +131,7 @@ def allocator_machine(impl) -> type[RuleBasedStateMachine]:
 
 
 @pytest.mark.invariant("allocator", requires=("allocator",))
-def test_allocator_stateful(impl):
+def test_allocator_state_machine(impl):
     run_state_machine_as_test(allocator_machine(impl), settings=machine_settings())
 
 
@@ -187,22 +153,29 @@ class HandlerRules(RuleBasedStateMachine):
     does nothing, and the shrinker drops it.
     """
 
-    impl = None
+    impl: Any = None
     device = "cpu"
     requests = Bundle("requests")
 
     def __init__(self) -> None:
         super().__init__()
-        self.rank: SharedRank | None = None
+        self._rank: Rank | None = None
 
     @initialize(target=requests, shape=rank_shapes(), tokens=st.integers(1, 12), chunk_pages=st.integers(1, 3),
                 data=st.data())
     def build(self, shape, tokens, chunk_pages, data):
         """The rank and two staged requests, so that rules interleave requests from the first step."""
-        self.rank = SharedRank(self.impl, shape, self.device, max_requests=MAX_REQUESTS, timeout_s=TIMEOUT_S)
+        self._rank = Rank(self.impl, shape, self.device, max_requests=MAX_REQUESTS, timeout_s=TIMEOUT_S)
         first, second = (data.draw(kst.staged_receivers(), label="receiver") for _ in range(2))
         return multiple(self.rank.register(plan_request(shape, tokens, 0, chunk_pages, False, 0), first),
                         self.rank.register(plan_request(shape, tokens, 0, chunk_pages, False, 1), second))
+
+    @property
+    def rank(self) -> Rank:
+        """The rank ``build`` made; Hypothesis runs that initialize rule before any other rule."""
+        if self._rank is None:
+            raise RuntimeError("HandlerRules.rank used before the build rule ran")
+        return self._rank
 
     # -- helpers ---------------------------------------------------------------------------
     def _open(self, rid: int, staged: bool = True):
@@ -215,9 +188,9 @@ class HandlerRules(RuleBasedStateMachine):
         whether every slot of the chunk was written."""
         if chunk not in t.placed and self.rank.allocate(t.rid, chunk) is None:
             return False
-        placement, writers = t.placed[chunk], self.rank.shape.num_writers
+        placement, writers = t.placed[chunk], self.rank.num_writers
         for slot in [s for s in range(writers) if s not in t.written[chunk] and (chunk, s) not in t.dead_writers][:upto]:
-            if not self._wait_writable(placement):
+            if not self.rank.wait_writable(placement, attempts=4, must=False):
                 return False
             self.rank.write(t.rid, chunk, slot)
         order = [s for s in sorted(t.written[chunk]) if s not in t.arrived[chunk]]
@@ -228,18 +201,8 @@ class HandlerRules(RuleBasedStateMachine):
             self.rank.arrive(t.rid, chunk, slot)
         return len(t.written[chunk]) == writers
 
-    def _wait_writable(self, placement) -> bool:
-        """The writer waits while the scheduler keeps polling the owners of older live regions."""
-        for _ in range(3):
-            if self.rank.writable(placement):
-                return True
-            for p in self.rank.ledger.live():
-                if p.order < placement.order and p.owner and not self.rank.requests[p.owner[0]].released:
-                    self.rank.poll(p.owner[0])
-        return self.rank.writable(placement)
-
     # -- scheduler side --------------------------------------------------------------------
-    @precondition(lambda self: self.rank is not None and len(self.rank.requests) < MAX_REQUESTS)
+    @precondition(lambda self: self._rank is not None and len(self.rank.requests) < MAX_REQUESTS)
     @rule(target=requests, tokens=st.integers(1, 12), prefix_pages=st.integers(0, 3), chunk_pages=st.integers(1, 3),
           misaligned=st.integers(0, 5).map(lambda x: x == 5), seed=st.integers(0, 255), data=st.data())
     def register(self, tokens, prefix_pages, chunk_pages, misaligned, seed, data):
@@ -281,7 +244,7 @@ class HandlerRules(RuleBasedStateMachine):
         t = self._open(rid)
         if not t:
             return
-        chunk, slot = pick % len(t.grid), slot % self.rank.shape.num_writers
+        chunk, slot = pick % len(t.grid), slot % self.rank.num_writers
         placement = t.placed.get(chunk)
         if placement is None or slot in t.written[chunk] or (chunk, slot) in t.dead_writers:
             return
@@ -293,7 +256,7 @@ class HandlerRules(RuleBasedStateMachine):
         """A writer that wrote its part reports it (again, for a duplicate)."""
         t = self.rank.requests[rid]
         if t.staged:
-            chunk, slot = pick % len(t.grid), slot % self.rank.shape.num_writers
+            chunk, slot = pick % len(t.grid), slot % self.rank.num_writers
             if slot in t.written[chunk]:
                 self.rank.arrive(rid, chunk, slot)
 
@@ -319,7 +282,7 @@ class HandlerRules(RuleBasedStateMachine):
     def prefill_done(self, rid: int) -> None:
         """Prefill reports success once every writer wrote (arrivals may still be in flight)."""
         t = self._open(rid, staged=False)
-        if t and not (t.staged and any(len(t.written[c]) < self.rank.shape.num_writers for c in range(len(t.grid)))):
+        if t and not (t.staged and any(len(t.written[c]) < self.rank.num_writers for c in range(len(t.grid)))):
             self.rank.prefill_done(rid)
 
     @rule(rid=requests, kind=st.sampled_from(("clock +4s", "clock past timeout", "oversized chunk",
@@ -329,7 +292,7 @@ class HandlerRules(RuleBasedStateMachine):
         """Time passing, an oversized chunk (each may fail its request alone), or stray messages that match
         nothing (they change nothing); after release, arrivals, prefill done, abort and allocation asks are
         ignored and allocate nothing."""
-        t, writers = self.rank.requests[rid], self.rank.shape.num_writers
+        t, writers = self.rank.requests[rid], self.rank.num_writers
         chunk = pick % len(t.grid)
         if kind.startswith("clock"):
             self.rank.tick(4.0 if kind == "clock +4s" else TIMEOUT_S + 1)
@@ -353,20 +316,17 @@ class HandlerRules(RuleBasedStateMachine):
     # -- after every step ------------------------------------------------------------------
     @invariant()
     def bytes_and_allocations(self) -> None:
-        if self.rank is not None:
+        if self._rank is not None:
             self.rank.check_all()
 
     def teardown(self) -> None:
         """Release whatever is left; then nothing may be held (skipped when a step already failed)."""
-        if self.rank is None or sys.exc_info()[0] is not None:
+        if self._rank is None or sys.exc_info()[0] is not None:
             return
         for rid, t in list(self.rank.requests.items()):
             if not t.released:
                 self.rank.release(rid)
-        self.rank.check_all()
-        held = self.rank.ledger.live()
-        if held:
-            raise InvariantViolation(f"[lifecycle] every request was released but allocations are held: {held}")
+        self.rank.check_drained()
 
 
 def handler_machine(impl, device: str = "cpu") -> type[RuleBasedStateMachine]:
@@ -374,5 +334,5 @@ def handler_machine(impl, device: str = "cpu") -> type[RuleBasedStateMachine]:
 
 
 @pytest.mark.invariant("lifecycle", requires=("allocator", "decode_handler"))
-def test_handler_stateful(impl, device):
+def test_lifecycle_handler_state_machine(impl, device):
     run_state_machine_as_test(handler_machine(impl, device), settings=machine_settings())

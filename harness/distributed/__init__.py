@@ -1,6 +1,6 @@
 """Distributed mode: every prefill and decode rank of a topology is its own process.
 
-The in-process drivers (``harness.cluster``) move KV with a memcpy; here the
+The in-process engine (``harness.engine``) moves KV with a memcpy; here the
 bytes cross a real ``torch.distributed`` process group: gloo on CPU (or CUDA
 tensors staged through host memory), NCCL GPU to GPU.  Each rank process loads
 the implementation from its spec string, rebuilds the case's world from its

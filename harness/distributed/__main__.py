@@ -23,6 +23,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import strategies as kst
+from harness import scope
 from harness.distributed.config import (
     DEFAULT_CPU_RANKS,
     BackendUnavailable,
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with group:
             _sweep(group, args.impl, tally)
-            _hypothesis_round_trip(group, args.impl, args.examples, args.seed, tally)
+            _hypothesis_round_trip(group, impl.implementation, args.impl, args.examples, args.seed, tally)
             _hypothesis_arrival_orders(group, impl.implementation, args.impl, args.examples, args.seed, tally)
             tokens = args.bandwidth_tokens if args.bandwidth_tokens is not None else (4096 if device == "cuda" else 256)
             if tokens > 0:
@@ -168,10 +169,10 @@ def _topologies(size: int):
     return kst.topologies(max_tp=size - 1, max_ranks=size - 1).filter(lambda t: ranks_needed(t) <= size)
 
 
-def _hypothesis_round_trip(group: WorkerGroup, spec: str, examples: int, seed: int, tally: _Tally) -> None:
+def _hypothesis_round_trip(group: WorkerGroup, impl, spec: str, examples: int, seed: int, tally: _Tally) -> None:
     @given(case=kst.transfer_cases(topologies=_topologies(group.config.world_size), max_tokens=32), slack=st.integers(1, 3))
     def round_trip(case, slack):
-        _run(group, CaseJob(case, spec, slack=slack), tally, "round trip")
+        _run(group, CaseJob(scope.fit(impl, case), spec, slack=slack), tally, "round trip")
 
     _hypothesis("hypothesis round trip", examples, seed, tally, round_trip)
 
@@ -179,6 +180,7 @@ def _hypothesis_round_trip(group: WorkerGroup, spec: str, examples: int, seed: i
 def _hypothesis_arrival_orders(group: WorkerGroup, impl, spec: str, examples: int, seed: int, tally: _Tally) -> None:
     @given(case=kst.transfer_cases(topologies=_topologies(group.config.world_size), max_tokens=24), data=st.data())
     def arrival_orders(case, data):
+        case = scope.fit(impl, case)  # the implementation's declared limits, as the pytest plugin applies them
         slots, chunks = writer_slot_counts(impl, case)
         orders = tuple(tuple(data.draw(kst.arrival_orders([(c, s) for c in range(chunks) for s in range(n)]),
                                        label=f"arrivals at decode {j}")) for j, n in enumerate(slots))

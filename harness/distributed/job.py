@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from strategies.cases import TransferCase
+
 #: One decode rank's "chunk ready" events: ``(chunk, writer slot)``, duplicates allowed.
 ArrivalOrder = tuple[tuple[int, int], ...]
 
@@ -25,7 +27,7 @@ class CaseJob:
     or writers of later chunks wait on earlier ones forever.
     """
 
-    case: object  # strategies.TransferCase
+    case: TransferCase
     impl_spec: str
     slack: int = 1
     arrival_orders: tuple[ArrivalOrder, ...] | None = None

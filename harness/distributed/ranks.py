@@ -4,12 +4,12 @@ Every rank rebuilds the case's :class:`~harness.world.World` from the seed and
 keeps only its own pool (a decode rank cannot read prefill pools, so its KV
 must arrive through the process group).  Prefill ranks are the writers: they
 wait for the watermark, gather their head slice and send it.  Decode ranks
-run the implementation's allocator and decode handler
-(:class:`harness.cluster.DecodeRankRun`, with the same watchers as in
+drive the implementation's allocator and decode handler through the engine's
+:class:`harness.engine.rank.Rank` (the same driver, ledger and oracles as in
 process): they allocate each chunk, offer writers the allocation and the
-watermark, receive each writer's bytes straight into the staging ring at the
-allocated offset, report arrivals, poll, release, and compare their pool
-with ground truth.
+watermark in the engine's one wait-until-writable loop, receive each
+writer's bytes straight into the staging ring at the allocated offset,
+report arrivals, poll, release, and compare their pool with ground truth.
 
 One exchange (see :mod:`harness.distributed.schedule` for their order)::
 
@@ -32,8 +32,7 @@ from typing import Any
 
 import torch
 
-from harness import cluster, oracles
-from harness.cluster import MAX_POLLS, Guarded, Placed, StagedReceiver, WriterPlan
+from harness import oracles
 from harness.distributed import schedule
 from harness.distributed.job import CaseJob
 from harness.distributed.results import (
@@ -52,9 +51,17 @@ from harness.distributed.transport import (
     OFFER_FIELDS,
     REPLY_FIELDS,
     Transport,
+    TransportError,
 )
+from harness.engine.buffers import Guarded
+from harness.engine.ledger import Placement
+from harness.engine.moves import StagedReceiver, ring_bytes_for
+from harness.engine.rank import Rank
+from harness.engine.shapes import RankShape, RequestPlan
+from harness.engine.writers import WriterPlan, chunk_layout, gather, wait_until_writable, writer_plans
+from harness.interface import DONE
 from harness.oracles import InvariantViolation
-from harness.world import World, check_untouched
+from harness.world import RankPool, World, check_untouched
 
 
 @dataclass
@@ -71,12 +78,13 @@ class CasePlan:
     @classmethod
     def build(cls, impl: Any, world: World, job: CaseJob) -> CasePlan:
         req, kv = world.case.request, world.case.kv
-        plans = [cluster.writer_plans(impl, world, j) for j in range(len(world.decode))]
+        shapes = [RankShape.of_case(world.case, j) for j in range(len(world.decode))]
+        plans = [writer_plans(impl, shape) for shape in shapes]
         grid = oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages)
-        layouts = [[cluster.spans(impl, world, p, tokens) for _, _, tokens in grid] for p in plans]
+        layouts = [[chunk_layout(impl, shape, p, tokens) for _, _, tokens in grid] for shape, p in zip(shapes, plans)]
         orders = schedule.arrival_orders(plans, len(grid), job.arrival_orders)
         return cls(plans, grid, layouts, orders, schedule.exchanges(orders, plans),
-                   cluster.ring_capacity_for(world, impl, job.slack))
+                   ring_bytes_for(impl, world, job.slack))
 
     def fingerprint(self) -> str:
         return schedule.fingerprint(self.orders, self.plans, self.layouts) + f"/{self.capacity}"
@@ -104,27 +112,30 @@ class RoleFailure:
 
 
 class DecodeSide:
-    """One decode rank: the implementation's allocator and handler, fed by writers over the process group."""
+    """One decode rank: the engine's rank around the implementation's handler, fed by writers over the group."""
 
     def __init__(self, impl: Any, world: World, index: int, plan: CasePlan, job: CaseJob, transport: Transport,
                  roles: RankRoles) -> None:
         self.world, self.index, self.plan, self.job = world, index, plan, job
         self.transport, self.roles = transport, roles
         self.failure = RoleFailure()
-        self.placed: dict[int, Placed] = {}
-        self.arrived: dict[int, set[int]] = {c: set() for c in range(len(plan.grid))}
         self.payload_bytes, self.transfer_s = 0, 0.0
-        self.run: cluster.DecodeRankRun | None = None
+        self._rank: Rank | None = None
+        self.rid = job.request_id
         self._attempt(lambda: self._start(impl))
 
+    @property
+    def rank(self) -> Rank:
+        """The engine's rank; every later step runs through ``_attempt``, which skips it when ``_start`` failed."""
+        if self._rank is None:
+            raise RuntimeError(f"decode rank {self.index}: a step ran although the engine's rank was never built")
+        return self._rank
+
     def _start(self, impl: Any) -> None:
-        self.run = cluster.DecodeRankRun(impl, self.world, self.index, self.plan.capacity)
-        pool = self.world.decode[self.index]
-        req = self.world.case.request
-        staged = self.run.handler.register(self.job.request_id, StagedReceiver(), pool.page_table, req.prefix_len,
-                                           req.num_tokens)
-        if not staged:
-            raise InvariantViolation("[receivers] StagedReceiver() took the plain path; require_staging is truthy")
+        case = self.world.case
+        self._rank = Rank(impl, RankShape.of_case(case, self.index), self.world.device, world=self.world,
+                          ring_bytes=self.plan.capacity, first_request_id=self.job.request_id)
+        self.rid = self.rank.register(RequestPlan.of_spec(case.request, case.seed), StagedReceiver(), from_world=True)
 
     def play(self) -> None:
         """Walk this rank's arrival order, exchanging with writers at first arrivals; then finish and check."""
@@ -143,107 +154,78 @@ class DecodeSide:
 
     # -- one exchange --------------------------------------------------------------------
     def _exchange(self, chunk: int, slot: int) -> None:
+        """Offer the writer the allocation and watermark until it may write (the engine's one wait loop, judged
+        by the ledger), then receive its bytes into the ring; a writer told it may write always sends them."""
         writer = self.roles.prefill_rank(self.plan.plans[self.index][slot].prefill_index)
         what = f"chunk {chunk} slot {slot}"
-        if self._attempt(lambda: self._allocation(chunk)) is _FAILED:
+        placement = self._attempt(lambda: self._allocation(chunk))
+        if placement is _FAILED:
             return self.transport.send_ints([ABORT] + [0] * (OFFER_FIELDS - 1), writer, f"abort of {what}")
-        placed, (span_offset, span_bytes) = self.placed[chunk], self.plan.layouts[self.index][chunk][slot]
-        heard = (0, 0)  # the watermark the writer last judged by
-        for attempt in range(MAX_POLLS):
-            if attempt and self._attempt(partial(self._poll_while_waiting, placed, heard)) is _FAILED:
-                break
-            wm = self._attempt(self._watermark)
-            if wm is _FAILED:
-                break
-            self.transport.send_ints([OFFER, placed.offset, placed.round, placed.end, *wm, span_offset, span_bytes],
-                                     writer, f"offer of {what}")
+        span_offset, span_bytes = self.plan.layouts[self.index][chunk][slot]
+        told = {"may_write": False}
+
+        def ask(wm: tuple[int, int]):
+            self.transport.send_ints([OFFER, placement.offset, placement.round, placement.end, *wm, span_offset,
+                                      span_bytes], writer, f"offer of {what}")
             writer_ok, may_write, *heard = self.transport.recv_ints(REPLY_FIELDS, writer, f"reply for {what}")
-            heard = tuple(heard)
             if not writer_ok:
                 self.failure.peer(f"writer on rank {writer} failed at {what}")
                 return None
-            if may_write:
-                return self._receive(writer, what, placed, span_offset, span_bytes, heard)
-        else:
-            self._attempt(lambda: _raise(InvariantViolation(
-                f"[allocator] {placed} never became writable; live: {self.run.alloc.live()}")))
-        self.transport.send_ints([ABORT] + [0] * (OFFER_FIELDS - 1), writer, f"abort of {what}")
-        return None
+            told["may_write"] = bool(may_write)
+            return bool(may_write), tuple(heard)
 
-    def _allocation(self, chunk: int) -> None:
+        ready = self._attempt(lambda: wait_until_writable(self.rank.ledger, placement, ask,
+                                                          lambda: self.rank.poll_older_owners(placement)))
+        if ready is True:
+            self._attempt(lambda: self.rank.write(self.rid, chunk, slot, fill=partial(self._receive, writer, what)))
+        elif told["may_write"]:  # judged unsafe: take the bytes the writer sends anyway, but not into live data
+            self._receive(writer, what, torch.empty(span_bytes, dtype=torch.uint8, device=self.world.device))
+        elif ready is _FAILED:
+            self.transport.send_ints([ABORT] + [0] * (OFFER_FIELDS - 1), writer, f"abort of {what}")
+
+    def _allocation(self, chunk: int) -> Placement:
         """The chunk's staging allocation, asked for once (twice, to check the answer repeats)."""
         if not self.failure.ok:
             raise _AlreadyFailed()
-        if chunk not in self.placed:
-            nbytes = sum(n for _, n in self.plan.layouts[self.index][chunk])
-            got = self.run.allocate(self.job.request_id, chunk, nbytes)
-            if got is None:
-                raise InvariantViolation(
-                    f"[lifecycle] chunk {chunk} of {nbytes} bytes refused by a {self.run.capacity}-byte ring")
-            self.placed[chunk] = got
-        for offset, nbytes in self.plan.layouts[self.index][chunk]:
-            if offset < 0 or offset + nbytes > self.placed[chunk].nbytes:
-                raise InvariantViolation(
-                    f"[layout] writer span {(offset, nbytes)} leaves its {self.placed[chunk].nbytes}-byte allocation")
+        t = self.rank.requests[self.rid]
+        if chunk not in t.placed and self.rank.allocate(self.rid, chunk) is None:
+            raise InvariantViolation(f"chunk {chunk} of request {self.rid} refused by a {self.rank.capacity}-byte ring")
+        return t.placed[chunk]
 
-    def _watermark(self) -> tuple[int, int]:
-        wm = tuple(self.run.alloc.watermark())
-        self.run.alloc.raise_if_violated()
-        return wm
-
-    def _poll_while_waiting(self, placed: Placed, heard: tuple[int, int]) -> None:
-        """The writer may not write yet: fine only while something older is live (liveness); poll to progress."""
-        older = [p for p in self.run.alloc.live() if p.alloc_id != placed.alloc_id and _before(p, placed)]
-        if not older:
-            raise InvariantViolation(f"[allocator] writer kept waiting for {placed} under watermark {heard} "
-                                     f"although nothing older is live (liveness)")
-        self.run.handler.poll(self.job.request_id)
-
-    def _receive(self, writer: int, what: str, placed: Placed, span_offset: int, span_bytes: int, heard) -> None:
-        """The writer was allowed to write: judge safety, then take its bytes into the ring at the allocated offset."""
-        overlapping = [p for p in self.run.alloc.live()
-                       if _before(p, placed) and p.offset < placed.end and placed.offset < p.end]
-        start = placed.offset + span_offset
-        target = self.run.ring[start:start + span_bytes]
-        if overlapping:  # still take the bytes (the writer sends them), but not into live data
-            target = torch.empty(span_bytes, dtype=torch.uint8, device=self.run.ring.device)
+    def _receive(self, writer: int, what: str, target: torch.Tensor) -> None:
         self.transfer_s += self.transport.recv_bytes(target, writer, f"payload of {what}")
-        self.payload_bytes += span_bytes
-        if overlapping:
-            self.failure.record(InvariantViolation(
-                f"[allocator] writer allowed to write {placed} under watermark {heard} while live allocation "
-                f"{overlapping[0]} overlaps it (safety)"))
+        self.payload_bytes += target.numel()
 
     # -- local steps -------------------------------------------------------------------
     def _arrive(self, chunk: int, slot: int) -> None:
-        page_start, num_pages, tokens = self.plan.grid[chunk]
-        self.run.handler.chunk_arrived(self.job.request_id, chunk, slot, page_start, num_pages, tokens)
-        self.arrived[chunk].add(slot)
-        if len(self.arrived[chunk]) < len(self.plan.plans[self.index]):
-            cluster.check_not_scattered(self.run, chunk, self.plan.grid[chunk], self.arrived[chunk])
+        self.rank.arrive(self.rid, chunk, slot)
+        if len(self.rank.requests[self.rid].arrived[chunk]) < self.rank.num_writers:
+            self.rank.check_not_scattered(self.rid, chunk)
 
     def _finish(self) -> None:
         """As in process: prefill done, poll to completion, late duplicates harmless, release frees everything."""
-        run, rid, first = self.run, self.job.request_id, self.plan.grid[0]
-        run.handler.prefill_done(rid)
-        run.poll_until(rid, "done")
-        run.handler.chunk_arrived(rid, 0, 0, *first)
-        run.release_and_check(rid)
-        run.handler.chunk_arrived(rid, 0, 0, *first)
-        run.handler.poll(rid)
-        run.alloc.raise_if_violated()
+        rank, rid, first = self.rank, self.rid, self.plan.grid[0]
+        rank.prefill_done(rid)
+        rank.expect(rid, DONE)
+        rank.handler.chunk_arrived(rid, 0, 0, *first)
+        rank.release(rid)
+        rank.handler.chunk_arrived(rid, 0, 0, *first)
+        rank.handler.poll(rid)
+        rank.check_all()
 
     def _check_pool(self) -> None:
-        self.world.check_decode("round_trip", part="request", indices=[self.index])
-        self.world.check_decode("isolation", part="outside", indices=[self.index])
+        self.world.check_decode(part="all", indices=[self.index])
 
     def _attempt(self, step):
-        """Run a local step unless this rank already failed; record its failure.  Its value, or ``_FAILED``."""
+        """Run a local step unless this rank already failed; record its failure.  Its value, or ``_FAILED``.
+        A failing process group is not the implementation's failure: it propagates."""
         if not self.failure.ok:
             return _FAILED
         try:
             return step()
-        except _AlreadyFailed:
+        except (_AlreadyFailed, TransportError) as exc:
+            if isinstance(exc, TransportError):
+                raise
             return _FAILED
         except Exception as exc:
             self.failure.record(exc)
@@ -268,7 +250,7 @@ class WriterSide:
                 self._serve(exchange)
         if self.failure.ok:
             try:
-                check_untouched("isolation", f"gather on prefill rank {self.index}:", [self.before], [self.pool])
+                check_untouched(f"gather on prefill rank {self.index}:", [self.before], [self.pool])
             except Exception as exc:
                 self.failure.record(exc)
 
@@ -303,13 +285,8 @@ class WriterSide:
     def _gather(self, x: schedule.Exchange, nbytes: int) -> Guarded:
         """The writer's head slice of the chunk, in its own canary-guarded staging buffer."""
         kv, req = self.world.case.kv, self.world.case.request
-        plan = self.plan.plans[x.decode_index][x.slot]
-        page_start, _, tokens = self.plan.grid[x.chunk]
-        buf = Guarded(nbytes, self.world.device)
-        self.impl.gather(self.pool.k, self.pool.v, self.pool.page_table[req.prefix_len // kv.page_size + page_start:],
-                         kv.page_size, tokens, plan.source_start, plan.count, buf.inner)
-        buf.check_margins("isolation", f"gather of writer {plan.slot}")
-        return buf
+        return gather(self.impl, self.pool, self.plan.plans[x.decode_index][x.slot], kv.page_size, req.prefix_len,
+                      self.plan.grid[x.chunk], nbytes, self.world.device)
 
 
 def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_size: int, load_impl) -> RankResult:
@@ -333,7 +310,7 @@ def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_s
         transport.all_gather((None, describe(exc)), "case setup")
         failure = RoleFailure()
         failure.record(exc)
-        return RankResult(rank, role, index, device, failure.outcome, failure.message)
+        return RankResult(rank, role, index, device, failure.outcome or ERROR, failure.message)  # record() set it
     agreed = transport.all_gather(mine, "case setup")
     setups = [a for a in agreed if a is not None]
     broken = [r for r, a in enumerate(agreed) if a is not None and a[1] is not None]
@@ -344,6 +321,7 @@ def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_s
         return RankResult(rank, role, index, device, ERROR,
                           "ranks computed different writer plans, layouts or ring sizes from the same case: the "
                           "implementation's head mapping or layout is not deterministic")
+    side: DecodeSide | WriterSide
     if role == DECODE:
         side = DecodeSide(impl, world, index, plan, job, transport, roles)
     else:
@@ -354,13 +332,25 @@ def run_case(job: CaseJob, rank: int, device: str, transport: Transport, world_s
 
 def _own_pools_only(world: World, role: str, index: int) -> World:
     """Drop every pool but this rank's: bytes a decode rank holds must have crossed the process group."""
-    world.prefill = [p if role == PREFILL and i == index else None for i, p in enumerate(world.prefill)]
-    world.decode = [p if role == DECODE and i == index else None for i, p in enumerate(world.decode)]
+    world.prefill = [p if role == PREFILL and i == index else _PoolElsewhere(f"prefill pool {i}")
+                     for i, p in enumerate(world.prefill)]
+    world.decode = [p if role == DECODE and i == index else _PoolElsewhere(f"decode pool {i}")
+                    for i, p in enumerate(world.decode)]
     return world
 
 
-def _before(a: Placed, b: Placed) -> bool:
-    return (a.round, a.offset) < (b.round, b.offset)
+class _PoolElsewhere(RankPool):
+    """Stands in for a pool another rank holds: reading any of its fields raises ``AttributeError``."""
+
+    def __init__(self, what: str) -> None:  # no fields: k, v, heads, layers, page_table stay unset
+        self.what = what
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{self.what} is held by another rank: this rank cannot read its {name} "
+                             f"(its bytes must cross the process group)")
+
+    def __repr__(self) -> str:
+        return f"<{self.what}, held by another rank>"
 
 
 _FAILED = object()  # what DecodeSide._attempt returns for a step that failed or was skipped
@@ -368,10 +358,6 @@ _FAILED = object()  # what DecodeSide._attempt returns for a step that failed or
 
 class _AlreadyFailed(Exception):
     """Internal: a step skipped because the rank already failed."""
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc
 
 
 def describe(exc: BaseException) -> str:

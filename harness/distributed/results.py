@@ -89,7 +89,7 @@ class CaseReport:
         if not findings:  # only consequences: say so rather than invent a culprit
             raise DistributedFailure("ranks failed without a finding: " + "; ".join(f"{r.where}: {r.message}" for r in others))
         first = findings[0]
-        text = _tagged(first)
+        text = _located(first)
         rest = [r for r in others if r is not first]
         if rest:
             text += "\nother ranks: " + "; ".join(f"{r.where} {r.outcome}: {r.message.splitlines()[0] if r.message else ''}"
@@ -97,10 +97,6 @@ class CaseReport:
         raise (InvariantViolation if first.outcome == VIOLATION else RankError)(text)
 
 
-def _tagged(result: RankResult) -> str:
-    """Keep a violation's leading ``[invariant]`` tag first, then say where it happened."""
-    message = result.message
-    if message.startswith("["):
-        tag, _, rest = message.partition("] ")
-        return f"{tag}] {result.where}: {rest}"
-    return f"{result.where}: {message}"
+def _located(result: RankResult) -> str:
+    """A finding, prefixed with where it happened (the invariant is attributed by the test's marker)."""
+    return f"{result.where}: {result.message}"

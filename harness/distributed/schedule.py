@@ -16,8 +16,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness import cluster, oracles
-from harness.cluster import WriterPlan
+from harness import oracles
+from harness.engine.shapes import RankShape
+from harness.engine.writers import WriterPlan, writer_plans
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,7 @@ def fingerprint(orders: Sequence[Sequence[tuple[int, int]]], plans: Sequence[Seq
 
 def writer_slot_counts(impl, case) -> tuple[list[int], int]:
     """``(writer slots of each decode pool, chunks)``: what a parent needs to draw arrival orders for a case."""
-    from harness.world import World
-
-    world = World.build(case, "cpu")
-    req, kv = case.request, case.kv
+    req, kv, topo = case.request, case.kv, case.topology
     chunks = len(oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages))
-    return [len(cluster.writer_plans(impl, world, j)) for j in range(len(world.decode))], chunks
+    decode_pools = topo.decode_tp * topo.decode_pp
+    return [len(writer_plans(impl, RankShape.of_case(case, j))) for j in range(decode_pools)], chunks

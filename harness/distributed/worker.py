@@ -114,8 +114,8 @@ def _join_group(args: WorkerArgs):
     store = dist.TCPStore(args.store_host, args.store_port, None, is_master=False,
                           timeout=timedelta(seconds=config.start_timeout_s))
     _await_all_ranks(store, args)
-    extra = {"device_id": device} if config.backend == "nccl" else {}
-    dist.init_process_group(config.backend, store=store, rank=args.rank, world_size=args.world_size, timeout=timeout, **extra)
+    dist.init_process_group(config.backend, store=store, rank=args.rank, world_size=args.world_size, timeout=timeout,
+                            device_id=device if config.backend == "nccl" else None)  # None: torch's default
     control = dist.new_group(backend="gloo", timeout=timeout) if config.backend != "gloo" else dist.group.WORLD
     return Transport(args.rank, dist.group.WORLD, control, config.op_timeout_s, config.stages_through_host)
 

@@ -1,0 +1,122 @@
+"""Prefill writers as a decode rank sees them: which slot writes what, where in a chunk, and when it may.
+
+* :func:`writer_plans` is the one writer-slot computation: slot ``offset * len(sources) + tp_slot`` is
+  prefill TP rank ``sources[tp_slot]`` of the ``offset``-th prefill stage feeding the decode rank's stage,
+  with the head slice from the implementation's mapping when it has ``head_mapping`` (else the oracle's).
+* :func:`chunk_layout` is where each slot's bytes sit in a chunk's staging region (the implementation's
+  ``staging_layout`` when it has ``layout``, else the interface convention).
+* :func:`wait_until_writable` is the one loop in which a writer waits for the watermark while the
+  scheduler polls the owners of older live regions; every answer it gets is judged by the ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from harness import oracles
+from harness.engine.buffers import Guarded
+from harness.engine.ledger import Ledger, Placement
+from harness.engine.shapes import RankShape
+from harness.oracles import InvariantViolation
+
+MAX_POLLS = 64
+
+
+def has(impl: Any, capability: str) -> bool:
+    return capability in impl.capabilities
+
+
+@dataclass(frozen=True)
+class WriterPlan:
+    """One writer slot of a decode rank: where its bytes come from and go."""
+
+    slot: int
+    prefill_index: int     # pool index pp_stage * prefill_tp + tp_rank
+    source_start: int      # first head on the prefill rank
+    count: int             # heads it sends
+    destination_start: int  # first head on the decode rank
+    layer_start: int       # first local layer on the decode rank
+
+
+def writer_plans(impl: Any, shape: RankShape) -> list[WriterPlan]:
+    """Writer slots of the decode rank ``shape`` describes; head mapping from the implementation when it has one."""
+    topo = shape.topology
+    stage, rank = divmod(shape.decode_index, topo.decode_tp)
+    H, P, D = topo.total_kv_heads, topo.prefill_tp, topo.decode_tp
+    mapped = has(impl, "head_mapping")
+    ranks = list(impl.writers_of_decode_rank(H, P, D, rank) if mapped else oracles.source_ranks(H, P, D, rank))
+    ratio = topo.prefill_pp // topo.decode_pp
+    plans = []
+    for offset in range(ratio):
+        for tp_slot, prefill_rank in enumerate(ranks):
+            if mapped:
+                src, count, dst = impl.head_slice(H, P, D, prefill_rank, rank)
+            else:
+                e = oracles.expected_slice(H, P, D, prefill_rank, rank)
+                src, count, dst = e.source_start, e.count, e.destination_start
+            plans.append(WriterPlan(offset * len(ranks) + tp_slot, (stage * ratio + offset) * P + prefill_rank,
+                                    src, count, dst, offset * shape.layers_per_writer))
+    return plans
+
+
+def chunk_layout(impl: Any, shape: RankShape, plans: list[WriterPlan], tokens: int) -> list[tuple[int, int]]:
+    """``(offset, nbytes)`` of each writer slot's part of a chunk of ``tokens`` tokens."""
+    args = (len(plans), tokens, plans[0].count, shape.layers_per_writer, shape.kv.head_dim, shape.element_size)
+    return [tuple(s) for s in (impl.staging_layout(*args) if has(impl, "layout") else oracles.expected_spans(*args))]
+
+
+def check_span(slot: int, span: tuple[int, int], placement: Placement) -> None:
+    """A writer's span lies inside its chunk's allocation."""
+    offset, nbytes = span
+    if offset < 0 or offset + nbytes > placement.nbytes:
+        raise InvariantViolation(f"writer {slot} span {span} leaves its {placement.nbytes}-byte allocation")
+
+
+#: A writer's decision: given the watermark the decode side offers, ``(may_write, watermark it judged by)``;
+#: ``None`` when the writer is gone (distributed mode: it failed).
+Ask = Callable[[tuple[int, int]], Optional[tuple[bool, tuple[int, int]]]]
+
+
+def wait_until_writable(ledger: Ledger, placement: Placement, ask: Ask, progress: Callable[[], None], *,
+                        strict: bool = True, attempts: Optional[int] = MAX_POLLS, deadline_s: Optional[float] = None,
+                        meanwhile: Callable[[], None] = lambda: None, must: bool = True) -> bool:
+    """Offer the writer the watermark until it may write; between refusals ``progress()`` lets the scheduler
+    poll older owners.  Every answer is judged (safety; liveness when ``strict``).  Returns whether the writer
+    may write (False: it is gone, or it gave up after ``attempts`` when not ``must``); raises when it ``must``
+    and never may within ``attempts`` (or ``deadline_s`` seconds, checking ``meanwhile`` on each round: a
+    leaked region would block it forever)."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        answer = ask(ledger.watermark())
+        ledger.raise_if_violated()
+        if answer is None:
+            return False
+        may_write, heard = answer
+        ledger.judge_writer(placement, heard, may_write, strict)
+        if may_write:
+            return True
+        attempt += 1
+        if attempts is not None and attempt >= attempts:
+            if not must:
+                return False
+            raise InvariantViolation(f"writer of {placement} never became writable after {attempts} polls; "
+                                     f"live: {ledger.live()}")
+        if deadline_s is not None and time.monotonic() - started > deadline_s:
+            raise InvariantViolation(f"writer of {placement} waited {deadline_s}s; live: {ledger.live()} (liveness)")
+        meanwhile()
+        progress()
+
+
+def gather(impl: Any, source, plan: WriterPlan, page_size: int, prefix_len: int, geometry: tuple[int, int, int],
+           nbytes: int, device) -> Guarded:
+    """Writer ``plan``'s bytes of one chunk, gathered by the implementation from prefill pool ``source`` into a
+    buffer of its own whose canary margins must survive."""
+    page_start, _, tokens = geometry
+    buf = Guarded(nbytes, device)
+    impl.gather(source.k, source.v, source.page_table[prefix_len // page_size + page_start:], page_size, tokens,
+                plan.source_start, plan.count, buf.inner)
+    buf.check_margins(f"gather of writer {plan.slot}")
+    return buf
