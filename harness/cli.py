@@ -44,15 +44,21 @@ against one implementation and write a conformance report.
 
 The report has one row per invariant of the catalogue (see --list-invariants) with its
 status (pass, fail, interrupted, xfail, not-implemented, not-run), the number of tests and the number of
-Hypothesis examples run, and for each failing test: its id, the shrunk counterexample, the
-@reproduce_failure(...) line, the seed when one reproduces it, the first line of the error
-and a one-line command that reruns it.  The report is printed at the end of the run and
+Hypothesis examples run, and each distinct failure of a failing test: its id, its failure
+status (fail, timeout, crash, out-of-bounds), the shrunk counterexample, Hypothesis's
+explanation, the @reproduce_failure(...) line, the seed when one reproduces it, the first
+line of the error and a one-line command that reruns it.  Its run info says what produced
+it: kvconform version and commit, catalogue version, implementation and its version, the
+configuration, device names, driver, and torch/Triton/Hypothesis/Python versions.  The report is printed at the end of the run and
 written to DIR/kvconform-report.md and DIR/kvconform-report.json (--report-dir, default:
 the current directory; checked before the first test); their paths are printed last.  The
 files are rewritten after every test, marked INCOMPLETE until the run ends, so a run killed
 from outside leaves its results so far; an interrupted run is marked INTERRUPTED.  If DIR
 cannot be written at the end, the report goes to $TMPDIR/kvconform-report-PID/ instead (the
-line saying so and the table are printed either way)."""
+line saying so and the table are printed either way).
+
+`%(prog)s matrix REPORT.json ... [--markdown OUT.md] [--json OUT.json]` merges reports into
+one table across implementations, versions, configurations and devices (see its --help)."""
 
 EPILOG = """\
 exit status:
@@ -142,6 +148,10 @@ def conformance_directory() -> Path:
 def main(argv: list[str] | None = None, prog: str = "kvconform") -> int:
     """Run the command; returns its exit status (see ``EXIT_*``: 0 iff some invariant ran and none failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["matrix"]:  # the one subcommand: merge reports (harness.matrix)
+        from harness import matrix
+
+        return matrix.main(argv[1:], prog=f"{prog} matrix")
     own, passthrough = _split_passthrough(argv)
     parser = build_parser(prog)
     args = parser.parse_args(own)

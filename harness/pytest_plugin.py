@@ -31,9 +31,11 @@ loads it lazily once collection finds an ``invariant``-marked test (so
 controller only, from data carried in ``report.user_properties`` (which
 pytest-xdist serializes): the invariant, missing capabilities, the number of
 Hypothesis test cases (from Hypothesis's statistics collector, chained so
-``--hypothesis-show-statistics`` keeps working) and failure details (taken
-from the exception's notes: Hypothesis's falsifying example and
-``@reproduce_failure`` line).  It is rewritten after every test, marked
+``--hypothesis-show-statistics`` keeps working) and the details of every
+distinct failure (Hypothesis's "distinct failures" exception group is split
+into its members; each member's notes give its falsifying example,
+``@reproduce_failure`` line and explain-phase lines).  The run info
+(``harness.runinfo``) is collected once, on the controller.  It is rewritten after every test, marked
 incomplete, and once more at the session's end with its completion state: a
 test running when the session was interrupted reads ``interrupted``, and a
 run in which no invariant test ran exits 5 (pytest's "no tests"), not 0.
@@ -44,8 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.metadata
-import platform
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from typing import Any
 
 import pytest
 
-from harness import profiles, scope, settings
+from harness import profiles, runinfo, scope, settings
 from harness.oracles import attribute
 from harness.catalogue import BY_ID
 from harness.devices import require_devices, select_devices
@@ -79,10 +80,8 @@ PROP_MISSING = "kvconform.missing_capabilities"
 PROP_XFAIL = "kvconform.xfail"
 PROP_EXAMPLES = "kvconform.examples"
 PROP_SHRINKS = "kvconform.shrinks"
-PROP_ERROR = "kvconform.error"
-PROP_COUNTEREXAMPLE = "kvconform.counterexample"
-PROP_BLOB = "kvconform.reproduce_failure"
-PROP_SEED = "kvconform.seed"
+#: JSON list of the call's distinct failures: {"error", "counterexample", "reproduce_failure", "seed", "explanation"}.
+PROP_FAILURES = "kvconform.failures"
 
 DEVICE_CHOICES = ("cpu", "cuda", "all")
 CONFORMANCE_DIR = Path(__file__).resolve().parent / "conformance"
@@ -413,16 +412,18 @@ class ConformanceRun:
         if PROP_EXAMPLES in props:
             record.examples = int(props[PROP_EXAMPLES])
             record.shrinks = int(props.get(PROP_SHRINKS, 0))
-        failure = None
+        failures: tuple[FailureDetail, ...] = ()
         if report.failed:
-            failure = FailureDetail(
+            found = json.loads(props[PROP_FAILURES]) if report.when == "call" and PROP_FAILURES in props else [{}]
+            failures = tuple(FailureDetail(
                 phase=report.when,
-                error=(props.get(PROP_ERROR) if report.when == "call" else None) or _first_error_line(report),
-                counterexample=props.get(PROP_COUNTEREXAMPLE),
-                reproduce_failure=props.get(PROP_BLOB),
-                seed=props.get(PROP_SEED) or _printed_seed(report),
-            )
-        record.add_phase(report.when, report.outcome, hasattr(report, "wasxfail"), failure)
+                error=found_one.get("error") or _first_error_line(report),
+                counterexample=found_one.get("counterexample"),
+                reproduce_failure=found_one.get("reproduce_failure"),
+                seed=found_one.get("seed") or _printed_seed(report),
+                explanation=tuple(found_one.get("explanation", ())),
+            ) for found_one in found)
+        record.add_phase(report.when, report.outcome, hasattr(report, "wasxfail"), failures)
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -483,7 +484,7 @@ class ConformanceRun:
             return
         terminalreporter.write_sep("=", "kvconform conformance report")
         for line in terminal_lines(self.report):
-            red = line.startswith(("FAIL ", "INTERRUPTED", "INCOMPLETE"))
+            red = line.startswith(("FAIL ", "TIMEOUT ", "CRASH ", "OUT-OF-BOUNDS ", "INTERRUPTED", "INCOMPLETE"))
             terminalreporter.write_line(line, red=red, bold=red)
         if self.writer is not None and self.writer.problem:
             where = (f"it was written to {self.report_paths[0]} and {self.report_paths[1]} instead"
@@ -506,12 +507,17 @@ class ConformanceRun:
         except ImplementationError as exc:
             loaded, error = None, str(exc)
         selected, note = self.devices()
+        limits = tuple(sorted(scope.declared_limits(loaded.implementation))) if loaded else ()
+        configuration = {"impl_spec": self.spec, "profile": profiles.current_profile_name(),
+                         "device_option": self.device_option, "devices": list(selected),
+                         "xfails": [entry.pattern for entry in self.xfails], "limits": list(limits),
+                         "environment": runinfo.environment()}
         return RunContext(
             impl_spec=self.spec,
             impl_name=loaded.name if loaded else self.spec,
             impl_target=loaded.target if loaded else None,
             capabilities=tuple(sorted(loaded.capabilities)) if loaded else (),
-            limits=tuple(sorted(scope.declared_limits(loaded.implementation))) if loaded else (),
+            limits=limits,
             impl_error=error,
             profile=profiles.current_profile_name(),
             devices_requested=self.device_option,
@@ -522,6 +528,8 @@ class ConformanceRun:
             cli_prog=self.config.getoption("kvconform_prog"),
             rootdir=str(self.config.rootpath),
             invocation_dir=str(self.config.invocation_params.dir),
+            run_info=runinfo.collect(loaded.implementation if loaded else None, loaded.name if loaded else self.spec,
+                                     loaded.target if loaded else None, configuration, selected),
         )
 
 
@@ -634,20 +642,50 @@ def _example_properties(item: pytest.Item, statistics: list[dict]) -> list[tuple
 
 
 def _failure_properties(exc: BaseException, item: pytest.Item, statistics: list[dict]) -> list[tuple[str, Any]]:
-    """Error line, Hypothesis counterexample(s), ``@reproduce_failure`` blob and usable seed of a failure."""
-    message = str(exc).strip().splitlines()
-    props: list[tuple[str, Any]] = [(PROP_ERROR, f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__)]
-    notes = _notes(exc)
-    examples = [n for n in notes if n.startswith(_COUNTEREXAMPLE_PREFIXES)]
-    if examples:
-        props.append((PROP_COUNTEREXAMPLE, "\n".join(examples)))
-    blobs = [m.group(0) for n in notes for m in _BLOB.finditer(n)]
-    if blobs:
-        props.append((PROP_BLOB, blobs[0]))
-    seed = _reproducing_seed(item, statistics) or _printed_seed_in("\n".join(notes))
-    if seed is not None:
-        props.append((PROP_SEED, seed))
-    return props
+    """Each distinct failure's error line, counterexample, ``@reproduce_failure`` blob, explanation and seed.
+
+    Hypothesis raises an ``ExceptionGroup`` when a test fails in several
+    distinct ways; each member carries its own notes, and each becomes one
+    failure of the report.
+    """
+    seed = _reproducing_seed(item, statistics)
+    found = []
+    for failure in _distinct_failures(exc):
+        message = str(failure).strip().splitlines()
+        notes = _notes(failure)
+        examples = [n for n in notes if n.startswith(_COUNTEREXAMPLE_PREFIXES)]
+        blobs = [m.group(0) for n in notes for m in _BLOB.finditer(n)]
+        found.append({
+            "error": f"{type(failure).__name__}: {message[0]}" if message else type(failure).__name__,
+            "counterexample": "\n".join(examples) or None,
+            "reproduce_failure": blobs[0] if blobs else None,
+            "seed": seed or _printed_seed_in("\n".join(notes)),
+            "explanation": _explanation(notes),
+        })
+    return [(PROP_FAILURES, json.dumps(found))]
+
+
+def _distinct_failures(exc: BaseException) -> list[BaseException]:
+    """The members of Hypothesis's "distinct failures" group (nested groups flattened), else ``[exc]``.
+
+    Only plain ``ExceptionGroup``/``BaseExceptionGroup`` are split: subclasses
+    such as Hypothesis's ``FlakyFailure`` are one failure.
+    """
+    if type(exc).__name__ not in ("ExceptionGroup", "BaseExceptionGroup"):
+        return [exc]
+    members = [m for m in getattr(exc, "exceptions", ()) if isinstance(m, BaseException)]
+    return [leaf for member in members for leaf in _distinct_failures(member)] or [exc]
+
+
+def _explanation(notes: list[str]) -> list[str]:
+    """Hypothesis's explain-phase note: the ``Explanation:`` line and the indented notes after it."""
+    for start, note in enumerate(notes):
+        if note.startswith("Explanation:"):
+            end = start + 1
+            while end < len(notes) and notes[end].startswith((" ", "\t")):
+                end += 1
+            return notes[start:end]
+    return []
 
 
 def _notes(exc: BaseException) -> list[str]:
@@ -701,10 +739,4 @@ def _first_error_line(report: pytest.TestReport) -> str:
 
 
 def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for dist in ("torch", "hypothesis", "pytest", "kvconform"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "not installed" if dist != "kvconform" else "checkout"
-    return versions
+    return {**runinfo.versions(), "kvconform": runinfo.suite_version()}

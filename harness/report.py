@@ -18,8 +18,20 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
       "schema_version": 1,
       "impl": {"spec": str, "name": str, "target": str | null,
                "capabilities": [str], "limits": [str], "error": str | null},
-      "versions": {"python": str, "torch": str, "hypothesis": str,
-                   "pytest": str, "kvconform": str},
+      "versions": {"python": str, "torch": str, "triton": str, "hypothesis": str,
+                   "pytest": str, "kvconform": str},   # "not installed" when absent
+      "run": {                         # run info (harness.runinfo); absent in reports of older versions
+        "suite": {"name": "kvconform", "version": str,
+                  "commit": str},  # git describe [-dirty: code, not reports/, changed] or "unknown"
+        "catalogue_version": str,      # harness.catalogue.CATALOGUE_VERSION
+        "implementation": {"name": str, "project": str, "version": str,  # "unknown" when not found
+                           "version_from": str},   # attribute | name | distribution DIST | unknown
+        "configuration": {"impl_spec": str, "profile": str, "device_option": str,
+                          "devices": [str], "xfails": [str], "limits": [str],
+                          "environment": {str: str}},   # set TRITON_INTERPRET, CUDA_VISIBLE_DEVICES, KVCONFORM_*
+        "device_names": [str],         # CUDA device names when CUDA is used, the CPU model for cpu
+        "driver": str,                 # NVIDIA driver (nvidia-smi), else CUDA driver API; "n/a" on CPU
+        "platform": str},
       "profile": str,                  # Hypothesis profile: default | ci | thorough | other
       "devices": {"requested": "cpu" | "cuda" | "all", "selected": [str], "note": str | null},
       "xfails_file": str | null,
@@ -28,16 +40,22 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                      "note": str | null},         # why a run is interrupted or nothing ran
       "summary": {"pass": int, "fail": int, "interrupted": int, "xfail": int,
                   "not-implemented": int, "not-run": int,      # rows per status
-                  "tests": int, "failed_tests": int, "examples": int},
+                  "tests": int, "failed_tests": int, "examples": int,
+                  "failures": int,                             # distinct failures (>= failed_tests)
+                  "failure_statuses": {"fail": int, "timeout": int, "crash": int, "out-of-bounds": int}},
       "rows": [{"invariant": str, "title": str, "status": str, "tests": int,
                 "passed": int, "failed": int, "interrupted": int, "xfailed": int, "xpassed": int,
                 "not_implemented": int, "skipped": int,
                 "examples": int,       # Hypothesis test cases run, excluding shrinking (1 per plain test)
                 "shrinks": int,        # test cases run while shrinking failures
-                "missing_capabilities": [str]}],
-      "failures": [{"invariant": str, "test": str,    # pytest node id
+                "missing_capabilities": [str],
+                "failure_statuses": [str]}],   # statuses of its failures, legend order
+      "failures": [{"invariant": str, "test": str,    # pytest node id; one entry per distinct failure
+                    "index": int, "test_failures": int,   # this is failure INDEX of TEST_FAILURES of the test
+                    "status": "fail" | "timeout" | "crash" | "out-of-bounds",   # see FAILURE_STATUSES
                     "phase": "setup" | "call" | "teardown",
                     "error": str,                     # first line of the error
+                    "explanation": [str],             # Hypothesis's explain-phase notes, if any
                     "counterexample": str | null,     # Hypothesis's shrunk example
                     "reproduce_failure": str | null,  # "@reproduce_failure('6.x', b'...')"
                     "seed": str | null,               # for --hypothesis-seed
@@ -49,12 +67,19 @@ Row status, in order of precedence: ``fail`` (a test failed or errored),
 ``KeyboardInterrupt`` out of the implementation, while a test of it ran), ``xfail`` (a failure listed in the xfails file), ``pass``, ``not-implemented``
 (every test needs a capability the implementation lacks), ``not-run`` (no test
 ran: none exists, all deselected, or skipped for another reason).
+
+Every distinct failure of a test is kept (Hypothesis reports several when a
+test fails in distinct ways, as an exception group): each with its own
+counterexample, ``@reproduce_failure`` blob, explanation and repro line, and a
+failure status derived from the error (:func:`failure_status`, legend in
+:data:`FAILURE_STATUSES`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import tempfile
 from dataclasses import dataclass
@@ -69,6 +94,19 @@ ROW_STATUSES = ("pass", "fail", "interrupted", "xfail", "not-implemented", "not-
 COMPLETION_STATES = ("incomplete", "complete", "interrupted")
 REPORT_BASENAME = "kvconform-report"
 
+#: Failure statuses, most specific first, and how each is recognised in the error (the report legend).
+FAILURE_STATUSES: dict[str, str] = {
+    "out-of-bounds": "a write outside a buffer handed to the implementation: a canary margin changed "
+                     "(\"wrote outside its buffer\", the canary fence of harness/engine/buffers.py)",
+    "timeout": "a call into the implementation did not return in time (the guard's \"hung: no return within\") "
+               "or a distributed rank operation timed out",
+    "crash": "the implementation raised an exception (the guard's \"raised\"), a rank process died, or the test "
+             "stopped on an exception that is not an assertion",
+    "fail": "an invariant violation or assertion: the implementation returned or wrote something wrong",
+}
+_ASSERTION_TYPES = re.compile(r"^([\w.]*\.)?(AssertionError|\w*Violation|ImplementationFault|Failed|"
+                              r"Flaky\w*|FailedHealthCheck|Unsatisfiable|DistributedFailure)\b")
+
 
 @dataclass(frozen=True)
 class FailureDetail:
@@ -79,6 +117,24 @@ class FailureDetail:
     counterexample: str | None = None
     reproduce_failure: str | None = None
     seed: str | None = None
+    explanation: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        return failure_status(self.error)
+
+
+def failure_status(error: str) -> str:
+    """The failure status (a key of :data:`FAILURE_STATUSES`) of an error line ``Type: message``."""
+    if "wrote outside its buffer" in error:
+        return "out-of-bounds"
+    if re.search(r"\bhung: no return within\b|\btimed out\b|\(timeout [\d.]+s\)|did not join", error):
+        return "timeout"
+    if re.search(r"ImplementationFault: .*? raised [\w.]+: |died without a report|a rank process died", error):
+        return "crash"
+    if error and not _ASSERTION_TYPES.match(error) and re.match(r"^[\w.]+(: |$)", error):
+        return "crash"
+    return "fail"
 
 
 @dataclass
@@ -95,14 +151,15 @@ class TestRecord:
     examples: int | None = None
     shrinks: int = 0
     missing_capabilities: tuple[str, ...] = ()
-    failure: FailureDetail | None = None
+    #: Every distinct failure of the test (the first failing phase's), in Hypothesis's order.
+    failures: tuple[FailureDetail, ...] = ()
 
-    def add_phase(self, when: str, outcome: str, xfailed: bool, failure: FailureDetail | None) -> None:
+    def add_phase(self, when: str, outcome: str, xfailed: bool, failures: tuple[FailureDetail, ...]) -> None:
         """Fold one phase report in; a failure in any phase makes the test fail."""
         if self.status == "fail":
             return
         if outcome == "failed":
-            self.status, self.failure = "fail", failure
+            self.status, self.failures = "fail", failures
         elif when == "setup" and outcome == "skipped":
             self.status = "not-implemented" if self.missing_capabilities else ("xfail" if xfailed else "skipped")
         elif when == "call" and outcome == "skipped":
@@ -140,6 +197,8 @@ class RunContext:
     cli_prog: str | None = None
     rootdir: str = "."
     invocation_dir: str = "."
+    #: The report's ``"run"`` object (``harness.runinfo.collect``); ``None`` leaves it out.
+    run_info: dict[str, Any] | None = None
 
 
 def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str | None = None) -> str:
@@ -191,16 +250,19 @@ def build_report(context: RunContext, records: list[TestRecord],
         by_invariant.setdefault(record.invariant, []).append(record)
     rows = [_row(inv.id, inv.title, by_invariant.get(inv.id, [])) for inv in INVARIANTS]
     failures = [
-        _failure_entry(context, record)
+        entry
         for inv in INVARIANTS
         for record in sorted(by_invariant.get(inv.id, []), key=lambda r: r.nodeid)
         if record.status == "fail"
+        for entry in _failure_entries(context, record)
     ]
-    summary: dict[str, int] = {status: sum(r["status"] == status for r in rows) for status in ROW_STATUSES}
+    summary: dict[str, Any] = {status: sum(r["status"] == status for r in rows) for status in ROW_STATUSES}
     summary["tests"] = sum(r["tests"] for r in rows)
-    summary["failed_tests"] = len(failures)
+    summary["failed_tests"] = len({f["test"] for f in failures})
     summary["examples"] = sum(r["examples"] for r in rows)
-    return {
+    summary["failures"] = len(failures)
+    summary["failure_statuses"] = {status: sum(f["status"] == status for f in failures) for status in FAILURE_STATUSES}
+    report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "impl": {
             "spec": context.impl_spec,
@@ -223,6 +285,9 @@ def build_report(context: RunContext, records: list[TestRecord],
         "rows": rows,
         "failures": failures,
     }
+    if context.run_info is not None:
+        report["run"] = context.run_info
+    return report
 
 
 def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any]:
@@ -250,6 +315,7 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
     else:
         status = "not-run"
     missing = sorted({cap for r in records for cap in r.missing_capabilities})
+    statuses = {f.status for r in records if r.status == "fail" for f in r.failures or (_NO_DETAIL,)}
     return {
         "invariant": invariant,
         "title": title,
@@ -259,21 +325,30 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
         "examples": sum((r.examples if r.examples is not None else 1) for r in records if r.ran),
         "shrinks": sum(r.shrinks for r in records),
         "missing_capabilities": missing,
+        "failure_statuses": [status for status in FAILURE_STATUSES if status in statuses],
     }
 
 
-def _failure_entry(context: RunContext, record: TestRecord) -> dict[str, Any]:
-    detail = record.failure or FailureDetail(phase="call", error="(no error text captured)")
-    return {
+_NO_DETAIL = FailureDetail(phase="call", error="(no error text captured)")
+
+
+def _failure_entries(context: RunContext, record: TestRecord) -> list[dict[str, Any]]:
+    """One entry per distinct failure of a failed test, each with its own repro line."""
+    details = record.failures or (_NO_DETAIL,)
+    return [{
         "invariant": record.invariant,
         "test": record.nodeid,
+        "index": index,
+        "test_failures": len(details),
+        "status": detail.status,
         "phase": detail.phase,
         "error": detail.error,
+        "explanation": list(detail.explanation),
         "counterexample": detail.counterexample,
         "reproduce_failure": detail.reproduce_failure,
         "seed": detail.seed,
         "repro": repro_command(context, record.nodeid, detail.seed, record.path),
-    }
+    } for index, detail in enumerate(details, 1)]
 
 
 def _row_notes(row: dict[str, Any]) -> str:
@@ -298,6 +373,7 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
         f"profile: {report['profile']}; devices: {', '.join(devices['selected']) or '(none)'}"
         + (f" ({devices['note']})" if devices["note"] else ""),
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        *_run_info_lines(report.get("run")),
     ]
     if impl["error"]:
         lines.insert(1, f"implementation error: {impl['error']}")
@@ -312,6 +388,31 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
     if completion["state"] != "complete" or completion["note"]:
         lines.insert(0, _completion_line(completion))
     return lines
+
+
+def _run_info_lines(run: dict[str, Any] | None) -> list[str]:
+    """Header lines for the report's run info (none for a report without it)."""
+    if not run:
+        return []
+    suite, impl = run["suite"], run["implementation"]
+    return [
+        f"suite: kvconform {suite['version']} (commit {suite['commit']}), catalogue {run['catalogue_version']}",
+        f"implementation version: {impl['project']} {impl['version']} (from {impl['version_from']})",
+        f"machine: {', '.join(run['device_names']) or '(none)'}; driver {run['driver']}; {run['platform']}",
+    ]
+
+
+def _failure_title(failure: dict[str, Any]) -> str:
+    """``STATUS [invariant] test`` plus ``(failure i of n)`` when the test failed in several ways."""
+    count = failure["test_failures"]
+    return (f"{failure['status'].upper()} [{failure['invariant']}] {failure['test']}"
+            + (f" (failure {failure['index']} of {count})" if count > 1 else ""))
+
+
+def _legend_lines(report: dict[str, Any]) -> list[str]:
+    """The failure-status legend, for the statuses that occur in ``report``."""
+    present = {f["status"] for f in report["failures"]}
+    return [f"{status}: {meaning}" for status, meaning in FAILURE_STATUSES.items() if status in present]
 
 
 def _completion_line(completion: dict[str, Any]) -> str:
@@ -340,16 +441,21 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
         )
     for failure in report["failures"]:
         lines.append("")
-        lines.append(f"FAIL [{failure['invariant']}] {failure['test']}")
+        lines.append(_failure_title(failure))
         lines.append(f"  error: {failure['error']}")
         if failure["counterexample"]:
             lines.append("  counterexample:")
             lines.extend("    " + line for line in failure["counterexample"].splitlines())
+        if failure["explanation"]:
+            lines.append("  explanation:")
+            lines.extend("    " + line for note in failure["explanation"] for line in note.splitlines())
         if failure["reproduce_failure"]:
             lines.append(f"  blob: {failure['reproduce_failure']}")
         if failure["seed"]:
             lines.append(f"  seed: {failure['seed']}")
         lines.append(f"  repro: {failure['repro']}")
+    if report["failures"]:
+        lines += ["", "failure statuses:", *("  " + line for line in _legend_lines(report))]
     return lines
 
 
@@ -366,7 +472,10 @@ def markdown(report: dict[str, Any]) -> str:
     if report["failures"]:
         out += ["", "## Failures"]
     for failure in report["failures"]:
-        out += ["", f"### `{failure['invariant']}`: `{failure['test']}`", "", f"- phase: {failure['phase']}",
+        count = failure["test_failures"]
+        out += ["", f"### `{failure['invariant']}`: `{failure['test']}`"
+                + (f" (failure {failure['index']} of {count})" if count > 1 else ""), "",
+                f"- status: **{failure['status']}**", f"- phase: {failure['phase']}",
                 f"- error: `{failure['error']}`"]
         if failure["reproduce_failure"]:
             out.append(f"- reproduce_failure: `{failure['reproduce_failure']}`")
@@ -375,6 +484,12 @@ def markdown(report: dict[str, Any]) -> str:
         out += [f"- repro: `{failure['repro']}`"]
         if failure["counterexample"]:
             out += ["", "```text", failure["counterexample"], "```"]
+        if failure["explanation"]:
+            out += ["", "Explanation (Hypothesis's explain phase):", "", "```text", *failure["explanation"], "```"]
+    if report["failures"]:
+        out += ["", "## Legend", "", "Row statuses: " + ", ".join(ROW_STATUSES) + " (see `kvconform --help`).",
+                "Failure statuses:", ""]
+        out += [f"- **{status}**: {meaning}" for status, meaning in FAILURE_STATUSES.items()]
     return "\n".join(out) + "\n"
 
 

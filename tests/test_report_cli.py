@@ -14,6 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import hypothesis
 import hypothesis.core
 import pytest
 import torch  # imported here so in-process pytester runs never re-import it
@@ -105,23 +106,181 @@ def test_xfails_file_turns_listed_failures_into_xfail_rows(suite):
 def test_json_schema_and_markdown(suite):
     _, report = run_plugin(suite)
     assert set(report) == {"schema_version", "impl", "versions", "profile", "devices", "xfails_file", "completion",
-                           "summary", "rows", "failures"}
+                           "summary", "rows", "failures", "run"}
     assert report["completion"] == {"state": "complete", "exit_status": 1, "note": None}
     assert report["schema_version"] == 1 and report["profile"] == "default"
     assert report["impl"] == {"spec": FAKE, "name": "fake", "target": FAKE,
                               "capabilities": ["head_mapping", "layout"], "limits": [], "error": None}
-    assert set(report["versions"]) == {"python", "torch", "hypothesis", "pytest", "kvconform"}
+    assert set(report["versions"]) == {"python", "torch", "triton", "hypothesis", "pytest", "kvconform"}
+    assert set(report["run"]) == {"suite", "catalogue_version", "implementation", "configuration", "device_names",
+                                  "driver", "platform"}
     assert report["devices"]["requested"] == "all" and "cpu" in report["devices"]["selected"]
     assert [row["invariant"] for row in report["rows"]] == [inv.id for inv in INVARIANTS]
     row_keys = {"invariant", "title", "status", "tests", "passed", "failed", "interrupted", "xfailed", "xpassed",
-                "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities"}
+                "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities", "failure_statuses"}
     assert all(set(row) == row_keys for row in report["rows"])
     assert {f["invariant"] for f in report["failures"]} == {"layout", "isolation"}
-    assert all(set(f) == {"invariant", "test", "phase", "error", "counterexample", "reproduce_failure", "seed",
-                          "repro"} for f in report["failures"])
+    assert all(set(f) == {"invariant", "test", "index", "test_failures", "status", "phase", "error", "explanation",
+                          "counterexample", "reproduce_failure", "seed", "repro"} for f in report["failures"])
     assert report["summary"]["fail"] == 2 and report["summary"]["failed_tests"] == 2
+    assert report["summary"]["failures"] == 2
+    assert report["summary"]["failure_statuses"] == {"fail": 2, "timeout": 0, "crash": 0, "out-of-bounds": 0}
     md = (suite.path / "out" / "kvconform-report.md").read_text()
     assert "| `layout` Staging layout | **fail** |" in md and "## Failures" in md and "@reproduce_failure(" in md
+    assert "## Legend" in md and "- **out-of-bounds**: " in md and "- suite: kvconform " in md
+
+
+DISTINCT_FAILURES = """
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from harness.engine.buffers import Guarded
+
+
+@pytest.mark.invariant("layout")
+@settings(database=None)
+@given(x=st.integers(0, 100), y=st.integers(0, 100))
+def test_two_ways(impl, x, y):
+    if x % 7 == 1:
+        raise ValueError("planted crash")
+    assert y < 50, "planted violation"
+
+
+@pytest.mark.invariant("isolation")
+def test_out_of_bounds(impl):
+    buffer = Guarded(8, torch.device("cpu"))
+    buffer.whole[-1] = 0  # one byte past the end, as an out-of-bounds kernel would write
+    buffer.check_margins("gather of writer 0")
+"""
+
+
+def test_every_distinct_failure_is_kept_with_its_own_blob_status_and_repro(suite):
+    (suite.path / "conf" / "test_distinct.py").write_text(DISTINCT_FAILURES)
+    result, report = run_plugin(suite, "conf/test_distinct.py")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    two_ways = [f for f in report["failures"] if f["test"].endswith("test_two_ways")]
+    assert [(f["index"], f["test_failures"]) for f in two_ways] == [(1, 2), (2, 2)]
+    assert sorted(f["status"] for f in two_ways) == ["crash", "fail"]
+    assert {f["error"].split(":")[0] for f in two_ways} == {"ValueError", "AssertionError"}
+    assert len({f["reproduce_failure"] for f in two_ways}) == 2 and all(f["reproduce_failure"] for f in two_ways)
+    assert len({f["counterexample"] for f in two_ways}) == 2
+    assert all(f["repro"].endswith("test_distinct.py::test_two_ways") or "--hypothesis-seed" in f["repro"]
+               for f in two_ways)
+    crash = next(f for f in two_ways if f["status"] == "crash")
+    assert crash["explanation"][0] == "Explanation:" and any("test_distinct.py" in line for line in crash["explanation"])
+    oob = next(f for f in report["failures"] if f["test"].endswith("test_out_of_bounds"))
+    assert oob["status"] == "out-of-bounds" and "wrote outside its buffer (after it)" in oob["error"]
+    by_id = rows(report)
+    assert by_id["layout"]["failure_statuses"] == ["crash", "fail"]
+    assert by_id["isolation"]["failure_statuses"] == ["out-of-bounds"]
+    assert report["summary"]["failed_tests"] == 2 and report["summary"]["failures"] == 3
+    result.stdout.fnmatch_lines(["CRASH [[]layout[]] conf/test_distinct.py::test_two_ways (failure * of 2)",
+                                 "OUT-OF-BOUNDS [[]isolation[]] conf/test_distinct.py::test_out_of_bounds",
+                                 "failure statuses:", "  crash: *"])
+
+
+def test_failure_status_reads_what_the_harness_raises(monkeypatch):
+    import time
+
+    from harness.guard import forget_hangs, guard
+    from harness.report import FAILURE_STATUSES, failure_status
+
+    class Faulty:
+        name = "faulty"
+        capabilities = frozenset({"head_mapping"})
+
+        def heads_of_rank(self, total_kv_heads, tp_size, rank):
+            time.sleep(2)
+            return [0]
+
+        def writers_of_decode_rank(self, total_kv_heads, prefill_tp, decode_tp, decode_rank):
+            raise RuntimeError("boom")
+
+    monkeypatch.setenv("KVCONFORM_CALL_TIMEOUT_S", "0.1")
+    guarded = guard(Faulty())
+    seen = {}
+    for name, call in (("timeout", lambda: guarded.heads_of_rank(2, 1, 0)),
+                       ("crash", lambda: guarded.writers_of_decode_rank(2, 1, 1, 0))):
+        with pytest.raises(Exception) as raised:
+            call()
+        seen[name] = failure_status(f"{type(raised.value).__name__}: {str(raised.value).splitlines()[0]}")
+    forget_hangs()
+    assert seen == {"timeout": "timeout", "crash": "crash"}
+    # as the plugin sees them during a test: attributed to the test's invariant
+    assert failure_status("ImplementationFault: [lifecycle] handler.poll(3) raised KeyError: 3; calls so far: ...") \
+        == "crash"
+    assert failure_status("ImplementationFault: [layout] impl.staging_layout(1, 2) returned garbage: None ...") \
+        == "fail"
+    assert failure_status("InvariantViolation: [round_trip] decode page 3 differs") == "fail"
+    assert failure_status("AssertionError: assert [1] == [0]") == "fail"
+    assert failure_status("KeyError: 'k'") == "crash"  # the test stopped on a non-assertion
+    assert failure_status("DistributedFailure: rank 1 died without a report (killed by SIGSEGV)") == "crash"
+    assert list(FAILURE_STATUSES) == ["out-of-bounds", "timeout", "crash", "fail"]
+
+
+def test_run_info_of_a_cli_run_is_present_and_plausible(suite, monkeypatch):
+    import platform
+    import subprocess
+
+    from harness.catalogue import CATALOGUE_VERSION
+
+    monkeypatch.setenv(cli.CONFORMANCE_DIR_ENV_VAR, str(suite.path / "conf"))
+    from harness import settings
+
+    for name in ("CUDA_VISIBLE_DEVICES", *settings.VARIABLES):
+        if name != cli.CONFORMANCE_DIR_ENV_VAR:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    result = suite.run(sys.executable, "-m", "harness", "--impl", FAKE, "--device", "cpu", "-k", "heads_partition",
+                       "--report-dir", "rep")
+    assert result.ret == 0
+    report = json.loads((suite.path / "rep" / "kvconform-report.json").read_text())
+    run = report["run"]
+    pyproject_version = next(line.split('"')[1] for line in (REPO_ROOT / "pyproject.toml").read_text().splitlines()
+                             if line.startswith("version = "))
+    assert run["suite"]["name"] == "kvconform" and run["suite"]["version"] == pyproject_version
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout: git describe --always names the commit
+        assert run["suite"]["commit"].removesuffix("-dirty")[-12:] == head.stdout.strip()[:12]
+    else:
+        assert run["suite"]["commit"] == "unknown"
+    assert run["catalogue_version"] == CATALOGUE_VERSION
+    assert run["implementation"] == {"name": "fake", "project": "fake", "version": "unknown", "version_from": "unknown"}
+    assert run["configuration"] == {"impl_spec": FAKE, "profile": "default", "device_option": "cpu",
+                                    "devices": ["cpu"], "xfails": [], "limits": [],
+                                    "environment": {"TRITON_INTERPRET": "1",
+                                                    cli.CONFORMANCE_DIR_ENV_VAR: str(suite.path / "conf")}}
+    assert len(run["device_names"]) == 1 and run["device_names"][0] and run["driver"] == "n/a"
+    assert run["platform"] == platform.platform()
+    assert report["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert report["versions"]["python"] == platform.python_version()
+    assert report["versions"]["hypothesis"] == hypothesis.__version__
+    md = (suite.path / "rep" / "kvconform-report.md").read_text()
+    assert f"catalogue {CATALOGUE_VERSION}" in md and "implementation version: fake unknown" in md
+
+
+def test_implementation_version_comes_from_attribute_name_or_distribution():
+    from harness.runinfo import implementation_identity
+
+    class Named:
+        name = "sglang 0.5.23 (torch kernels)"
+
+    class Declared:
+        name = "mine"
+        version = "2.1"
+
+    class Distributed:
+        name = "hypothesis"
+
+    assert implementation_identity(Named(), "x", "adapters.sglang:make_implementation") == {
+        "name": "sglang 0.5.23 (torch kernels)", "project": "sglang", "version": "0.5.23", "version_from": "name"}
+    assert implementation_identity(Declared(), "x", None)["version"] == "2.1"
+    assert implementation_identity(Distributed(), "x", None) == {
+        "name": "hypothesis", "project": "hypothesis", "version": hypothesis.__version__,
+        "version_from": "distribution hypothesis"}
+    reference = implementation_identity(type("R", (), {"name": "reference"})(), "x", "reference.plugin:make_implementation")
+    assert reference["version_from"] == "distribution kvconform" and reference["version"] != "unknown"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
