@@ -44,11 +44,7 @@ run in which no invariant test ran exits 5 (pytest's "no tests"), not 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,10 +52,20 @@ from typing import Any
 import pytest
 
 from harness import profiles, runinfo, scope, settings
-from harness.oracles import attribute
-from harness.catalogue import BY_ID
+from harness.hypothesis_records import (
+    PROP_EXAMPLES,
+    PROP_FAILURES,
+    PROP_SHRINKS,
+    collecting_statistics,
+    example_properties,
+    failure_properties,
+    first_error_line,
+    printed_seed,
+    versions,
+)
+from harness.markers import attribute_to_marker, fail_fast_order, fit_to_declared_scope, parse_invariant_marker
 from harness.devices import require_devices, select_devices
-from harness.interface import CAPABILITIES, Implementation
+from harness.interface import Implementation
 from harness.loading import ImplementationError, LoadedImplementation, load_implementation, resolve_spec
 from harness.report import (
     Completion,
@@ -78,16 +84,9 @@ from harness.xfails import XfailEntry, first_match, read_xfails, resolve_xfails_
 PROP_INVARIANT = "kvconform.invariant"
 PROP_MISSING = "kvconform.missing_capabilities"
 PROP_XFAIL = "kvconform.xfail"
-PROP_EXAMPLES = "kvconform.examples"
-PROP_SHRINKS = "kvconform.shrinks"
-#: JSON list of the call's distinct failures: {"error", "counterexample", "reproduce_failure", "seed", "explanation"}.
-PROP_FAILURES = "kvconform.failures"
 
 DEVICE_CHOICES = ("cpu", "cuda", "all")
 CONFORMANCE_DIR = Path(__file__).resolve().parent / "conformance"
-_COUNTEREXAMPLE_PREFIXES = ("Falsifying", "Failing test case", "Failing example")
-_BLOB = re.compile(r"@reproduce_failure\([^)]*\)")
-_PRINTED_SEED = re.compile(r"@seed\((\d+)\)|--hypothesis-seed=(\d+)")
 _STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
 _MARKER_ERROR: pytest.StashKey[str] = pytest.StashKey()
 
@@ -374,15 +373,15 @@ class ConformanceRun:
         if item.get_closest_marker("invariant") is None:
             return (yield)
         statistics: list[dict] = []
-        with _collecting_statistics(statistics):
+        with collecting_statistics(statistics):
             try:
                 return (yield)
             except Exception as exc:
                 attribute_to_marker(item, exc)
-                item.user_properties.extend(_failure_properties(exc, item, statistics))
+                item.user_properties.extend(failure_properties(exc, item, statistics))
                 raise
             finally:
-                item.user_properties.extend(_example_properties(item, statistics))
+                item.user_properties.extend(example_properties(item, statistics))
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
         self.running.add(nodeid)
@@ -417,10 +416,10 @@ class ConformanceRun:
             found = json.loads(props[PROP_FAILURES]) if report.when == "call" and PROP_FAILURES in props else [{}]
             failures = tuple(FailureDetail(
                 phase=report.when,
-                error=found_one.get("error") or _first_error_line(report),
+                error=found_one.get("error") or first_error_line(report),
                 counterexample=found_one.get("counterexample"),
                 reproduce_failure=found_one.get("reproduce_failure"),
-                seed=found_one.get("seed") or _printed_seed(report),
+                seed=found_one.get("seed") or printed_seed(report),
                 explanation=tuple(found_one.get("explanation", ())),
             ) for found_one in found)
         record.add_phase(report.when, report.outcome, hasattr(report, "wasxfail"), failures)
@@ -523,7 +522,7 @@ class ConformanceRun:
             devices_requested=self.device_option,
             devices_selected=selected,
             devices_note=note,
-            versions=_versions(),
+            versions=versions(),
             xfails_file=self.xfails_file,
             cli_prog=self.config.getoption("kvconform_prog"),
             rootdir=str(self.config.rootpath),
@@ -534,209 +533,3 @@ class ConformanceRun:
 
 
 #: Fixtures that start processes (distributed mode's rank pool): seconds of fixed cost before the first example.
-_PROCESS_FIXTURES = frozenset({"worker_group"})
-
-
-def fail_fast_order(items: list[pytest.Item]) -> list[pytest.Item]:
-    """``--exitfirst``: tests that must start processes last, the rest in collection order (a stable sort, the
-    same on every xdist worker).  Only *when* a failure is found changes; every test's examples do not."""
-    return sorted(items, key=lambda item: bool(_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))))
-
-
-def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:
-    """``(invariant id, required capabilities)`` of an ``invariant`` marker, validated."""
-    args = list(marker.args)
-    invariant = marker.kwargs.get("id", args.pop(0) if args else None)
-    requires = marker.kwargs.get("requires", args.pop(0) if args else ())
-    if invariant not in BY_ID:
-        raise ValueError(f"unknown invariant id {invariant!r}; valid ids: {', '.join(BY_ID)}")
-    if isinstance(requires, str):
-        requires = (requires,)
-    unknown = [cap for cap in requires if cap not in CAPABILITIES]
-    if unknown:
-        raise ValueError(f"unknown capability {unknown[0]!r} in requires; valid: {', '.join(CAPABILITIES)}")
-    return invariant, tuple(requires)
-
-
-def attribute_to_marker(item: pytest.Item, exc: BaseException) -> None:
-    """Tag a failure's violations with the invariant of the test's marker (see ``oracles.attribute``)."""
-    marker = item.get_closest_marker("invariant")
-    if marker is not None:
-        attribute(exc, parse_invariant_marker(marker)[0])
-
-
-_FITS_SCOPE = "_kvconform_fits_scope"
-
-
-def fit_to_declared_scope(test: Any) -> None:
-    """Make Hypothesis test ``test`` run every drawn value inside the implementation's declared limits.
-
-    Wraps its ``inner_test`` (the function Hypothesis calls with fixtures and drawn arguments; idempotent):
-    with the implementation taken from the ``impl`` or ``loaded_impl`` argument, every argument is passed
-    through ``scope.fit`` (``TransferCase`` and ``RankShape`` values, inside tuples and lists too).  The
-    only place limits reach ``@given`` tests; the engine fits what state machines draw.
-    """
-    from hypothesis import note
-
-    handle = getattr(test, "hypothesis", None)
-    inner = getattr(handle, "inner_test", None)
-    if handle is None or inner is None or getattr(inner, _FITS_SCOPE, False):
-        return
-
-    @functools.wraps(inner)
-    def fitted(*args: Any, **kwargs: Any) -> Any:
-        impl = kwargs.get("impl", getattr(kwargs.get("loaded_impl"), "implementation", None))
-        if impl is not None and scope.declared_limits(impl):
-            fitted_kwargs = {name: scope.fit(impl, value) for name, value in kwargs.items()}
-            for name, value in fitted_kwargs.items():
-                if value != kwargs[name]:  # the printed counterexample shows the drawn value: say what ran
-                    note(f"{name} as run within the declared limits: {value!r}")
-            kwargs = fitted_kwargs
-        return inner(*args, **kwargs)
-
-    setattr(fitted, _FITS_SCOPE, True)
-    handle.inner_test = fitted
-
-
-@contextlib.contextmanager
-def _collecting_statistics(sink: list[dict]) -> Iterator[None]:
-    """Chain a callback into Hypothesis's statistics collector for the duration of a test call.
-
-    Hypothesis calls the collector once per ``@given`` run with its engine
-    statistics; the previous callback (Hypothesis's pytest plugin) still runs.
-    """
-    try:
-        from hypothesis.statistics import collector
-    except ImportError:
-        yield
-        return
-    previous = collector.value
-
-    def note(stats: dict) -> None:
-        sink.append(stats)
-        if previous is not None:
-            previous(stats)
-
-    # Hypothesis declares the collector as DynamicVariable(None), so mypy types its value as None only.
-    with collector.with_value(note):  # type: ignore[arg-type]
-        yield
-
-
-def _phase_cases(stats: dict, phase: str) -> list[dict]:
-    return stats.get(f"{phase}-phase", {}).get("test-cases", [])
-
-
-def _example_properties(item: pytest.Item, statistics: list[dict]) -> list[tuple[str, Any]]:
-    """Test cases Hypothesis ran (all phases but shrinking) and shrink attempts; nothing for plain tests."""
-    if statistics:
-        examples = sum(len(_phase_cases(s, p)) for s in statistics for p in ("explicit", "reuse", "generate", "target"))
-        shrinks = sum(len(_phase_cases(s, "shrink")) for s in statistics)
-        return [(PROP_EXAMPLES, examples), (PROP_SHRINKS, shrinks)]
-    described = getattr(item, "hypothesis_statistics", None)  # if our collector was bypassed
-    if described:
-        counts = re.findall(r"during (\w+) phase.*?- (\d+) passing, (\d+) failing, and (\d+) invalid", described, re.S)
-        examples = sum(int(a) + int(b) + int(c) for phase, a, b, c in counts if phase != "shrink")
-        shrinks = sum(int(a) + int(b) + int(c) for phase, a, b, c in counts if phase == "shrink")
-        return [(PROP_EXAMPLES, examples), (PROP_SHRINKS, shrinks)]
-    return []
-
-
-def _failure_properties(exc: BaseException, item: pytest.Item, statistics: list[dict]) -> list[tuple[str, Any]]:
-    """Each distinct failure's error line, counterexample, ``@reproduce_failure`` blob, explanation and seed.
-
-    Hypothesis raises an ``ExceptionGroup`` when a test fails in several
-    distinct ways; each member carries its own notes, and each becomes one
-    failure of the report.
-    """
-    seed = _reproducing_seed(item, statistics)
-    found = []
-    for failure in _distinct_failures(exc):
-        message = str(failure).strip().splitlines()
-        notes = _notes(failure)
-        examples = [n for n in notes if n.startswith(_COUNTEREXAMPLE_PREFIXES)]
-        blobs = [m.group(0) for n in notes for m in _BLOB.finditer(n)]
-        found.append({
-            "error": f"{type(failure).__name__}: {message[0]}" if message else type(failure).__name__,
-            "counterexample": "\n".join(examples) or None,
-            "reproduce_failure": blobs[0] if blobs else None,
-            "seed": seed or _printed_seed_in("\n".join(notes)),
-            "explanation": _explanation(notes),
-        })
-    return [(PROP_FAILURES, json.dumps(found))]
-
-
-def _distinct_failures(exc: BaseException) -> list[BaseException]:
-    """The members of Hypothesis's "distinct failures" group (nested groups flattened), else ``[exc]``.
-
-    Only plain ``ExceptionGroup``/``BaseExceptionGroup`` are split: subclasses
-    such as Hypothesis's ``FlakyFailure`` are one failure.
-    """
-    if type(exc).__name__ not in ("ExceptionGroup", "BaseExceptionGroup"):
-        return [exc]
-    members = [m for m in getattr(exc, "exceptions", ()) if isinstance(m, BaseException)]
-    return [leaf for member in members for leaf in _distinct_failures(member)] or [exc]
-
-
-def _explanation(notes: list[str]) -> list[str]:
-    """Hypothesis's explain-phase note: the ``Explanation:`` line and the indented notes after it."""
-    for start, note in enumerate(notes):
-        if note.startswith("Explanation:"):
-            end = start + 1
-            while end < len(notes) and notes[end].startswith((" ", "\t")):
-                end += 1
-            return notes[start:end]
-    return []
-
-
-def _notes(exc: BaseException) -> list[str]:
-    """PEP 678 notes of an exception and, for exception groups, of its members."""
-    notes = [str(n) for n in getattr(exc, "__notes__", ()) or ()]
-    for member in getattr(exc, "exceptions", ()) or ():
-        if isinstance(member, BaseException):
-            notes.extend(_notes(member))
-    return notes
-
-
-def _reproducing_seed(item: pytest.Item, statistics: list[dict]) -> str | None:
-    """A ``--hypothesis-seed`` that regenerates the failure, when the failure came from generation.
-
-    Failures replayed from the example database need no seed (a rerun replays
-    them again); a seed would even disable the database.
-    """
-    try:
-        from hypothesis import core
-    except ImportError:
-        return None
-    if core.global_force_seed is not None:
-        return str(core.global_force_seed)
-    seed = getattr(getattr(item, "obj", None), "_hypothesis_internal_use_generated_seed", None)
-    found_by_generation = any(
-        case.get("status") == "interesting"
-        for stats in statistics
-        for phase in ("generate", "target")
-        for case in _phase_cases(stats, phase)
-    )
-    return str(seed) if seed is not None and found_by_generation else None
-
-
-def _printed_seed_in(text: str) -> str | None:
-    match = _PRINTED_SEED.search(text)
-    return (match.group(1) or match.group(2)) if match else None
-
-
-def _printed_seed(report: pytest.TestReport) -> str | None:
-    """A seed Hypothesis printed for this failure (flaky or slow-shrinking failures), from the report sections."""
-    return _printed_seed_in("\n".join(content for _, content in report.sections))
-
-
-def _first_error_line(report: pytest.TestReport) -> str:
-    crash = getattr(report.longrepr, "reprcrash", None)
-    message = getattr(crash, "message", None)
-    if message:
-        return message.strip().splitlines()[0]
-    text = report.longreprtext.strip().splitlines()
-    return text[-1] if text else f"failed in {report.when}"
-
-
-def _versions() -> dict[str, str]:
-    return {**runinfo.versions(), "kvconform": runinfo.suite_version()}

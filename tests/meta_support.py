@@ -8,7 +8,7 @@ from typing import Any, Callable
 from hypothesis import HealthCheck, Phase, settings
 
 from harness.oracles import attribute
-from harness.pytest_plugin import parse_invariant_marker
+from harness.markers import parse_invariant_marker
 
 #: Deterministic and patient: a meta-test must not depend on luck.
 META_SETTINGS = dict(max_examples=300, database=None, deadline=None, derandomize=True,

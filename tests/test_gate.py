@@ -215,7 +215,7 @@ def test_detection_benchmark_discovers_every_broken_implementation():
 def test_exitfirst_order_runs_process_spawning_tests_last_and_keeps_the_rest():
     from types import SimpleNamespace
 
-    from harness.pytest_plugin import fail_fast_order
+    from harness.markers import fail_fast_order
 
     spawning = SimpleNamespace(name="distributed", fixturenames=["impl", "worker_group"])
     first, second = SimpleNamespace(name="a", fixturenames=["impl"]), SimpleNamespace(name="b", fixturenames=[])

@@ -21,7 +21,7 @@ from harness.conformance import (
     test_concurrency, test_faults, test_isolation, test_lifecycle, test_receivers, test_round_trip, test_stateful,
 )
 from harness.guard import ImplementationFault
-from harness.pytest_plugin import fit_to_declared_scope
+from harness.markers import fit_to_declared_scope
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 from tests.fakes.narrow_impl import NarrowReference, OutOfScope
 

@@ -1,0 +1,82 @@
+"""The ``invariant`` marker: parsing it, attributing a failure to it, fitting drawn values into declared scope.
+
+One place turns a conformance test's ``@pytest.mark.invariant`` into what the run needs: the invariant id
+and required capabilities, the id prefixed to the test's violations (``oracles.attribute``), the declared
+scope limits applied to every value Hypothesis draws for it, and the order ``--exitfirst`` runs tests in.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+
+from harness import scope
+from harness.catalogue import BY_ID
+from harness.interface import CAPABILITIES
+from harness.oracles import attribute
+
+#: Fixtures that start processes (distributed mode): run last under --exitfirst.
+_PROCESS_FIXTURES = frozenset({"worker_group"})
+
+
+def fail_fast_order(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``--exitfirst``: tests that must start processes last, the rest in collection order (a stable sort, the
+    same on every xdist worker).  Only *when* a failure is found changes; every test's examples do not."""
+    return sorted(items, key=lambda item: bool(_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))))
+
+
+def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:
+    """``(invariant id, required capabilities)`` of an ``invariant`` marker, validated."""
+    args = list(marker.args)
+    invariant = marker.kwargs.get("id", args.pop(0) if args else None)
+    requires = marker.kwargs.get("requires", args.pop(0) if args else ())
+    if invariant not in BY_ID:
+        raise ValueError(f"unknown invariant id {invariant!r}; valid ids: {', '.join(BY_ID)}")
+    if isinstance(requires, str):
+        requires = (requires,)
+    unknown = [cap for cap in requires if cap not in CAPABILITIES]
+    if unknown:
+        raise ValueError(f"unknown capability {unknown[0]!r} in requires; valid: {', '.join(CAPABILITIES)}")
+    return invariant, tuple(requires)
+
+
+def attribute_to_marker(item: pytest.Item, exc: BaseException) -> None:
+    """Tag a failure's violations with the invariant of the test's marker (see ``oracles.attribute``)."""
+    marker = item.get_closest_marker("invariant")
+    if marker is not None:
+        attribute(exc, parse_invariant_marker(marker)[0])
+
+
+_FITS_SCOPE = "_kvconform_fits_scope"
+
+
+def fit_to_declared_scope(test: Any) -> None:
+    """Make Hypothesis test ``test`` run every drawn value inside the implementation's declared limits.
+
+    Wraps its ``inner_test`` (the function Hypothesis calls with fixtures and drawn arguments; idempotent):
+    with the implementation taken from the ``impl`` or ``loaded_impl`` argument, every argument is passed
+    through ``scope.fit`` (``TransferCase`` and ``RankShape`` values, inside tuples and lists too).  The
+    only place limits reach ``@given`` tests; the engine fits what state machines draw.
+    """
+    from hypothesis import note
+
+    handle = getattr(test, "hypothesis", None)
+    inner = getattr(handle, "inner_test", None)
+    if handle is None or inner is None or getattr(inner, _FITS_SCOPE, False):
+        return
+
+    @functools.wraps(inner)
+    def fitted(*args: Any, **kwargs: Any) -> Any:
+        impl = kwargs.get("impl", getattr(kwargs.get("loaded_impl"), "implementation", None))
+        if impl is not None and scope.declared_limits(impl):
+            fitted_kwargs = {name: scope.fit(impl, value) for name, value in kwargs.items()}
+            for name, value in fitted_kwargs.items():
+                if value != kwargs[name]:  # the printed counterexample shows the drawn value: say what ran
+                    note(f"{name} as run within the declared limits: {value!r}")
+            kwargs = fitted_kwargs
+        return inner(*args, **kwargs)
+
+    setattr(fitted, _FITS_SCOPE, True)
+    handle.inner_test = fitted
