@@ -46,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from harness.loading import ImplementationError, load_implementation  # noqa: E402
+from harness.runinfo import suite_commit  # noqa: E402
 
 #: Seconds one broken implementation's run may take before it is reported as "timeout".
 RUN_TIMEOUT_S = 600
@@ -210,15 +211,7 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "cuda": torch.cuda.is_available(), "python": platform.python_version(),
             "torch": torch.__version__, "hypothesis": hypothesis.__version__,
             "load_average_at_start": [round(x, 2) for x in load] if load else None,
-            "commit": _commit()}
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+            "commit": suite_commit()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from harness.runinfo import suite_commit  # noqa: E402
 #: Different per run on purpose: a verdict must not depend on string-hash randomisation.
 HASH_SEEDS = ("1", "2")
 
@@ -90,14 +93,6 @@ def gate_run(report_dir: Path, hash_seed: str, numprocesses: str | None, impl: s
             "load_average_before": load, "output_tail": tail}
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _gate_examples() -> int:
     sys.path.insert(0, str(REPO_ROOT))
     from harness.profiles import GATE_EXAMPLES
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     diff = differences(*verdicts)
     result = {
         "benchmark": "gate_determinism", "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
-        "numprocesses": args.numprocesses, "impl": args.impl or "reference", "commit": _commit(),
+        "numprocesses": args.numprocesses, "impl": args.impl or "reference", "commit": suite_commit(),
         "gate_examples_per_test": _gate_examples(), "runs": runs,
         "tests": len(verdicts[0]["tests"]), "examples": sum(int(t["examples"] or 0) for t in verdicts[0]["tests"].values()),
         "identical": not diff, "differences": diff,
