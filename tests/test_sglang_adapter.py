@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 from adapters import sglang as adapter  # noqa: E402  (after the skip marker on purpose)
 from adapters.toolkit import parameters_of  # noqa: E402
+from harness.engine.rank import FakeClock  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -222,14 +223,6 @@ def test_kv_copy_limits_are_reported_as_not_implemented(impl):
 
 
 # ---------------------------------------------------------------- decode_handler
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class _Rank:
     """One decode rank of H=2, P=2, D=1 (two writers of one head), page size 2, one layer."""
 
@@ -239,7 +232,7 @@ class _Rank:
         self.v = [torch.zeros_like(self.k[0])]
         self.ring = torch.full((capacity,), 0xA5, dtype=torch.uint8, device=device)
         self.allocator = impl.make_allocator(capacity)
-        self.clock = _Clock()
+        self.clock = FakeClock()
         self.handler = impl.make_decode_handler(
             staging=self.ring, allocator=self.allocator, k_layers=self.k, v_layers=self.v, page_size=2,
             num_writers=2, writer_destinations=[(0, 0), (1, 0)], heads_per_writer=1, layers_per_writer=1,
