@@ -49,6 +49,7 @@ import torch
 from harness import settings
 from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, Allocator, DecodeHandler, method_owners, protocol_methods
 from harness.oracles import InvariantViolation
+from harness.repro import recorder
 from harness.returns import check_return, expected_return
 
 TIMEOUT_ENV_VAR = settings.CALL_TIMEOUT
@@ -251,6 +252,7 @@ class _Context:
 
     root: Any
     convert_errors: bool = True
+    checked: bool = True  # False: calls go straight through (recorded only, see ``guard``)
     trail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TRAIL_LENGTH))
 
     def describe_trail(self) -> str:
@@ -290,6 +292,30 @@ class _Guarded:
         return f"guarded {self._ROLE} {self._inner!r}"
 
     def _call(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        run = self._call_checked if self._context.checked else self._call_through
+        trace = recorder.active()
+        if trace is None:
+            return run(name, fn, args, kwargs)
+        # The final replay of a failing example: every call is recorded for the standalone repro.  A call made
+        # while another runs on this thread (unchecked) or on a helper (checked) is the implementation's own.
+        depth = getattr(_local, "recorded_depth", 0)
+        step = trace.started(self._inner, self._context.root, name, args, kwargs,
+                             nested=depth > 0 or getattr(_local, "helper_job", None) is not None)
+        _local.recorded_depth = depth + 1
+        try:
+            result = run(name, fn, args, kwargs)
+        except BaseException as exc:
+            trace.raised(step, exc)
+            raise
+        finally:
+            _local.recorded_depth = depth
+        trace.returned(step, result, made=result._inner if isinstance(result, _Guarded) else None)
+        return result
+
+    def _call_through(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        return self._wrap_result(name, fn(*args, **kwargs))
+
+    def _call_checked(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         label = _CallLabel(self._ROLE, name, args, kwargs)
         self._context.trail.append(label)
         outer = getattr(_local, "helper_job", None)
@@ -378,7 +404,8 @@ class GuardedImplementation(_Guarded):
         made = _MADE_BY.get(name)
         if made is None:
             return result
-        return _GUARD_OF[made](result, _Context(self._context.root, self._context.convert_errors))
+        return _GUARD_OF[made](result, _Context(self._context.root, self._context.convert_errors,
+                                                self._context.checked))
 
 
 #: Factory method -> Protocol of what it makes, and the guard each made object gets.
@@ -386,15 +413,20 @@ _MADE_BY: dict[str, type] = {factory: made for cap in CAPABILITY_TABLE for facto
 _GUARD_OF: dict[type, type[_Guarded]] = {Allocator: GuardedAllocator, DecodeHandler: GuardedHandler}
 
 
-def guard(impl: Any, convert_errors: bool = True) -> GuardedImplementation:
+def guard(impl: Any, convert_errors: bool = True, checked: bool = True) -> GuardedImplementation:
     """``impl`` with deadlines, exception and garbage checks on every call (idempotent).
 
     ``convert_errors=False`` lets the implementation's exceptions through
     unchanged, for tests that expect some (a ``ValueError`` for a bad topology).
+    ``checked=False`` passes every call straight through, only recorded when a
+    failing example is replayed (``harness.repro``): what the plugin's ``impl``
+    fixture hands every test; ``guard(...)`` of it adds the checks.
     """
     if isinstance(impl, GuardedImplementation):
-        return impl
-    return GuardedImplementation(impl, _Context(impl, convert_errors))
+        if impl._context.checked or not checked:
+            return impl
+        impl = impl.unguarded
+    return GuardedImplementation(impl, _Context(impl, convert_errors, checked))
 
 
 def forget_hangs() -> None:

@@ -79,7 +79,7 @@ def failure_properties(exc: BaseException, item: pytest.Item, statistics: list[d
     """
     seed = _reproducing_seed(item, statistics)
     found = []
-    for failure in _distinct_failures(exc):
+    for failure in distinct_failures(exc):
         message = str(failure).strip().splitlines()
         notes = _notes(failure)
         examples = [n for n in notes if n.startswith(_COUNTEREXAMPLE_PREFIXES)]
@@ -94,7 +94,7 @@ def failure_properties(exc: BaseException, item: pytest.Item, statistics: list[d
     return [(PROP_FAILURES, json.dumps(found))]
 
 
-def _distinct_failures(exc: BaseException) -> list[BaseException]:
+def distinct_failures(exc: BaseException) -> list[BaseException]:
     """The members of Hypothesis's "distinct failures" group (nested groups flattened), else ``[exc]``.
 
     Only plain ``ExceptionGroup``/``BaseExceptionGroup`` are split: subclasses
@@ -103,7 +103,7 @@ def _distinct_failures(exc: BaseException) -> list[BaseException]:
     if type(exc).__name__ not in ("ExceptionGroup", "BaseExceptionGroup"):
         return [exc]
     members = [m for m in getattr(exc, "exceptions", ()) if isinstance(m, BaseException)]
-    return [leaf for member in members for leaf in _distinct_failures(member)] or [exc]
+    return [leaf for member in members for leaf in distinct_failures(member)] or [exc]
 
 
 def _explanation(notes: list[str]) -> list[str]:

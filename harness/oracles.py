@@ -11,6 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 
+@dataclass(frozen=True)
+class ExpectedBytes:
+    """What a tensor handed to the implementation must hold, as the oracle derived it from ground truth:
+    ``expected``'s bytes (same shape and dtype as ``actual``) at the ``rows`` of dim 0 (a bool mask; ``None``: all).
+
+    Carried by a violation for the standalone repro (``harness.repro``), which checks the same bytes."""
+
+    actual: Any
+    expected: Any
+    rows: Any = None
+
+
 class InvariantViolation(AssertionError):
     """An implementation broke an invariant; the message says how.
 
@@ -20,6 +32,13 @@ class InvariantViolation(AssertionError):
     """
 
     invariant: str | None = None
+    #: The expected bytes of the tensors whose check failed, when the check compares bytes.
+    expected: tuple[ExpectedBytes, ...] = ()
+
+    def expecting(self, *expected: ExpectedBytes) -> "InvariantViolation":
+        """This violation, carrying the expected bytes of the check that failed (``raise V(msg).expecting(...)``)."""
+        self.expected = tuple(expected)
+        return self
 
 
 def attribute(exc: BaseException, invariant: str) -> None:

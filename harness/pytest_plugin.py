@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import is_hypothesis_test
 
 from harness import profiles, runinfo, scope, settings
 from harness.hypothesis_records import (
@@ -65,6 +66,7 @@ from harness.hypothesis_records import (
 )
 from harness.markers import attribute_to_marker, fail_fast_order, fit_to_declared_scope, parse_invariant_marker
 from harness.devices import require_devices, select_devices
+from harness.guard import guard
 from harness.interface import Implementation
 from harness.loading import ImplementationError, LoadedImplementation, load_implementation, resolve_spec
 from harness.report import (
@@ -76,8 +78,11 @@ from harness.report import (
     TestRecord,
     build_report,
     ensure_report_directory,
+    repro_sources,
     terminal_lines,
 )
+from harness.repro import recorder
+from harness.repro.script import PROP_REPRO_SCRIPTS, repro_scripts
 from harness.xfails import XfailEntry, first_match, read_xfails, resolve_xfails_path
 
 #: ``report.user_properties`` keys written by this plugin.
@@ -167,8 +172,9 @@ def loaded_impl(pytestconfig: pytest.Config) -> LoadedImplementation:
 
 @pytest.fixture(scope="session")
 def impl(loaded_impl: LoadedImplementation) -> Implementation:
-    """The implementation object conformance tests call (typed with every capability's Protocol)."""
-    return loaded_impl.implementation
+    """The implementation object conformance tests call (typed with every capability's Protocol), behind the
+    guard's choke point unchecked: calls go straight through, recorded when a failing example is replayed."""
+    return guard(loaded_impl.implementation, checked=False)  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")
@@ -373,12 +379,14 @@ class ConformanceRun:
         if item.get_closest_marker("invariant") is None:
             return (yield)
         statistics: list[dict] = []
-        with collecting_statistics(statistics):
+        plain = not is_hypothesis_test(getattr(item, "obj", None))
+        with collecting_statistics(statistics), recorder.enabled(plain) as plain_trace:
             try:
                 return (yield)
             except Exception as exc:
                 attribute_to_marker(item, exc)
                 item.user_properties.extend(failure_properties(exc, item, statistics))
+                item.user_properties.extend(repro_scripts(exc, plain_trace, item.nodeid, getattr(self.loaded, "target", None)))
                 raise
             finally:
                 item.user_properties.extend(example_properties(item, statistics))
@@ -414,6 +422,8 @@ class ConformanceRun:
         failures: tuple[FailureDetail, ...] = ()
         if report.failed:
             found = json.loads(props[PROP_FAILURES]) if report.when == "call" and PROP_FAILURES in props else [{}]
+            scripts = json.loads(props.get(PROP_REPRO_SCRIPTS, "[]")) if report.when == "call" else []
+            scripts += [{}] * (len(found) - len(scripts))
             failures = tuple(FailureDetail(
                 phase=report.when,
                 error=found_one.get("error") or first_error_line(report),
@@ -421,7 +431,10 @@ class ConformanceRun:
                 reproduce_failure=found_one.get("reproduce_failure"),
                 seed=found_one.get("seed") or printed_seed(report),
                 explanation=tuple(found_one.get("explanation", ())),
-            ) for found_one in found)
+                repro_script=script.get("name"),
+                repro_source=script.get("source"),
+                repro_note=script.get("note"),
+            ) for found_one, script in zip(found, scripts))
         record.add_phase(report.when, report.outcome, hasattr(report, "wasxfail"), failures)
 
     # -- reporting -------------------------------------------------------------------------
@@ -476,7 +489,7 @@ class ConformanceRun:
         if self.writer is None:
             self.writer = ReportWriter(self.report_directory())
         self.report = build_report(self._context(), list(self.records.values()), completion)
-        self.report_paths = self.writer.write(self.report)
+        self.report_paths = self.writer.write(self.report, repro_sources(self.records.values()))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.report is None:

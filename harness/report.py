@@ -59,7 +59,10 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                     "counterexample": str | null,     # Hypothesis's shrunk example
                     "reproduce_failure": str | null,  # "@reproduce_failure('6.x', b'...')"
                     "seed": str | null,               # for --hypothesis-seed
-                    "repro": str}]                    # one shell line that reruns the test
+                    "repro": str,                     # one shell line that reruns the test
+                    "repro_script": str | null,       # repro_<test>_<n>.py next to the report: runs
+                                                      # without kvconform (harness.repro)
+                    "repro_script_note": str | null}] # why there is no script, when there is none
     }
 
 Row status, in order of precedence: ``fail`` (a test failed or errored),
@@ -118,6 +121,10 @@ class FailureDetail:
     reproduce_failure: str | None = None
     seed: str | None = None
     explanation: tuple[str, ...] = ()
+    #: The standalone repro script's file name and text (written next to the report), or why there is none.
+    repro_script: str | None = None
+    repro_source: str | None = None
+    repro_note: str | None = None
 
     @property
     def status(self) -> str:
@@ -348,7 +355,15 @@ def _failure_entries(context: RunContext, record: TestRecord) -> list[dict[str, 
         "reproduce_failure": detail.reproduce_failure,
         "seed": detail.seed,
         "repro": repro_command(context, record.nodeid, detail.seed, record.path),
+        "repro_script": detail.repro_script,
+        "repro_script_note": detail.repro_note,
     } for index, detail in enumerate(details, 1)]
+
+
+def repro_sources(records: Any) -> dict[str, str]:
+    """File name -> text of every failure's standalone repro script, to write next to the report."""
+    return {f.repro_script: f.repro_source for r in records if r.status == "fail" for f in r.failures
+            if f.repro_script and f.repro_source}
 
 
 def _row_notes(row: dict[str, Any]) -> str:
@@ -454,6 +469,8 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
         if failure["seed"]:
             lines.append(f"  seed: {failure['seed']}")
         lines.append(f"  repro: {failure['repro']}")
+        if failure.get("repro_script"):
+            lines.append(f"  repro script (no kvconform needed): {failure['repro_script']}")
     if report["failures"]:
         lines += ["", "failure statuses:", *("  " + line for line in _legend_lines(report))]
     return lines
@@ -482,6 +499,11 @@ def markdown(report: dict[str, Any]) -> str:
         if failure["seed"]:
             out.append(f"- seed: `{failure['seed']}`")
         out += [f"- repro: `{failure['repro']}`"]
+        if failure.get("repro_script"):
+            out.append(f"- repro script (torch and the implementation only): [{failure['repro_script']}]"
+                       f"({failure['repro_script']})")
+        elif failure.get("repro_script_note"):
+            out.append(f"- repro script: none ({failure['repro_script_note']})")
         if failure["counterexample"]:
             out += ["", "```text", failure["counterexample"], "```"]
         if failure["explanation"]:
@@ -516,14 +538,19 @@ def ensure_report_directory(directory: Path | str, option: str) -> Path:
     return path
 
 
-def write_report(report: dict[str, Any], directory: Path | str) -> tuple[Path, Path]:
-    """Write ``kvconform-report.md`` and ``kvconform-report.json`` into ``directory``; return their paths.
+def write_report(report: dict[str, Any], directory: Path | str,
+                 scripts: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """Write ``kvconform-report.md`` and ``kvconform-report.json`` into ``directory``, with the failures'
+    repro ``scripts`` (file name -> text) next to them; return the report's paths.
 
     Each file is written to a temporary name and renamed, so a reader (or a
     kill) never sees a half-written report.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for name, source in (scripts or {}).items():  # before the report that links them
+        if not (directory / name).is_file() or (directory / name).read_text(encoding="utf-8") != source:
+            _replace_text(directory / name, source)
     md_path = directory / f"{REPORT_BASENAME}.md"
     json_path = directory / f"{REPORT_BASENAME}.json"
     _replace_text(md_path, markdown(report))
@@ -556,16 +583,17 @@ class ReportWriter:
         self.problem: str | None = None
         self.paths: tuple[Path, Path] | None = None
 
-    def write(self, report: dict[str, Any]) -> tuple[Path, Path] | None:
-        """Write ``report``; ``None`` only when neither the directory nor the fallback could be written."""
+    def write(self, report: dict[str, Any], scripts: dict[str, str] | None = None) -> tuple[Path, Path] | None:
+        """Write ``report`` (and its repro ``scripts``); ``None`` only when neither the directory nor the
+        fallback could be written."""
         if self.problem is None:
             try:
-                self.paths = write_report(report, self.directory)
+                self.paths = write_report(report, self.directory, scripts)
                 return self.paths
             except OSError as exc:
                 self.problem = f"cannot write the report to {self.directory}: {exc}"
         try:
-            self.paths = write_report(report, fallback_directory())
+            self.paths = write_report(report, fallback_directory(), scripts)
         except OSError as exc:
             self.problem += f"; the fallback {fallback_directory()} failed too: {exc}"
             self.paths = None

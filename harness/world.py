@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from harness.oracles import InvariantViolation, owned_heads
+from harness.oracles import ExpectedBytes, InvariantViolation, owned_heads
 from strategies.cases import TransferCase
 
 _INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -145,7 +145,7 @@ class World:
                     raise InvariantViolation(
                         f"{where}: {name} layer {actual.layers[local]} differs at pool slot {slot}, "
                         f"local head {head}, dim {dim}; {self._explain(actual, slot, head, got, want, name, local)}"
-                    )
+                    ).expecting(*(ExpectedBytes(g, w, rows) for g, w in zip([*actual.k, *actual.v], [*expected.k, *expected.v])))
 
     def _explain(self, pool: RankPool, slot: int, head: int, got, want, name: str, local: int) -> str:
         """Say which token/head the wrong value belongs to, and whose data landed there instead."""
@@ -215,4 +215,5 @@ def check_untouched(what: str, before: list[RankPool], after: list[RankPool]) ->
         for name, bl, al in (("K", b.k, a.k), ("V", b.v, a.v)):
             for local, (x, y) in enumerate(zip(bl, al)):
                 if not torch.equal(int_view(x), int_view(y)):
-                    raise InvariantViolation(f"{what} pool {index} {name} layer {b.layers[local]} was modified")
+                    raise InvariantViolation(f"{what} pool {index} {name} layer {b.layers[local]} was modified"
+                                             ).expecting(ExpectedBytes(y, x))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.oracles import InvariantViolation
+from harness.oracles import ExpectedBytes, InvariantViolation
 from harness.world import CANARY_BYTE
 
 SCRIBBLE_BYTE = 0x5A  # what a freed region is overwritten with, as its next user would
@@ -30,7 +30,10 @@ class Guarded:
         """Both margins still hold the canary, or the violation names the buffer and the side."""
         for name, edge in (("before", self.whole[:MARGIN]), ("after", self.whole[-MARGIN:])):
             if bool((edge != CANARY_BYTE).any()):
-                raise InvariantViolation(f"{what} wrote outside its buffer ({name} it)")
+                margins = torch.ones_like(self.whole, dtype=torch.bool)
+                margins[MARGIN:self.whole.numel() - MARGIN] = False
+                raise InvariantViolation(f"{what} wrote outside its buffer ({name} it)").expecting(
+                    ExpectedBytes(self.whole, torch.full_like(self.whole, CANARY_BYTE), margins))
 
 
 class CanaryFence:

@@ -17,7 +17,7 @@ from harness.engine.buffers import GARBAGE_BYTE, MARKERS, PROBE_BYTE, SCRIBBLE_B
 from harness.engine.model import Tracked
 from harness.engine.shapes import RankShape, RequestPlan
 from harness.interface import DONE
-from harness.oracles import InvariantViolation
+from harness.oracles import ExpectedBytes, InvariantViolation
 from harness.world import CANARY_BYTE, World, int_view
 
 SPARE_PAGES = 2
@@ -84,7 +84,8 @@ class DecodePool:
                 kv, layer, row = (int(x) for x in stray.nonzero()[0][:3])
                 slot = int((~mask).nonzero()[row])
                 raise InvariantViolation(f"pool slot {slot} (page {slot // self.shape.page_size}) belongs to no "
-                                         f"request but {'KV'[kv]} layer {self.shape.layers[layer]} was written")
+                                         f"request but {'KV'[kv]} layer {self.shape.layers[layer]} was written"
+                                         ).expecting(*self.expected_canary(~mask))
 
     def check_chunk_untouched(self, t: Tracked, chunk: int, num_writers: int) -> None:
         """Before the last distinct writer arrives, the chunk's rows hold no suffix data (K layers suffice)."""
@@ -94,7 +95,8 @@ class DecodePool:
         for layer in self.k:
             if bool((layer[slots].view(torch.uint8) != CANARY_BYTE).any()):
                 raise InvariantViolation(f"request {t.rid} chunk {chunk} was scattered after only writer slots "
-                                         f"{sorted(t.arrived[chunk])} of {num_writers} arrived")
+                                         f"{sorted(t.arrived[chunk])} of {num_writers} arrived"
+                                         ).expecting(*self.expected_canary(self._rows(slots)))
 
     def _check_rows(self, t: Tracked, pool: torch.Tensor, num_writers: int, everyone: list[Tracked]) -> None:
         got = pool.index_select(2, t.slots)
@@ -110,7 +112,7 @@ class DecodePool:
             else:
                 continue  # untouched suffix row of a request not done
             raise InvariantViolation(f"request {t.rid} token {token}: {self._explain(t, got, token, everyone)}; "
-                                     f"expected ground truth: {problem}")
+                                     f"expected ground truth: {problem}").expecting(*self.expected_truth(t, token))
         for chunk, (page_start, _, tokens) in enumerate(t.grid if t.staged else ()):
             if len(t.arrived[chunk]) < num_writers and t.observed != DONE:
                 first = t.plan.prefix_len + page_start * self.shape.page_size
@@ -118,7 +120,30 @@ class DecodePool:
                 if touched:
                     raise InvariantViolation(
                         f"request {t.rid} chunk {chunk} was scattered although only writer slots "
-                        f"{sorted(t.arrived[chunk])} of {num_writers} arrived (token {first + touched[0]})")
+                        f"{sorted(t.arrived[chunk])} of {num_writers} arrived (token {first + touched[0]})"
+                    ).expecting(*self.expected_canary(self._rows(t.slots[first:first + tokens])))
+
+    # -- expected values (carried by a violation, for the standalone repro) -----------------
+    def expected_canary(self, rows: torch.Tensor) -> list[ExpectedBytes]:
+        """Every layer must hold the canary at ``rows`` (a bool mask over pool rows)."""
+        return [ExpectedBytes(x, torch.full_like(x.view(torch.uint8), CANARY_BYTE).view(x.dtype), rows)
+                for x in (*self.k, *self.v)]
+
+    def expected_truth(self, t: Tracked, token: int) -> list[ExpectedBytes]:
+        """Every layer must hold request ``t``'s ground truth at the pool row of ``token``."""
+        slot = t.slots[token:token + 1]
+        expected = []
+        for kv, layers in enumerate((self.k, self.v)):
+            for layer, x in enumerate(layers):
+                want = x.clone()
+                int_view(want)[slot] = t.truth[kv, layer, token:token + 1]
+                expected.append(ExpectedBytes(x, want, self._rows(slot)))
+        return expected
+
+    def _rows(self, slots: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(self.k[0].shape[0], dtype=torch.bool, device=self.device)
+        mask[slots] = True
+        return mask
 
     def _explain(self, t: Tracked, got: torch.Tensor, token: int, everyone: list[Tracked]) -> str:
         """Where the wrong row came from: canary, scribble of a freed region, garbage, or whose ground truth."""
