@@ -9,13 +9,15 @@ Third-party adapters (``adapters/``):
 
 * the harness never imports or names them: they are registered only as
   ``kvconform.implementations`` entry points in pyproject.toml;
-* an engine adapter (``adapters/<engine>/``) imports, from kvconform, only the
-  public interface ``harness.interface`` (its Protocols and the ``poll``
-  states), plus ``adapters.toolkit`` and its own package -- never
-  ``reference/``, ``strategies/``, another engine's adapter or the rest of the
-  harness.  Capability and scope-limit names are plain strings that
-  ``harness.loading`` checks when the implementation loads (an unknown name is
-  a load error naming the valid ones), so adapters need not import them;
+* adapters import nothing from ``harness/`` (not even ``harness.interface``:
+  its ``poll`` states are plain strings an adapter spells itself), so an
+  adapter's standalone repro script (``harness.repro``) runs where only torch
+  and the engine are installed; an engine adapter (``adapters/<engine>/``)
+  imports, from kvconform, only ``adapters.toolkit`` and its own package --
+  never ``reference/``, ``strategies/`` or another engine's adapter.
+  Capability and scope-limit names are plain strings that ``harness.loading``
+  checks when the implementation loads (an unknown name is a load error naming
+  the valid ones), so adapters need not import them;
 * ``adapters/toolkit/`` is engine-neutral: it imports nothing from kvconform
   and no engine adapter.
 """
@@ -42,7 +44,7 @@ FORBIDDEN = {
     "harness": {"reference", "adapters"},
 }
 #: What an engine adapter may import from kvconform, as module-name prefixes (its own package is added).
-ADAPTER_MAY_IMPORT = ("harness.interface", "adapters.toolkit")
+ADAPTER_MAY_IMPORT = ("adapters.toolkit",)
 ENTRY_POINT_GROUP = "kvconform.implementations"
 
 
@@ -101,8 +103,16 @@ def _kvconform_imports_outside(path: Path, allowed: tuple[str, ...]) -> list[str
     )
 
 
+def test_adapters_import_nothing_from_the_harness():
+    """Every adapter file, toolkit included: a repro script of an adapter runs without kvconform."""
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in imported_targets(p) if n.split(".")[0] == "harness")
+                 for p in _sources(ROOT / "adapters")}
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"adapters/ must import nothing from harness/: {offenders}"
+
+
 @pytest.mark.parametrize("engine", [p.name for p in _engine_packages()])
-def test_engine_adapters_import_only_the_public_interface_and_the_toolkit(engine):
+def test_engine_adapters_import_only_the_toolkit_and_their_own_package(engine):
     allowed = (*ADAPTER_MAY_IMPORT, f"adapters.{engine}")
     offenders = {str(p.relative_to(ROOT)): _kvconform_imports_outside(p, allowed) for p in _sources(ROOT / "adapters" / engine)}
     offenders = {k: v for k, v in offenders.items() if v}
@@ -153,4 +163,4 @@ def test_the_checker_resolves_relative_and_from_imports(monkeypatch, tmp_path):
     module.parent.mkdir(parents=True)
     module.write_text("from ..toolkit import borrow\nfrom . import pin\nfrom harness import scope\nimport harness.interface\n")
     assert imported_targets(module) == {"adapters.toolkit.borrow", "adapters.eng.pin", "harness.scope", "harness.interface"}
-    assert _kvconform_imports_outside(module, (*ADAPTER_MAY_IMPORT, "adapters.eng")) == ["harness.scope"]
+    assert _kvconform_imports_outside(module, (*ADAPTER_MAY_IMPORT, "adapters.eng")) == ["harness.interface", "harness.scope"]

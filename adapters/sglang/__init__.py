@@ -22,8 +22,8 @@ Modules, in dependency order:
 * ``decode_handler`` and ``implementation``: the interface's capabilities.
 
 The engine-neutral parts (source borrowing, the API pin, CPU stream/event
-stand-ins, the clock router) are :mod:`adapters.toolkit`.  Imports from
-kvconform: ``harness.interface`` only.
+stand-ins, the clock router) are :mod:`adapters.toolkit`.  Imports nothing
+from kvconform's harness (a standalone repro script runs it without kvconform).
 """
 
 from adapters.sglang.implementation import (

@@ -43,7 +43,10 @@ from adapters.sglang.environment import (
 from adapters.sglang.pin import SGLANG_VERSION
 from adapters.sglang.views import DecodeRankView, rank_mapping, whole_pages
 from adapters.toolkit import single_rank_gloo_group
-from harness.interface import DONE, FAILED, PENDING
+
+#: The states ``poll`` returns, spelled as the interface documents them (``harness.interface.PollState``);
+#: written here so the adapter, like a standalone repro of it, runs without kvconform.
+PENDING, DONE, FAILED = "pending", "done", "failed"
 
 if TYPE_CHECKING:
     from adapters.sglang.implementation import SglangImplementation

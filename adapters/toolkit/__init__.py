@@ -58,8 +58,9 @@ Ambient state, time and logging (:mod:`.thread_scope`, :mod:`.clock`, :mod:`.log
     (warnings and up) in ``log.lines``, its failure reasons.
 
 Import rules (``tests/test_import_graph.py``): the toolkit imports nothing from
-kvconform or an engine adapter; an engine adapter imports the toolkit, its own
-package and ``harness.interface`` only; the harness imports no adapter.
+kvconform or an engine adapter; an engine adapter imports the toolkit and its own
+package only, nothing from ``harness/`` (so a standalone repro runs it without kvconform); the harness
+imports no adapter.
 """
 
 from adapters.toolkit.api_pin import (
