@@ -47,7 +47,9 @@ status (pass, fail, interrupted, xfail, not-implemented, not-run), the number of
 Hypothesis examples run, and each distinct failure of a failing test: its id, its failure
 status (fail, timeout, crash, out-of-bounds), the shrunk counterexample, Hypothesis's
 explanation, the @reproduce_failure(...) line, the seed when one reproduces it, the first
-line of the error and a one-line command that reruns it.  Its run info says what produced
+line of the error, a one-line command that reruns it, and a standalone script,
+DIR/repro_<test>_<n>.py, that replays the failing calls with torch and the implementation only
+(no kvconform) and fails with the same message.  Its run info says what produced
 it: kvconform version and commit, catalogue version, implementation and its version, the
 configuration, device names, driver, and torch/Triton/Hypothesis/Python versions.  The report is printed at the end of the run and
 written to DIR/kvconform-report.md and DIR/kvconform-report.json (--report-dir, default:

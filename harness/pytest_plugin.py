@@ -174,7 +174,7 @@ def loaded_impl(pytestconfig: pytest.Config) -> LoadedImplementation:
 def impl(loaded_impl: LoadedImplementation) -> Implementation:
     """The implementation object conformance tests call (typed with every capability's Protocol), behind the
     guard's choke point unchecked: calls go straight through, recorded when a failing example is replayed."""
-    return guard(loaded_impl.implementation, checked=False)  # type: ignore[return-value]
+    return guard(loaded_impl.implementation, checked=False)
 
 
 @pytest.fixture(scope="session")

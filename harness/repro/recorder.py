@@ -271,7 +271,7 @@ class Trace:
         if key not in self.storages:
             self.storages[key] = _Storage(len(self.storages), tensor)
         return TensorArg(self.storages[key].sid, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape),
-                         tuple(tensor.stride()), tensor.storage_offset())
+                         tuple(tensor.stride()), int(tensor.storage_offset()))
 
     def _expected(self, expected: ExpectedBytes) -> Optional[Expected]:
         actual = expected.actual
