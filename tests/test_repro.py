@@ -213,3 +213,18 @@ def test_nothing_is_recorded_outside_a_failing_example():
 def test_the_script_finds_the_implementation_where_it_was_loaded_from():
     assert implementation_path("reference.plugin:make_implementation") == str(ROOT)
     assert implementation_path("tests.broken.kv_copy:OnePageOff") == str(ROOT)  # a namespace package
+
+
+def test_calls_from_several_threads_are_replayed_sequentially_and_the_script_says_so(tmp_path):
+    import threading
+
+    def two_threads(impl):
+        worker = threading.Thread(target=impl.heads_of_rank, args=(4, 2, 0))
+        worker.start()
+        worker.join()
+        impl.heads_of_rank(4, 2, 1)
+
+    path = _script_of(tmp_path, "tests.test_repro:WrongHeads", two_threads, InvariantViolation("wrong heads"))
+    source = path.read_text()
+    assert "from 2 threads; this script" in source and "replays the calls sequentially" in source
+    assert _last_line(_run_script(path).stderr) == "AssertionError: wrong heads"
