@@ -122,7 +122,9 @@ def test_json_schema_and_markdown(suite):
     assert all(set(row) == row_keys for row in report["rows"])
     assert {f["invariant"] for f in report["failures"]} == {"layout", "isolation"}
     assert all(set(f) == {"invariant", "test", "index", "test_failures", "status", "phase", "error", "explanation",
-                          "counterexample", "reproduce_failure", "seed", "repro"} for f in report["failures"])
+                          "counterexample", "reproduce_failure", "seed", "repro", "repro_script",
+                          "repro_script_note"} for f in report["failures"])
+    assert all(f["repro_script"] == f"repro_{f['test'].rpartition('::')[2]}_1.py" for f in report["failures"])
     assert report["summary"]["fail"] == 2 and report["summary"]["failed_tests"] == 2
     assert report["summary"]["failures"] == 2
     assert report["summary"]["failure_statuses"] == {"fail": 2, "timeout": 0, "crash": 0, "out-of-bounds": 0}
