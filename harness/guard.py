@@ -24,6 +24,12 @@ the allocators and handlers it makes:
   it appears instead of as a confusing failure later.  A returned generator is
   materialized once and that list is passed on: checking never consumes it.
 
+* reports each call, during the final replay of a failing example, to the
+  repro recorder (``harness.repro.recorder``), which turns it into a standalone
+  script.  ``guard(impl, checked=False)`` does only that, passing calls straight
+  through: the plugin's ``impl`` fixture, so every call of every test crosses
+  this one boundary.
+
 A fault is reported on the invariant of the test it happens in: the test's
 ``invariant`` marker decides (``oracles.attribute``), as for every violation.
 

@@ -34,7 +34,9 @@ Hypothesis test cases (from Hypothesis's statistics collector, chained so
 ``--hypothesis-show-statistics`` keeps working) and the details of every
 distinct failure (Hypothesis's "distinct failures" exception group is split
 into its members; each member's notes give its falsifying example,
-``@reproduce_failure`` line and explain-phase lines).  The run info
+``@reproduce_failure`` line and explain-phase lines) with its standalone repro
+script (``harness.repro``: recorded at the guard during the failing example's
+final replay, written next to the report).  The run info
 (``harness.runinfo``) is collected once, on the controller.  It is rewritten after every test, marked
 incomplete, and once more at the session's end with its completion state: a
 test running when the session was interrupted reads ``interrupted``, and a
