@@ -228,3 +228,13 @@ def test_calls_from_several_threads_are_replayed_sequentially_and_the_script_say
     source = path.read_text()
     assert "from 2 threads; this script" in source and "replays the calls sequentially" in source
     assert _last_line(_run_script(path).stderr) == "AssertionError: wrong heads"
+
+
+def test_a_recording_that_breaks_never_changes_what_the_test_sees(monkeypatch):
+    def broken(self, value, name):
+        raise RuntimeError("cannot encode")
+
+    monkeypatch.setattr(recorder.Trace, "_encode", broken)
+    with recorder.enabled(plain=True) as trace:
+        assert guard(RightHeads(), checked=False).heads_of_rank(4, 2, 1) == [2, 3]
+    assert trace is not None and trace.problem == "recording failed: RuntimeError: cannot encode"

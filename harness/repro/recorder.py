@@ -142,8 +142,30 @@ class Trace:
         self._clocks: dict[int, tuple[int, Any, float]] = {}  # id(clock) -> (clock id, clock, last reading)
         self._lock = threading.RLock()
 
-    # -- what the guard reports -------------------------------------------------------------
+    # -- what the guard reports (never raising: recording must not change what a test sees) --------------
     def started(self, target: Any, root: Any, method: str, args: tuple, kwargs: dict, nested: bool) -> Step:
+        try:
+            return self._started(target, root, method, args, kwargs, nested)
+        except Exception as exc:
+            self._broke(exc)
+            return Step(0, "?", method, (), {}, nested)
+
+    def returned(self, step: Step, result: Any, made: Any = None) -> None:
+        try:
+            self._returned(step, result, made)
+        except Exception as exc:
+            self._broke(exc)
+
+    def raised(self, step: Step, exc: BaseException) -> None:
+        try:
+            self._raised(step, exc)
+        except Exception as error:
+            self._broke(error)
+
+    def _broke(self, exc: Exception) -> None:
+        self.problem = self.problem or f"recording failed: {type(exc).__name__}: {exc}"
+
+    def _started(self, target: Any, root: Any, method: str, args: tuple, kwargs: dict, nested: bool) -> Step:
         with self._lock:
             if self._root is None:
                 self._root = root
@@ -165,7 +187,7 @@ class Trace:
                 step.clocks = self._clock_readings()
         return step
 
-    def returned(self, step: Step, result: Any, made: Any = None) -> None:
+    def _returned(self, step: Step, result: Any, made: Any = None) -> None:
         with self._lock:
             step.outcome = "returned"
             if made is not None:
@@ -177,7 +199,7 @@ class Trace:
                 step.result = plain(result)
             self._settle(step)
 
-    def raised(self, step: Step, exc: BaseException) -> None:
+    def _raised(self, step: Step, exc: BaseException) -> None:
         with self._lock:
             cause = exc.__cause__
             text = str(exc)
@@ -202,6 +224,12 @@ class Trace:
 
     def finish(self, exc: BaseException) -> None:
         """The test case failed with ``exc``: record the verdict."""
+        try:
+            self._finish(exc)
+        except Exception as error:
+            self._broke(error)
+
+    def _finish(self, exc: BaseException) -> None:
         with self._lock:
             writes = self._harness_writes()
             failed_at = next((s for s in self.steps if s.error_object is not None and
