@@ -28,6 +28,7 @@ torch or the strategies at import time: the report imports this module.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -218,7 +219,10 @@ CLASSES: tuple[CaseClass, ...] = (
 BY_NAME: dict[str, CaseClass] = {c.name: c for c in CLASSES}
 
 _TOPOLOGY = ("tp direction", "tp ratio", "replication", "pp fan-in", "writers", "kv heads")
-_TRANSFER = (*_TOPOLOGY, "head dim", "dtype", "page size", "partial tail", "prefix")
+#: What every ``transfer_cases()`` test reaches: all values but misaligned prefixes (staged only on purpose).
+_TRANSFER_EXPECTED = {**{name: BY_NAME[name].values
+                         for name in (*_TOPOLOGY, "head dim", "dtype", "page size", "partial tail")},
+                      "prefix": ("none", "aligned")}
 _RING = {"ring wrap": ("no", "yes"), "live allocations": ("1", "2")}
 
 #: Invariant -> class -> values a run of the ``thorough`` profile must give at least one case.  A class is
@@ -228,18 +232,15 @@ _RING = {"ring wrap": ("no", "yes"), "live allocations": ("1", "2")}
 #: apply to an invariant (no ring in head coverage) are absent; ``layout`` and ``concurrency`` draw no cases
 #: of these kinds (plain geometry tuples, seeded threads).
 EXPECTED: dict[str, dict[str, tuple[str, ...]]] = {
-    "head_coverage": {name: BY_NAME[name].values for name in (*_TOPOLOGY[:4], "dtype", "page size")},
-    "round_trip": {**{name: BY_NAME[name].values for name in _TRANSFER if name != "prefix"},
-                   "prefix": ("none", "aligned"), **_RING},
-    "isolation": {**{name: BY_NAME[name].values for name in _TRANSFER if name != "prefix"},
-                  "prefix": ("none", "aligned")},
-    "path_equivalence": {name: BY_NAME[name].values for name in ("tp direction", "replication", "dtype",
-                                                                 "page size", "partial tail")},
+    "head_coverage": {name: BY_NAME[name].values for name in (*_TOPOLOGY, "dtype", "page size")},
+    "round_trip": {**_TRANSFER_EXPECTED, **_RING},
+    "isolation": _TRANSFER_EXPECTED,
+    "path_equivalence": _TRANSFER_EXPECTED,
     "receivers": {name: BY_NAME[name].values for name in ("receiver kind", "receiver flag")},
-    "allocator": {"ring wrap": ("yes",), "live allocations": BY_NAME["live allocations"].values},
-    "lifecycle": {**{name: BY_NAME[name].values for name in ("tp direction", "replication", "dtype", "partial tail",
-                                                           "prefix", "messages", "fault")},
-                  "ring wrap": ("no", "yes"), "live allocations": BY_NAME["live allocations"].values},
+    "allocator": {"ring wrap": ("no", "yes"), "live allocations": BY_NAME["live allocations"].values},
+    "lifecycle": {**{name: BY_NAME[name].values for name in (*_TOPOLOGY[:4], "dtype", "page size", "partial tail",
+                                                           "prefix", "messages", "fault", "ring wrap",
+                                                           "live allocations")}},
     "device": {name: BY_NAME[name].values for name in ("tp direction", "dtype", "page size")},
     "bad_topology": {"bad topology": _BAD_TOPOLOGY},
 }
@@ -265,16 +266,13 @@ def _case_context() -> Any:
     Hypothesis keeps the context per thread, so a thread without one takes the case last labelled from its
     own thread, while that case is still running (a finished case's data is frozen: ignored).
     """
-    from hypothesis.control import current_build_context
-    from hypothesis.errors import InvalidArgument
-
     global _active
-    try:
-        context: Any = current_build_context()
-    except InvalidArgument:
+    context = _hypothesis().context.value
+    if context is None:
         last = _active() if _active is not None else None
         return None if last is None or getattr(last.data, "frozen", True) else last
-    _active = weakref.ref(context)
+    if _active is None or _active() is not context:
+        _active = weakref.ref(context)
     return context
 
 
@@ -284,31 +282,54 @@ def record(name: str, value: str) -> None:
     if case_class is None:
         raise ValueError(f"unknown case class {name!r}; known: {', '.join(BY_NAME)}")
     context = _case_context()
-    if context is None:
-        return
+    if context is not None:
+        _put(context, case_class, value)
+
+
+def _put(context: Any, case_class: CaseClass, value: str) -> None:
     if not case_class.highest:
-        _event(context, f"{name}{SEPARATOR}{value}", "")
+        _event(context, f"{case_class.name}{SEPARATOR}{value}", "")
         return
     rank = case_class.values.index(value) if value in case_class.values else len(case_class.values)
     reached = _reached.setdefault(context, {})
-    if rank > reached.get(name, -1):
-        reached[name] = rank
-        _event(context, name, value)  # keyed by the class: the later, higher value replaces the earlier one
+    if rank > reached.get(case_class.name, -1):
+        reached[case_class.name] = rank
+        _event(context, case_class.name, value)  # keyed by the class: a later, higher value replaces it
 
 
 def _event(context: Any, label: str, payload: str) -> None:
     """``hypothesis.event`` for ``context``'s test case, from whichever thread."""
+    hypothesis = _hypothesis()
+    if hypothesis.context.value is context:
+        hypothesis.event(label, payload)
+        return
+    with hypothesis.context.with_value(context):
+        hypothesis.event(label, payload)
+
+
+@dataclass(frozen=True)
+class _Hypothesis:
+    event: Callable[..., None]
+    context: Any  # the dynamic variable holding each thread's build context
+
+
+@functools.cache
+def _hypothesis() -> _Hypothesis:
+    """Hypothesis's ``event`` and its per-thread build context, imported once, on first use (the report
+    imports this module without needing Hypothesis)."""
     from hypothesis import event
     from hypothesis.control import _current_build_context
 
-    with _current_build_context.with_value(context):
-        event(label, payload)
+    return _Hypothesis(event, _current_build_context)
 
 
 def _record_source(source: str, value: Any) -> None:
+    context = _case_context()
+    if context is None:
+        return
     for case_class in CLASSES:
         if case_class.source == source and case_class.classify is not None:
-            record(case_class.name, case_class.classify(value))
+            _put(context, case_class, case_class.classify(value))
 
 
 def label_topology(topology: Any) -> None:
