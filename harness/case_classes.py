@@ -137,20 +137,21 @@ _MISSING = object()
 
 def _receiver_kind(receiver: Any) -> str:
     """How ``require_staging`` is reached, read without running any of the receiver's code (no descriptor,
-    ``__getattr__`` or ``__bool__`` is called, so labelling cannot change what the implementation sees)."""
+    ``__getattr__``, ``__class__`` or ``__bool__`` is called, so labelling cannot change what the
+    implementation sees)."""
     from unittest import mock
 
-    if isinstance(receiver, mock.NonCallableMock):
+    kind = type(receiver)
+    if issubclass(kind, mock.NonCallableMock):
         return "mock"
     static = inspect.getattr_static(receiver, "require_staging", _MISSING)
     if static is _MISSING:
-        has_getattr = inspect.getattr_static(type(receiver), "__getattr__", _MISSING) is not _MISSING
-        return "__getattr__" if has_getattr else "absent"
+        return "__getattr__" if inspect.getattr_static(kind, "__getattr__", _MISSING) is not _MISSING else "absent"
     if isinstance(static, property):
         return "property"
     if type(static).__name__ == "member_descriptor":
         return "unset slot" if _slot_unset(static, receiver) else "instance attribute"
-    return "instance attribute" if "require_staging" in getattr(receiver, "__dict__", {}) else "class attribute"
+    return "class attribute" if inspect.getattr_static(kind, "require_staging", _MISSING) is static else "instance attribute"
 
 
 def _slot_unset(descriptor: Any, receiver: Any) -> bool:
@@ -329,7 +330,16 @@ def _record_source(source: str, value: Any) -> None:
         return
     for case_class in CLASSES:
         if case_class.source == source and case_class.classify is not None:
-            _put(context, case_class, case_class.classify(value))
+            _put(context, case_class, _classify(case_class, value))
+
+
+def _classify(case_class: CaseClass, value: Any) -> str:
+    if case_class.source != "receiver":
+        return case_class.classify(value) if case_class.classify else ""
+    try:  # a receiver may be any object at all: labelling it must never be what fails a test
+        return case_class.classify(value) if case_class.classify else ""
+    except Exception as exc:
+        return f"unclassified ({type(exc).__name__})"
 
 
 def label_topology(topology: Any) -> None:

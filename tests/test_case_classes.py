@@ -146,6 +146,11 @@ def test_labelling_a_receiver_runs_none_of_its_code():
             reads.append(name)
             raise AttributeError(name)
 
+        @property  # type: ignore[misc]
+        def __class__(self):  # what isinstance() would ask
+            reads.append("__class__")
+            return Counting
+
     class Flag:
         def __bool__(self):
             reads.append("bool")
