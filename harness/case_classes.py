@@ -20,7 +20,9 @@ A case counts once per value of a class it exercised (a case with two requests, 
 page and one without, counts for both), except for ``highest`` classes (counts and yes/no facts), where it
 counts once, at the highest value it reached.  Adding a class is one :class:`CaseClass` line (with a
 ``classify`` function when it is derived from a drawn value) plus, for a runtime fact, its ``record``
-call; listing values in :data:`EXPECTED` makes ``thorough`` insist on them.
+call; listing values in :data:`EXPECTED` makes ``thorough`` insist on them.  For instance a pool layout kind
+drawn into the case would be ``CaseClass("pool layout", LAYOUT_KINDS, "how the KV pools are laid out", "case",
+lambda case: case.pool_layout)``, and a ratio of prefill to decode page size one more such line.
 
 Outside a Hypothesis test case (plain tests, other threads) labelling does nothing.  Nothing here imports
 torch or the strategies at import time: the report imports this module.
@@ -43,9 +45,9 @@ class CaseClass:
     """One class of cases: its ``values`` in display order (others that occur are shown after them).
 
     ``source`` says what it is derived from: ``"topology"`` (a ``TpTopology``), ``"kv"`` (a ``KvSpec``),
-    ``"request"`` (``(num_tokens, prefix_len, page_size)``), ``"receiver"``, ``"invalid topology"`` (an
-    ``InvalidTopology``), each with ``classify`` mapping that value to a class value; or ``"runtime"``: the
-    engine records it.  ``highest``: a case counts once, at the highest value (in ``values`` order) it reached.
+    ``"request"`` (``(num_tokens, prefix_len, page_size)``), ``"case"`` (a whole ``TransferCase``),
+    ``"receiver"``, ``"invalid topology"`` (an ``InvalidTopology``), each with ``classify`` mapping that value
+    to a class value; or ``"runtime"``: the engine records it.  ``highest``: a case counts once, at the highest value (in ``values`` order) it reached.
     """
 
     name: str
@@ -384,6 +386,7 @@ def _label_value(value: Any) -> None:
     from strategies.cases import TpTopology, TransferCase
 
     if isinstance(value, TransferCase):
+        _record_source("case", value)
         label_topology(value.topology)
         label_kv(value.kv)
         label_request(value.request.num_tokens, value.request.prefix_len, value.kv.page_size)
