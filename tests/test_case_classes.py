@@ -321,3 +321,31 @@ def test_xdist_workers_counts_are_merged(suite):
     assert row["tests"] == 2
     for name in ("tp direction", "dtype", "page size", "partial tail"):
         assert sum(row["classes"][name].values()) == 50, name
+
+
+def test_a_rank_labels_its_shape_requests_receivers_and_what_happened():
+    """Two chunks through a ring of one chunk, a writer reporting twice, the late duplicates stage_case sends."""
+    from harness.engine.moves import case_rank, ring_bytes_for, stage_case
+    from harness.world import World
+
+    impl = load_implementation("reference").implementation
+    case = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 2, torch.float32, 2), RequestSpec(4, 0, 1, (0, 1), 3, (2, 0), 3),
+                        seed=0, nan_payloads=False)
+
+    def body(_):
+        world = World.build(case, "cpu")
+        stage_case(case_rank(impl, world, 0, ring_bytes_for(impl, world, 1)), order=[(0, 0), (0, 0), (0, 1), (1, 1), (1, 0)])
+    counts = labelled(body, examples=2)
+    assert counts["ring wrap"] == {"yes": 2} and counts["live allocations"] == {"2": 2}  # the ring overcommits
+    assert counts["messages"] == {"duplicate": 2, "late": 2}
+    assert counts["writers"] == {"2": 2} and counts["partial tail"] == {"no": 2} and counts["prefix"] == {"none": 2}
+    assert counts["receiver kind"] == {"class attribute": 2} and counts["receiver flag"] == {"True": 2}
+
+
+def test_adding_a_class_derived_from_a_case_is_one_line(monkeypatch):
+    layout = case_classes.CaseClass("pool layout", ("contiguous",), "how the pools are laid out", "case",
+                                    lambda case: "contiguous")
+    monkeypatch.setattr(case_classes, "CLASSES", (*case_classes.CLASSES, layout))
+    monkeypatch.setitem(case_classes.BY_NAME, layout.name, layout)
+    counts = labelled(lambda _: case_classes.label_arguments({"case": CASE}))
+    assert counts["pool layout"] == {"contiguous": 5}
