@@ -24,7 +24,8 @@ call; listing values in :data:`EXPECTED` makes ``thorough`` insist on them.  For
 drawn into the case would be ``CaseClass("pool layout", LAYOUT_KINDS, "how the KV pools are laid out", "case",
 lambda case: case.pool_layout)``, and a ratio of prefill to decode page size one more such line.
 
-Outside a Hypothesis test case (plain tests, other threads) labelling does nothing.  Nothing here imports
+Outside a Hypothesis test case (plain tests) labelling does nothing; from a helper thread (the guard's) it
+labels the case its caller runs.  Nothing here imports
 torch or the strategies at import time: the report imports this module.
 """
 
@@ -47,7 +48,8 @@ class CaseClass:
     ``source`` says what it is derived from: ``"topology"`` (a ``TpTopology``), ``"kv"`` (a ``KvSpec``),
     ``"request"`` (``(num_tokens, prefix_len, page_size)``), ``"case"`` (a whole ``TransferCase``),
     ``"receiver"``, ``"invalid topology"`` (an ``InvalidTopology``), each with ``classify`` mapping that value
-    to a class value; or ``"runtime"``: the engine records it.  ``highest``: a case counts once, at the highest value (in ``values`` order) it reached.
+    to a class value; or ``"runtime"``: the engine records it.  ``highest``: a case counts once, at the
+    highest value (in ``values`` order) it reached.
     """
 
     name: str

@@ -545,6 +545,9 @@ def _markdown_classes(report: dict[str, Any]) -> list[str]:
             out.append(f"| `{row['invariant']}` | {name} | {cells} |")
     if coverage.get("gaps"):
         out += ["", *(f"- {gap['message']}" for gap in coverage["gaps"])]
+    shown = {name for row in rows for name in row["classes"]}
+    out += ["", "Classes: " + "; ".join(f"*{c.name}*: {c.meaning}" for c in case_classes.CLASSES if c.name in shown)
+            + "."]
     return out
 
 

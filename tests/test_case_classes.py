@@ -226,6 +226,7 @@ def test_the_report_adds_up_each_tests_counts_and_lists_zeros():
                                                                                    ("partial tail", "yes")}
     md = markdown(report)
     assert "## Case classes" in md and "| `isolation` | page size | 1 1, power of two 4, other **0** |" in md
+    assert "*page size*: tokens per page" in md
     lines = terminal_lines(report)
     assert "  isolation: " in "\n".join(lines) and any("page size 2/3 >=1" in line for line in lines)
     assert any(line.startswith("  zero cases: [isolation] case class 'page size: other'") for line in lines)
