@@ -37,6 +37,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from harness.oracles import source_ranks
+
 #: Separator between class and value in a Hypothesis event (``"tp ratio: 2"``); class names never contain it.
 SEPARATOR = ": "
 
@@ -47,7 +49,7 @@ class CaseClass:
 
     ``source`` says what it is derived from: ``"topology"`` (a ``TpTopology``), ``"kv"`` (a ``KvSpec``),
     ``"request"`` (``(num_tokens, prefix_len, page_size)``), ``"case"`` (a whole ``TransferCase``),
-    ``"receiver"``, ``"invalid topology"`` (an ``InvalidTopology``), each with ``classify`` mapping that value
+    ``"receiver"`` (its :func:`receiver_facts`), ``"invalid topology"`` (an ``InvalidTopology``), each with ``classify`` mapping that value
     to a class value; or ``"runtime"``: the engine records it.  ``highest``: a case counts once, at the
     highest value (in ``values`` order) it reached.
     """
@@ -112,8 +114,6 @@ def _fan_in(topo: Any) -> str:
 
 def _writers(topo: Any) -> str:
     """Writer slots of decode rank 0 (every decode rank has as many): the oracle's source ranks times the fan-in."""
-    from harness.oracles import source_ranks
-
     sources = source_ranks(topo.total_kv_heads, topo.prefill_tp, topo.decode_tp, 0)
     return _WRITERS[1](len(sources) * max(1, topo.prefill_pp // max(1, topo.decode_pp)))
 
@@ -170,10 +170,9 @@ def _slot_unset(descriptor: Any, receiver: Any) -> bool:
 _PLAIN_FLAG_TYPES = (bool, int, float, str, bytes, list, tuple, dict, set, type(None))
 
 
-def _receiver_flag(receiver: Any) -> str:
+def _receiver_flag(receiver: Any, kind: str) -> str:
     """What ``require_staging`` holds, when it is a plain value (else ``computed``: property, mock,
     ``__getattr__``, or a value of another type)."""
-    kind = _receiver_kind(receiver)
     if kind in ("absent", "unset slot"):
         return "absent"
     if kind not in ("instance attribute", "class attribute"):
@@ -185,6 +184,16 @@ def _receiver_flag(receiver: Any) -> str:
     if not plain:
         return "computed"
     return "truthy non-bool" if bool(value) else "falsy non-bool"
+
+
+def receiver_facts(receiver: Any) -> tuple[str, str]:
+    """``(receiver kind, receiver flag)`` of any object; a receiver that defeats classification is labelled
+    ``unclassified (...)``, never what fails a test."""
+    try:
+        kind = _receiver_kind(receiver)
+        return kind, _receiver_flag(receiver, kind)
+    except Exception as exc:
+        return (f"unclassified ({type(exc).__name__})",) * 2
 
 
 def _dtype(kv: Any) -> str:
@@ -210,8 +219,8 @@ CLASSES: tuple[CaseClass, ...] = (
     CaseClass("prefix", ("none", "aligned", "misaligned"), "decode-side cached prefix vs page boundary",
               "request", _prefix),
     CaseClass("receiver kind", _RECEIVER_KINDS, "how the receiver's require_staging is reached", "receiver",
-              _receiver_kind),
-    CaseClass("receiver flag", _RECEIVER_FLAGS, "what require_staging holds", "receiver", _receiver_flag),
+              lambda facts: facts[0]),
+    CaseClass("receiver flag", _RECEIVER_FLAGS, "what require_staging holds", "receiver", lambda facts: facts[1]),
     CaseClass("bad topology", _BAD_TOPOLOGY, "the rule an invalid topology breaks", "invalid topology",
               lambda bad: str(bad.reason)),
     CaseClass("ring wrap", ("no", "yes"), "the allocator handed out a region in a later round of the ring",
@@ -334,16 +343,7 @@ def _record_source(source: str, value: Any) -> None:
         return
     for case_class in CLASSES:
         if case_class.source == source and case_class.classify is not None:
-            _put(context, case_class, _classify(case_class, value))
-
-
-def _classify(case_class: CaseClass, value: Any) -> str:
-    if case_class.source != "receiver":
-        return case_class.classify(value) if case_class.classify else ""
-    try:  # a receiver may be any object at all: labelling it must never be what fails a test
-        return case_class.classify(value) if case_class.classify else ""
-    except Exception as exc:
-        return f"unclassified ({type(exc).__name__})"
+            _put(context, case_class, case_class.classify(value))
 
 
 def label_topology(topology: Any) -> None:
@@ -359,7 +359,8 @@ def label_request(num_tokens: int, prefix_len: int, page_size: int) -> None:
 
 
 def label_receiver(receiver: Any) -> None:
-    _record_source("receiver", receiver)
+    if _case_context() is not None:
+        _record_source("receiver", receiver_facts(receiver))
 
 
 def label_shape(shape: Any) -> None:

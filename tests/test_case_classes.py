@@ -123,14 +123,14 @@ def test_every_receiver_kind_of_the_strategies_has_a_kind_and_flag():
     assert set(RECEIVER_KINDS) == set(receivers.RECEIVER_KINDS)
     made = {**{k: make(True) for k, make in receivers._VALUED.items()},
             **{k: make() for k, make in {**receivers._ABSENT, **receivers._AUTO_TRUTHY}.items()}}
-    got = {kind: (case_classes._receiver_kind(r), case_classes._receiver_flag(r)) for kind, r in made.items()}
+    got = {kind: case_classes.receiver_facts(r) for kind, r in made.items()}
     assert got == RECEIVER_KINDS
 
 
 @pytest.mark.parametrize(("value", "flag"), [(False, "False"), (1, "truthy non-bool"), ("", "falsy non-bool"),
                                              ([], "falsy non-bool"), (None, "falsy non-bool")])
 def test_receiver_flags_by_value(value, flag):
-    assert case_classes._receiver_flag(receivers.Receiver(value)) == flag
+    assert case_classes.receiver_facts(receivers.Receiver(value)) == ("instance attribute", flag)
 
 
 def test_labelling_a_receiver_runs_none_of_its_code():
@@ -350,3 +350,10 @@ def test_adding_a_class_derived_from_a_case_is_one_line(monkeypatch):
     monkeypatch.setitem(case_classes.BY_NAME, layout.name, layout)
     counts = labelled(lambda _: case_classes.label_arguments({"case": CASE}))
     assert counts["pool layout"] == {"contiguous": 5}
+
+
+def test_a_receiver_that_defeats_classification_is_labelled_not_failed(monkeypatch):
+    def defeated(receiver):
+        raise RuntimeError("metaclass magic")
+    monkeypatch.setattr(case_classes, "_receiver_kind", defeated)
+    assert case_classes.receiver_facts(object()) == ("unclassified (RuntimeError)",) * 2
