@@ -65,7 +65,8 @@ one table across implementations, versions, configurations and devices (see its 
 EPILOG = """\
 exit status:
   0  at least one invariant test ran and none failed
-  1  some test failed
+  1  some test failed; or, under --profile thorough, a case class expected for an
+     invariant got no case (the report's case-class table names it)
   2  interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation);
      the report is marked INTERRUPTED and the test that was running reads "interrupted"
   3  internal error

@@ -1,4 +1,5 @@
-"""What one Hypothesis test call leaves for the report: examples run, each distinct failure, the reproducing seed.
+"""What one Hypothesis test call leaves for the report: examples run, case classes, each distinct failure, the
+reproducing seed.
 
 The plugin collects Hypothesis's statistics around each conformance test call and turns them, and a
 failure's exception and notes, into ``user_properties`` (which pytest-xdist carries to the controller),
@@ -15,10 +16,12 @@ from typing import Any
 
 import pytest
 
-from harness import runinfo
+from harness import case_classes, runinfo
 
 PROP_EXAMPLES = "kvconform.examples"
 PROP_SHRINKS = "kvconform.shrinks"
+#: JSON ``{class: {value: cases}}`` of the call's test cases (``harness.case_classes``); absent for plain tests.
+PROP_CLASSES = "kvconform.classes"
 #: JSON list of the call's distinct failures: {"error", "counterexample", "reproduce_failure", "seed", "explanation"}.
 PROP_FAILURES = "kvconform.failures"
 
@@ -55,10 +58,25 @@ def _phase_cases(stats: dict, phase: str) -> list[dict]:
     return stats.get(f"{phase}-phase", {}).get("test-cases", [])
 
 
+#: Phases whose test cases count as examples run (shrinking only retries variations of a failure).
+_RUN_PHASES = ("explicit", "reuse", "generate", "target")
+
+
+def class_properties(statistics: list[dict]) -> list[tuple[str, Any]]:
+    """Cases per case-class value over the test cases that ran to the end (passed or failed; rejected and
+    overrun ones did not run the classes they started to label), shrinking excluded."""
+    if not statistics:
+        return []
+    counts = case_classes.count_events(
+        case.get("events", ()) for s in statistics for p in _RUN_PHASES for case in _phase_cases(s, p)
+        if case.get("status") in ("valid", "interesting"))
+    return [(PROP_CLASSES, json.dumps(counts, sort_keys=True))]
+
+
 def example_properties(item: pytest.Item, statistics: list[dict]) -> list[tuple[str, Any]]:
     """Test cases Hypothesis ran (all phases but shrinking) and shrink attempts; nothing for plain tests."""
     if statistics:
-        examples = sum(len(_phase_cases(s, p)) for s in statistics for p in ("explicit", "reuse", "generate", "target"))
+        examples = sum(len(_phase_cases(s, p)) for s in statistics for p in _RUN_PHASES)
         shrinks = sum(len(_phase_cases(s, "shrink")) for s in statistics)
         return [(PROP_EXAMPLES, examples), (PROP_SHRINKS, shrinks)]
     described = getattr(item, "hypothesis_statistics", None)  # if our collector was bypassed

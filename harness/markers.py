@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness import scope
+from harness import case_classes, scope
 from harness.catalogue import BY_ID
 from harness.interface import CAPABILITIES
 from harness.oracles import attribute
@@ -58,7 +58,8 @@ def fit_to_declared_scope(test: Any) -> None:
     Wraps its ``inner_test`` (the function Hypothesis calls with fixtures and drawn arguments; idempotent):
     with the implementation taken from the ``impl`` or ``loaded_impl`` argument, every argument is passed
     through ``scope.fit`` (``TransferCase`` and ``RankShape`` values, inside tuples and lists too).  The
-    only place limits reach ``@given`` tests; the engine fits what state machines draw.
+    only place limits reach ``@given`` tests; the engine fits what state machines draw.  The arguments as
+    run then label the test case with their case classes (``harness.case_classes``).
     """
     from hypothesis import note
 
@@ -76,6 +77,7 @@ def fit_to_declared_scope(test: Any) -> None:
                 if value != kwargs[name]:  # the printed counterexample shows the drawn value: say what ran
                     note(f"{name} as run within the declared limits: {value!r}")
             kwargs = fitted_kwargs
+        case_classes.label_arguments(kwargs)
         return inner(*args, **kwargs)
 
     setattr(fitted, _FITS_SCOPE, True)

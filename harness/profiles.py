@@ -23,6 +23,11 @@ changes no verdict).  Every profile, not only ``gate``, runs with
 :func:`pin_local_constants`, since that source of nondeterminism is
 invisible otherwise.
 
+``thorough`` also vouches for what ran: it fails a run in which a case class
+that ``harness.case_classes.EXPECTED`` lists for an invariant got no case
+(:data:`CLASS_COVERAGE_PROFILES`); the other profiles only show the class
+coverage in the report.
+
 Select a profile with Hypothesis's ``--hypothesis-profile NAME`` or with
 ``KVCONFORM_PROFILE=NAME``; without either, ``default`` is loaded (or ``ci``
 when Hypothesis detected a CI environment).  An unknown name is a usage error
@@ -47,6 +52,9 @@ GATE = "gate"
 PROFILE_EXAMPLES: dict[str, int] = {"default": 25, "ci": 100, "thorough": 1000, GATE: GATE_EXAMPLES}
 #: Profiles whose verdict is a function of the commit alone (derandomized, no example database).
 DETERMINISTIC_PROFILES = frozenset({GATE})
+#: Profiles that fail a run when an expected case class got zero cases (``harness.case_classes``): only the one
+#: with examples enough that every expected class is reached whatever the seed.
+CLASS_COVERAGE_PROFILES = frozenset({"thorough"})
 
 
 def database_directory(base: Path | str | None = None) -> Path:

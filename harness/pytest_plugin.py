@@ -56,9 +56,11 @@ from hypothesis import is_hypothesis_test
 
 from harness import profiles, runinfo, scope, settings
 from harness.hypothesis_records import (
+    PROP_CLASSES,
     PROP_EXAMPLES,
     PROP_FAILURES,
     PROP_SHRINKS,
+    class_properties,
     collecting_statistics,
     example_properties,
     failure_properties,
@@ -79,6 +81,7 @@ from harness.report import (
     RunContext,
     TestRecord,
     build_report,
+    enforced_class_gaps,
     ensure_report_directory,
     repro_sources,
     terminal_lines,
@@ -392,6 +395,7 @@ class ConformanceRun:
                 raise
             finally:
                 item.user_properties.extend(example_properties(item, statistics))
+                item.user_properties.extend(class_properties(statistics))
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
         self.running.add(nodeid)
@@ -421,6 +425,8 @@ class ConformanceRun:
         if PROP_EXAMPLES in props:
             record.examples = int(props[PROP_EXAMPLES])
             record.shrinks = int(props.get(PROP_SHRINKS, 0))
+        if PROP_CLASSES in props:
+            record.classes = json.loads(props[PROP_CLASSES])
         failures: tuple[FailureDetail, ...] = ()
         if report.failed:
             found = json.loads(props[PROP_FAILURES]) if report.when == "call" and PROP_FAILURES in props else [{}]
@@ -466,6 +472,13 @@ class ConformanceRun:
             note = self._nothing_checked()
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+        else:
+            gaps = enforced_class_gaps(self._context(), list(self.records.values()))
+            if gaps:  # the thorough profile: an expected case class got no case (see harness.case_classes)
+                note = (f"{len(gaps)} expected case class value(s) got no case under the {profiles.current_profile_name()} "
+                        f"profile: " + "; ".join(f"{g.invariant} '{g.case_class}: {g.value}'" for g in gaps))
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
         state = "interrupted" if interrupted else "complete"
         self._write(Completion(state, int(session.exitstatus), note))
 

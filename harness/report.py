@@ -49,7 +49,13 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                 "examples": int,       # Hypothesis test cases run, excluding shrinking (1 per plain test)
                 "shrinks": int,        # test cases run while shrinking failures
                 "missing_capabilities": [str],
-                "failure_statuses": [str]}],   # statuses of its failures, legend order
+                "failure_statuses": [str],     # statuses of its failures, legend order
+                "classes": {str: {str: int}}}],  # case class -> value -> cases (harness.case_classes);
+                                                 # values expected for the invariant are listed with 0 cases
+      "class_coverage": {"enforced": bool,     # the profile fails the run on a gap (thorough)
+                         "gaps": [{"invariant": str, "class": str, "value": str,
+                                   "limit": str | null,    # declared limit excluding it: reported, never a failure
+                                   "message": str}]},
       "failures": [{"invariant": str, "test": str,    # pytest node id; one entry per distinct failure
                     "index": int, "test_failures": int,   # this is failure INDEX of TEST_FAILURES of the test
                     "status": "fail" | "timeout" | "crash" | "out-of-bounds",   # see FAILURE_STATUSES
@@ -85,11 +91,13 @@ import os
 import re
 import shlex
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import case_classes
 from harness.catalogue import INVARIANTS
+from harness.profiles import CLASS_COVERAGE_PROFILES
 from harness.scope import LIMITS
 
 SCHEMA_VERSION = 1
@@ -160,6 +168,8 @@ class TestRecord:
     missing_capabilities: tuple[str, ...] = ()
     #: Every distinct failure of the test (the first failing phase's), in Hypothesis's order.
     failures: tuple[FailureDetail, ...] = ()
+    #: Cases per case-class value (``harness.case_classes``); empty for plain tests.
+    classes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add_phase(self, when: str, outcome: str, xfailed: bool, failures: tuple[FailureDetail, ...]) -> None:
         """Fold one phase report in; a failure in any phase makes the test fail."""
@@ -291,6 +301,7 @@ def build_report(context: RunContext, records: list[TestRecord],
         "summary": summary,
         "rows": rows,
         "failures": failures,
+        "class_coverage": _class_coverage(context, by_invariant),
     }
     if context.run_info is not None:
         report["run"] = context.run_info
@@ -322,6 +333,7 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
     else:
         status = "not-run"
     missing = sorted({cap for r in records for cap in r.missing_capabilities})
+    class_counts = _class_counts(records)
     statuses = {f.status for r in records if r.status == "fail" for f in r.failures or (_NO_DETAIL,)}
     return {
         "invariant": invariant,
@@ -333,7 +345,40 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
         "shrinks": sum(r.shrinks for r in records),
         "missing_capabilities": missing,
         "failure_statuses": [status for status in FAILURE_STATUSES if status in statuses],
+        "classes": {name: dict(values) for name, values in case_classes.ordered(class_counts, invariant)}
+                    if class_counts else {},
     }
+
+
+def _class_counts(records: list[TestRecord]) -> case_classes.Counts:
+    """Case-class counts of the tests that ran, added up (one record per test, whichever xdist worker ran it)."""
+    counts: case_classes.Counts = {}
+    for record in records:
+        if record.ran:
+            case_classes.merge(counts, record.classes)
+    return counts
+
+
+def _class_gaps(context: RunContext, by_invariant: dict[str, list[TestRecord]]) -> list[case_classes.Gap]:
+    return [gap for inv in INVARIANTS
+            for gap in case_classes.gaps(inv.id, _class_counts(by_invariant.get(inv.id, [])), context.limits)]
+
+
+def _class_coverage(context: RunContext, by_invariant: dict[str, list[TestRecord]]) -> dict[str, Any]:
+    return {"enforced": context.profile in CLASS_COVERAGE_PROFILES,
+            "gaps": [{"invariant": g.invariant, "class": g.case_class, "value": g.value, "limit": g.limit,
+                      "message": g.message()} for g in _class_gaps(context, by_invariant)]}
+
+
+def enforced_class_gaps(context: RunContext, records: list[TestRecord]) -> list[case_classes.Gap]:
+    """Gaps that fail the run: under a profile of ``CLASS_COVERAGE_PROFILES``, expected values with zero cases
+    that no declared limit excludes."""
+    if context.profile not in CLASS_COVERAGE_PROFILES:
+        return []
+    by_invariant: dict[str, list[TestRecord]] = {}
+    for record in records:
+        by_invariant.setdefault(record.invariant, []).append(record)
+    return [gap for gap in _class_gaps(context, by_invariant) if gap.limit is None]
 
 
 _NO_DETAIL = FailureDetail(phase="call", error="(no error text captured)")
@@ -454,6 +499,7 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"{row['invariant']:<{width}}  {row['status']:<15}  {row['tests']:>5}  {row['examples']:>8}  {_row_notes(row)}"
         )
+    lines += _class_lines(report)
     for failure in report["failures"]:
         lines.append("")
         lines.append(_failure_title(failure))
@@ -474,6 +520,52 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
     if report["failures"]:
         lines += ["", "failure statuses:", *("  " + line for line in _legend_lines(report))]
     return lines
+
+
+def _class_summary(values: dict[str, int]) -> str:
+    """``ran/listed`` values of a class, and its rarest value's cases: ``3/3 >=12``."""
+    ran = [n for n in values.values() if n]
+    return f"{len(ran)}/{len(values)}" + (f" >={min(ran)}" if ran else "")
+
+
+def _class_lines(report: dict[str, Any]) -> list[str]:
+    """Compact class coverage: per invariant, each class's values that ran / listed and its rarest value's
+    cases; then every gap (``FAIL`` when the profile enforces coverage)."""
+    rows = [row for row in report["rows"] if row.get("classes")]
+    if not rows:
+        return []
+    lines = ["", "case classes (values with cases/listed, >= cases of the rarest; per value in kvconform-report.md):"]
+    for row in rows:
+        items = [f"{name} {_class_summary(values)}" for name, values in row["classes"].items()]
+        lines.append(f"  {row['invariant']}: " + ", ".join(items))
+    coverage = report.get("class_coverage", {})
+    for gap in coverage.get("gaps", ()):
+        fails = coverage.get("enforced") and not gap["limit"]
+        lines.append(("FAIL class coverage " if fails else "  zero cases: ") + gap["message"])
+    return lines
+
+
+def _markdown_classes(report: dict[str, Any]) -> list[str]:
+    """One table row per invariant and class: its values and cases, zeros in bold."""
+    rows = [row for row in report["rows"] if row.get("classes")]
+    if not rows:
+        return []
+    coverage = report.get("class_coverage", {})
+    out = ["", "## Case classes", "",
+           "Cases per class value (`harness/case_classes.py`; see README, *Reading the case-class table*)"
+           + ("; the profile fails the run on a **0** that no declared limit explains." if coverage.get("enforced")
+              else "; **0**: an expected value got no case (the thorough profile fails on it)."),
+           "", "| invariant | class | cases per value |", "|---|---|---|"]
+    for row in rows:
+        for name, values in row["classes"].items():
+            cells = ", ".join(f"{value} **0**" if not n else f"{value} {n}" for value, n in values.items())
+            out.append(f"| `{row['invariant']}` | {name} | {cells} |")
+    if coverage.get("gaps"):
+        out += ["", *(f"- {gap['message']}" for gap in coverage["gaps"])]
+    shown = {name for row in rows for name in row["classes"]}
+    out += ["", "Classes: " + "; ".join(f"*{c.name}*: {c.meaning}" for c in case_classes.CLASSES if c.name in shown)
+            + "."]
+    return out
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -512,6 +604,7 @@ def markdown(report: dict[str, Any]) -> str:
         out += ["", "## Legend", "", "Row statuses: " + ", ".join(ROW_STATUSES) + " (see `kvconform --help`).",
                 "Failure statuses:", ""]
         out += [f"- **{status}**: {meaning}" for status, meaning in FAILURE_STATUSES.items()]
+    out += _markdown_classes(report)
     return "\n".join(out) + "\n"
 
 

@@ -106,7 +106,7 @@ def test_xfails_file_turns_listed_failures_into_xfail_rows(suite):
 def test_json_schema_and_markdown(suite):
     _, report = run_plugin(suite)
     assert set(report) == {"schema_version", "impl", "versions", "profile", "devices", "xfails_file", "completion",
-                           "summary", "rows", "failures", "run"}
+                           "summary", "rows", "failures", "run", "class_coverage"}
     assert report["completion"] == {"state": "complete", "exit_status": 1, "note": None}
     # "ci" when Hypothesis detected a CI environment when it was imported (the plugin keeps that choice)
     assert report["schema_version"] == 1 and report["profile"] in ("default", "ci")
@@ -118,7 +118,8 @@ def test_json_schema_and_markdown(suite):
     assert report["devices"]["requested"] == "all" and "cpu" in report["devices"]["selected"]
     assert [row["invariant"] for row in report["rows"]] == [inv.id for inv in INVARIANTS]
     row_keys = {"invariant", "title", "status", "tests", "passed", "failed", "interrupted", "xfailed", "xpassed",
-                "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities", "failure_statuses"}
+                "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities", "failure_statuses",
+                "classes"}
     assert all(set(row) == row_keys for row in report["rows"])
     assert {f["invariant"] for f in report["failures"]} == {"layout", "isolation"}
     assert all(set(f) == {"invariant", "test", "index", "test_failures", "status", "phase", "error", "explanation",

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from harness import case_classes
 from harness.engine.buffers import SCRIBBLE_BYTE
 from harness.oracles import InvariantViolation
 
@@ -84,6 +85,8 @@ class Ledger:
             if placed is None:
                 if nbytes <= self.capacity:
                     self._violate(f"assign({nbytes}) refused although it fits the {self.capacity}-byte ring")
+                else:
+                    case_classes.record("fault", "oversized chunk")
                 return None
             alloc_id, offset, rnd = (int(x) for x in placed)
             if nbytes > self.capacity:
@@ -92,6 +95,8 @@ class Ledger:
                 self._violate(f"assign({nbytes}) placed bytes [{offset}, {offset + nbytes}) outside the "
                               f"{self.capacity}-byte ring")
             self.ledger.append(Placement(alloc_id, offset, nbytes, rnd, len(self.ledger)))
+            case_classes.record("ring wrap", "yes" if rnd != self.ledger[0].round else "no")
+            case_classes.record("live allocations", case_classes.LIVE_ALLOCATIONS(len(self.live())))
         return placed
 
     def free(self, alloc_id: int) -> None:

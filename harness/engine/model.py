@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from harness import case_classes
 from harness.engine.ledger import Placement
 from harness.engine.shapes import RequestPlan
 from harness.interface import DONE, FAILED, PENDING
@@ -70,6 +71,7 @@ class RequestModel:
     def set_cause(self, t: Tracked, cause: str) -> None:
         if not t.cause:
             t.cause, t.complete_at_cause = cause, self.complete(t)
+            case_classes.record("fault", cause)
 
     def judge(self, t: Tracked, state: str, now: float, settled: bool, polls: int, reason: Callable[[], str]) -> None:
         """A polled state must follow from what was sent and which faults hit the request."""

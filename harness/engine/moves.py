@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from harness import oracles
+from harness import case_classes, oracles
 from harness.engine.buffers import Guarded
 from harness.engine.rank import Rank
 from harness.engine.shapes import RankShape, RequestPlan
@@ -84,6 +84,7 @@ def stage_case(rank: Rank, receiver: Any = None, order: Optional[Sequence[tuple[
     rank.prefill_done(rid)
     rank.expect(rid, DONE)
     if t.staged:  # late duplicates after completion, and after release, must change nothing
+        case_classes.record("messages", "late")
         rank.handler.chunk_arrived(rid, 0, 0, *t.grid[0])
     rank.release(rid)
     if t.staged:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from harness import oracles, scope
+from harness import case_classes, oracles, scope
 from harness.engine.buffers import GARBAGE_BYTE, CanaryFence
 from harness.engine.ledger import Ledger, Placement
 from harness.engine.model import RequestModel, Tracked
@@ -52,6 +52,7 @@ class Rank:
                  world: Optional[World] = None, first_request_id: int = 1) -> None:
         self.impl, self.device, self.world = impl, torch.device(device), world
         self.shape = shape = scope.fit(impl, shape)
+        case_classes.label_shape(shape)
         self.plans = writer_plans(impl, shape)
         self.num_writers = len(self.plans)
         self.timeout_s = timeout_s
@@ -100,6 +101,8 @@ class Rank:
         shape, rid = self.shape, self._next_rid
         self._next_rid += 1
         plan = scope.fit_plan(self.impl, plan, shape.page_size)
+        case_classes.label_request(plan.num_tokens, plan.prefix_len, shape.page_size)
+        case_classes.label_receiver(receiver)
         table = self.pool.page_table(plan)
         truth = world_truth(self.require_world(), shape) if from_world else seeded_truth(shape, plan, self.device)
         staged = oracles.expects_staging(receiver)
@@ -108,6 +111,7 @@ class Rank:
                     self.clock(), gathered=from_world)
         if staged and plan.prefix_len % shape.page_size:
             t.cause = "misaligned prefix"
+            case_classes.record("fault", t.cause)
         self.pool.fill(t, 0, plan.prefix_len)
         self.requests[rid] = t
         answer = self.handler.register(rid, receiver, table, plan.prefix_len, plan.num_tokens)
@@ -258,6 +262,7 @@ class Rank:
         self._sync()
         self.ledger.wrote(placement, start, nbytes)
         if fraction < 1.0:
+            case_classes.record("fault", "partial write")
             t.dead_writers.add((chunk, slot))
         else:
             t.written[chunk].add(slot)
@@ -265,6 +270,10 @@ class Rank:
     def arrive(self, rid: int, chunk: int, slot: int) -> None:
         """Report a writer's arrival (recorded first, so a fast handler is never ahead of the model)."""
         t = self.requests[rid]
+        if slot in t.arrived.get(chunk, ()):
+            case_classes.record("messages", "duplicate")
+        if t.released or t.observed != PENDING or len(t.arrived.get(chunk, ())) >= self.num_writers:
+            case_classes.record("messages", "late")
         if 0 <= slot < self.num_writers and slot in t.written.get(chunk, ()):
             t.arrived[chunk].add(slot)
         self.handler.chunk_arrived(rid, chunk, slot, *t.grid[chunk])
