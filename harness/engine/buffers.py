@@ -65,19 +65,18 @@ class CarvedAllocation:
         written = (self.guarded.inner.view(-1, self.element_size) != CANARY_BYTE).any(1) & self.gaps
         if bool(written.any()):
             element = int(written.nonzero()[0])
-            raise InvariantViolation(f"{what}: {self._near(element)} wrote outside its buffer (allocation element "
-                                     f"{element} is padding between the layer views: a write through the wrong "
+            raise InvariantViolation(f"{what} wrote outside its buffer: element {element} of the allocation is "
+                                     f"padding {self._near(element)}, in no layer view (a write through the wrong "
                                      f"stride or past a view)")
 
     def _near(self, element: int) -> str:
-        """The view whose span holds ``element`` (a gap inside it), else the views on either side."""
+        """Where the gap ``element`` sits: inside the span of a view, else between the views on either side."""
         inside = [name for first, last, name in self.spans if first <= element <= last]
         if inside:
-            return " / ".join(inside)
+            return "inside the span of " + " and ".join(inside)
         before = [(last, name) for first, last, name in self.spans if last < element]
         after = [(first, name) for first, last, name in self.spans if first > element]
-        sides = ([f"after {max(before)[1]}"] if before else []) + ([f"before {min(after)[1]}"] if after else [])
-        return "the padding " + " and ".join(sides)
+        return " and ".join(([f"after {max(before)[1]}"] if before else []) + ([f"before {min(after)[1]}"] if after else []))
 
 
 class CanaryFence:
@@ -123,7 +122,7 @@ class CanaryFence:
             allocation = CarvedAllocation(geometry.allocation_elements[index], dtype, self.device,
                                           (rows, heads, head_dim), named)
             self._buffers.append((f"{what} " + (named[0][0] if len(named) == 1 else
-                                                f"({named[0][0]} .. {named[-1][0]}, one allocation)"), allocation))
+                                                f"({named[0][0]} .. {named[-1][0]} in one allocation)"), allocation))
             for (kv, local, _), tensor in zip(views, allocation.tensors):
                 (k, v)[kv][local] = tensor
         return k, v
