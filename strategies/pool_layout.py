@@ -134,7 +134,7 @@ def _pool_layouts(draw, max_pad: int) -> PoolLayout:
     if not draw(st.booleans()):
         return PoolLayout(tuple(order), (0,) * len(order))
     # Padding between elements (a strided last dim) is rare in engines: drawn apart, less often.
-    pads = tuple(draw(st.sampled_from((0, 0, 1))) if axis == "dim" else draw(st.integers(0, max_pad))
+    pads = tuple(draw(st.sampled_from((0, 0, 1) if max_pad else (0,))) if axis == "dim" else draw(st.integers(0, max_pad))
                  for axis in order)
     return PoolLayout(tuple(order), pads, draw(st.integers(0, max_pad)))
 
