@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from harness.oracles import owned_heads
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
-from strategies.pool_layout import CONTIGUOUS, PoolLayout, pool_layouts
+from strategies.pool_layout import CONTIGUOUS, PoolLayout
 
 MAX_TOKENS = 12
 
@@ -93,9 +93,11 @@ class RequestPlan:
         return cls(spec.num_tokens, spec.prefix_len, spec.chunk_pages, seed, tuple(spec.decode_page_table))
 
 
-def rank_shapes(min_page_size: int = 1) -> st.SearchStrategy[RankShape]:
-    """Small geometries: 1-4 writer slots splitting heads and/or layers, pages of 1-4 tokens, rings of 1-3 chunks,
-    pools in any layout."""
+def rank_shapes(min_page_size: int = 1, layouts: st.SearchStrategy[PoolLayout] = st.just(CONTIGUOUS)
+                ) -> st.SearchStrategy[RankShape]:
+    """Small geometries: 1-4 writer slots splitting heads and/or layers, pages of 1-4 tokens, rings of 1-3 chunks;
+    pools laid out as ``layouts`` draws (contiguous by default: the stress suites' budgets are tuned to find
+    lifecycle bugs, and every single-request test draws layouts, ``strategies.pool_layout.pool_layouts()``)."""
     return st.builds(
         RankShape.of,
         page_size=st.sampled_from([p for p in (1, 2, 4) if p >= min_page_size]),
@@ -103,7 +105,7 @@ def rank_shapes(min_page_size: int = 1) -> st.SearchStrategy[RankShape]:
         heads_per_writer=st.integers(1, 2), layers_per_writer=st.integers(1, 2),
         head_dim=st.sampled_from((1, 2, 4)),
         dtype=st.sampled_from((torch.float32, torch.float16, torch.float8_e4m3fn)),
-        max_chunk_pages=st.integers(1, 3), ring_chunks=st.integers(1, 3), layout=pool_layouts(),
+        max_chunk_pages=st.integers(1, 3), ring_chunks=st.integers(1, 3), layout=layouts,
     )
 
 
