@@ -98,13 +98,6 @@ class CanaryFence:
         self._buffers.append((what, buffer))
         return buffer.inner
 
-    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype, what: str, fill: int) -> torch.Tensor:
-        """A fenced tensor of ``shape`` and ``dtype`` whose every byte is ``fill``."""
-        nbytes = torch.empty((), dtype=dtype).element_size()
-        for size in shape:
-            nbytes *= size
-        return self.bytes(nbytes, what, fill).view(dtype).view(shape)
-
     def pool(self, layout: PoolLayout, layers: Sequence[int], rows: int, heads: int, head_dim: int,
              dtype: torch.dtype, what: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """K and V layers ``[rows, heads, head_dim]`` of global ``layers``, carved as ``layout`` says, all canary.
