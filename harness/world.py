@@ -4,7 +4,10 @@
 prefill finished: the full KV of the request (all heads, all layers), each
 prefill rank's pool holding its heads and layers of it at the request's
 pages, and each decode rank's pool holding only the cached prefix.  Every
-other pool slot carries a canary pattern, so a stray write shows.
+other pool slot carries a canary pattern, so a stray write shows.  Pools are
+laid out as the case's ``layout`` says (views of shared, padded allocations:
+``strategies.pool_layout``); the gaps between views and the margins around each
+allocation are canary too, checked by the world's ``fence``.
 ``expected_decode`` gives what each decode pool must hold afterwards,
 computed from the ground truth alone.
 """
