@@ -21,7 +21,8 @@ Conventions shared by every method:
 
 * A rank's KV pool is two lists (K, V), one tensor per layer, each shaped
   ``[pool_tokens, heads_on_rank, head_dim]``; pool token ``t`` lives in page
-  ``t // page_size``.
+  ``t // page_size``.  Layers may be strided views of shared, padded
+  allocations (docs/domain.md#pool-layouts): address them through their strides.
 * A *page table* is a 1-D int64 tensor of page indices; token ``i`` of the
   list lives in pool slot ``page_table[i // page_size] * page_size + i % page_size``.
 * A staging region is a 1-D ``torch.uint8`` tensor.  A writer's part of it is

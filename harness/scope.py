@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 LIMITS: dict[str, str] = {
     "whole_pages": "requests end on a page boundary (no partially filled last page)",
     "no_pipeline_fan_in": "prefill and decode run the same PP size (no decode stage fed by several prefill stages)",
+    "contiguous_layers": "every pool layer is a contiguous tensor of its own (no shared, fused, strided or padded "
+                         "pool layouts, docs/domain.md#pool-layouts)",
 }
 
 
@@ -59,9 +61,9 @@ def _fit(limits: frozenset[str], value: Any) -> Any:
         if "whole_pages" in limits:
             tokens = _whole_pages(value.request.num_tokens, value.kv.page_size)
             value = dataclasses.replace(value, request=dataclasses.replace(value.request, num_tokens=tokens))
-        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology))
+        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology), layout=_fit_layout(limits, value.layout))
     if isinstance(value, RankShape):
-        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology))
+        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology), layout=_fit_layout(limits, value.layout))
     if type(value) in (tuple, list):
         return type(value)(_fit(limits, item) for item in value)
     return value
@@ -71,6 +73,12 @@ def _fit_topology(limits: frozenset[str], topology):
     if "no_pipeline_fan_in" in limits and topology.prefill_pp != topology.decode_pp:
         return dataclasses.replace(topology, prefill_pp=topology.decode_pp)
     return topology
+
+
+def _fit_layout(limits: frozenset[str], layout):
+    from strategies.pool_layout import CONTIGUOUS
+
+    return CONTIGUOUS if "contiguous_layers" in limits else layout
 
 
 def _whole_pages(tokens: int, page_size: int) -> int:

@@ -4,7 +4,10 @@
 prefill finished: the full KV of the request (all heads, all layers), each
 prefill rank's pool holding its heads and layers of it at the request's
 pages, and each decode rank's pool holding only the cached prefix.  Every
-other pool slot carries a canary pattern, so a stray write shows.
+other pool slot carries a canary pattern, so a stray write shows.  Pools are
+laid out as the case's ``layout`` says (views of shared, padded allocations:
+``strategies.pool_layout``); the gaps between views and the margins around each
+allocation are canary too, checked by the world's ``fence``.
 ``expected_decode`` gives what each decode pool must hold afterwards,
 computed from the ground truth alone.
 """
@@ -16,11 +19,11 @@ from typing import Optional
 
 import torch
 
+from harness.engine.buffers import CANARY_BYTE, CanaryFence
 from harness.oracles import ExpectedBytes, InvariantViolation, owned_heads
 from strategies.cases import TransferCase
 
 _INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-CANARY_BYTE = 0xA5  # 1010_0101: an unlikely KV byte, easy to spot in a dump
 
 
 def int_view(t: torch.Tensor) -> torch.Tensor:
@@ -31,10 +34,6 @@ def canary_like(t: torch.Tensor) -> torch.Tensor:
     """A tensor of ``t``'s shape and dtype whose every byte is the canary."""
     return torch.full(t.shape[:-1] + (t.shape[-1] * t.element_size(),), CANARY_BYTE, dtype=torch.uint8,
                       device=t.device).view(t.dtype)
-
-
-def canary_bytes(nbytes: int, device) -> torch.Tensor:
-    return torch.full((nbytes,), CANARY_BYTE, dtype=torch.uint8, device=device)
 
 
 def slots_of(page_table: torch.Tensor, page_size: int, num_tokens: int) -> torch.Tensor:
@@ -81,15 +80,19 @@ class World:
     truth_v: torch.Tensor
     prefill: list[RankPool]  # index pp_stage * prefill_tp + tp_rank
     decode: list[RankPool]   # index pp_stage * decode_tp + tp_rank
+    fence: CanaryFence       # every pool's allocations: margins and the gaps of its layout
 
     @classmethod
     def build(cls, case, device: str | torch.device = "cpu") -> "World":
         device = torch.device(device)
         truth_k, truth_v = _truth(case, device)
         topo, req = case.topology, case.request
-        prefill = _pools(case, device, topo.prefill_tp, topo.prefill_pp, req.prefill_page_table, req.prefill_pool_pages)
-        decode = _pools(case, device, topo.decode_tp, topo.decode_pp, req.decode_page_table, req.decode_pool_pages)
-        world = cls(case, device, truth_k, truth_v, prefill, decode)
+        fence = CanaryFence(device)
+        prefill = _pools(case, fence, "prefill", topo.prefill_tp, topo.prefill_pp, req.prefill_page_table,
+                         req.prefill_pool_pages)
+        decode = _pools(case, fence, "decode", topo.decode_tp, topo.decode_pp, req.decode_page_table,
+                        req.decode_pool_pages)
+        world = cls(case, device, truth_k, truth_v, prefill, decode, fence)
         for pool in prefill:
             world._fill(pool, 0, req.num_tokens)
         for pool in decode:
@@ -121,8 +124,10 @@ class World:
         """Decode pools equal their expectation bit for bit, or an InvariantViolation explains the first difference.
 
         ``part``: ``"request"`` (the request's token slots), ``"outside"``
-        (every other slot, which must keep its canary) or ``"all"``.
+        (every other slot, which must keep its canary) or ``"all"``.  First, every
+        pool's margins and layout gaps must hold their canary (:attr:`fence`).
         """
+        self.fence.check()
         for index in indices if indices is not None else range(len(self.decode)):
             self.check_pool_equal(f"decode rank {self._rank_name(index, self.case.topology.decode_tp)}",
                                   self.decode[index], self.expected_decode(index), part)
@@ -152,7 +157,7 @@ class World:
         ps, req = self.case.kv.page_size, self.case.request
         token_slots = slots_of(pool.page_table, ps, req.num_tokens).tolist()
         global_head = pool.heads[head]
-        row_got = int_view(got)[slot, head]
+        row_got = int_view(got)[slot, head].contiguous()  # a strided layout's row cannot be viewed as bytes
         if slot not in token_slots:
             return f"slot is outside the request (token pages), canary was overwritten with {_fmt(row_got)}"
         token = token_slots.index(slot)
@@ -187,26 +192,20 @@ def _whose(same: torch.Tensor, other: torch.Tensor, row: torch.Tensor, layer: in
     return ""
 
 
-def _pools(case, device, tp: int, pp: int, page_table, pool_pages: int) -> list[RankPool]:
+def _pools(case, fence: CanaryFence, side: str, tp: int, pp: int, page_table, pool_pages: int) -> list[RankPool]:
+    """Each rank's pool, all canary, laid out as ``case.layout`` says."""
     kv, topo = case.kv, case.topology
     layers_per_stage = kv.num_layers // pp
-    table = torch.tensor(page_table, dtype=torch.int64, device=device)
+    table = torch.tensor(page_table, dtype=torch.int64, device=fence.device)
     pools = []
     for stage in range(pp):
         for rank in range(tp):
             heads = owned_heads(topo.total_kv_heads, tp, rank)
-            shape = (pool_pages * kv.page_size, len(heads), kv.head_dim)
-            k = [canary_bytes(_nbytes(shape, kv.dtype), device).view(kv.dtype).view(shape) for _ in range(layers_per_stage)]
-            v = [canary_bytes(_nbytes(shape, kv.dtype), device).view(kv.dtype).view(shape) for _ in range(layers_per_stage)]
-            pools.append(RankPool(k, v, heads, range(stage * layers_per_stage, (stage + 1) * layers_per_stage), table))
+            layers = range(stage * layers_per_stage, (stage + 1) * layers_per_stage)
+            k, v = fence.pool(case.layout, layers, pool_pages * kv.page_size, len(heads), kv.head_dim, kv.dtype,
+                              f"{side} pool {stage * tp + rank}")
+            pools.append(RankPool(k, v, heads, layers, table))
     return pools
-
-
-def _nbytes(shape, dtype) -> int:
-    n = torch.empty((), dtype=dtype).element_size()
-    for s in shape:
-        n *= s
-    return n
 
 
 def check_untouched(what: str, before: list[RankPool], after: list[RankPool]) -> None:

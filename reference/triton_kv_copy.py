@@ -19,10 +19,22 @@ unchanged under the Triton CPU interpreter, which uses CPU tensors in place
 (raw addresses are plain host memory).
 
 Work split: one program copies a tile of ``BLOCK_T`` tokens x one token's
-contiguous head slice (``heads * head_dim`` elements) of one (K/V, layer)
-[, writer].  Per-token page lookups use 32-bit arithmetic; the per-element
-work is one add.  Grid axis 0 runs over token blocks so neighbouring programs
-stream through neighbouring staging bytes.
+head slice (``heads * head_dim`` elements) of one (K/V, layer) [, writer].
+Per-token page lookups use 32-bit arithmetic; the per-element work is one add.
+Grid axis 0 runs over token blocks so neighbouring programs stream through
+neighbouring staging bytes.
+
+Strided layers (views of a larger allocation, as engines carve pools: layer
+slices, K and V interleaved, head-major order, padded rows) are taken as they
+are: the kernels read the token and head strides of the layers, which must be
+the same for every layer (the layer distance table covers where each layer
+starts).  Heads packed back to back in a token (head stride ``head_dim``, the
+contiguous case) compile to the original one-add-per-element code
+(``HEADS_PACKED``); otherwise each element adds its head's stride.  Layers the
+kernels cannot address -- a head's elements not adjacent (``head_dim`` stride
+other than 1), or layers with different strides -- go to the torch path
+(:mod:`reference.kv_copy`), which indexes any strides: the kernels copy each
+head's elements as one run from one base pointer and one stride pair.
 
 CPU tensors always run through the interpreter (slow, for tests); CUDA tensors
 through the compiled kernels.  :func:`is_available` says whether the fast path
@@ -39,6 +51,8 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
+
+from reference import kv_copy
 
 try:  # Triton is optional: the reference falls back to torch without it.
     import triton
@@ -90,13 +104,16 @@ def _gather_kernel_src(
     out,  # integer view of the writer's staging part
     num_tokens,
     page_size,
-    pool_token_stride,  # elements per pool token (heads_on_rank * head_dim)
+    pool_token_stride,  # elements between pool tokens (heads_on_rank * head_dim when contiguous)
+    pool_head_stride,  # elements between heads (HEAD_DIM when HEADS_PACKED)
     head_start,
+    head_offset,  # head_start * pool_head_stride, computed on the host (64-bit when large)
     HEAD_DIM: tl.constexpr,
-    ROW: tl.constexpr,  # head_count * HEAD_DIM, contiguous in pool and staging
+    ROW: tl.constexpr,  # head_count * HEAD_DIM, contiguous in staging (and in the pool when HEADS_PACKED)
     ROW_BLOCK: tl.constexpr,  # ROW rounded up to a power of two
     BLOCK_T: tl.constexpr,
     DELTA_UNIT: tl.constexpr,
+    HEADS_PACKED: tl.constexpr,
 ):
     token_block = tl.program_id(0)
     layer_kv = tl.program_id(1)  # kv * L + layer, which is also the staging block index
@@ -106,7 +123,6 @@ def _gather_kernel_src(
     token_ok = token < num_tokens
     page = tl.load(page_table + token // page_size, mask=token_ok, other=0)
     slot = page * page_size + (token % page_size)
-    src_row = delta + slot * pool_token_stride + head_start * HEAD_DIM
     dst_row = (layer_kv.to(tl.int64) * num_tokens + token) * ROW
 
     col = tl.arange(0, ROW_BLOCK)
@@ -114,7 +130,13 @@ def _gather_kernel_src(
         mask = token_ok[:, None]
     else:
         mask = token_ok[:, None] & (col < ROW)[None, :]
-    values = tl.load(pool_base + src_row[:, None] + col[None, :], mask=mask)
+    if HEADS_PACKED:
+        src_row = delta + slot * pool_token_stride + head_start * HEAD_DIM
+        values = tl.load(pool_base + src_row[:, None] + col[None, :], mask=mask)
+    else:
+        src_row = delta + slot * pool_token_stride + head_offset
+        src_col = (col // HEAD_DIM).to(tl.int64) * pool_head_stride + col % HEAD_DIM
+        values = tl.load(pool_base + src_row[:, None] + src_col[None, :], mask=mask)
     tl.store(out + dst_row[:, None] + col[None, :], values, mask=mask)
 
 
@@ -127,7 +149,8 @@ def _scatter_kernel_src(
     page_table,  # [pages] int64
     num_tokens,
     page_size,
-    pool_token_stride,  # elements per pool token (heads_on_rank * head_dim)
+    pool_token_stride,  # elements between pool tokens (heads_on_rank * head_dim when contiguous)
+    pool_head_stride,  # elements between heads (HEAD_DIM when HEADS_PACKED)
     pool_layers,
     layers_per_writer,
     HEAD_DIM: tl.constexpr,
@@ -135,6 +158,7 @@ def _scatter_kernel_src(
     ROW_BLOCK: tl.constexpr,
     BLOCK_T: tl.constexpr,
     DELTA_UNIT: tl.constexpr,
+    HEADS_PACKED: tl.constexpr,
 ):
     token_block = tl.program_id(0)
     layer_kv = tl.program_id(1)  # kv * layers_per_writer + layer, inside the writer's part
@@ -149,7 +173,6 @@ def _scatter_kernel_src(
     token_ok = token < num_tokens
     page = tl.load(page_table + token // page_size, mask=token_ok, other=0)
     slot = page * page_size + (token % page_size)
-    dst_row = delta + slot * pool_token_stride + head.to(tl.int64) * HEAD_DIM
     block = writer.to(tl.int64) * 2 * layers_per_writer + layer_kv
     src_row = (block * num_tokens + token) * ROW
 
@@ -159,7 +182,13 @@ def _scatter_kernel_src(
     else:
         mask = token_ok[:, None] & (col < ROW)[None, :]
     values = tl.load(staging + src_row[:, None] + col[None, :], mask=mask)
-    tl.store(pool_base + dst_row[:, None] + col[None, :], values, mask=mask)
+    if HEADS_PACKED:
+        dst_row = delta + slot * pool_token_stride + head.to(tl.int64) * HEAD_DIM
+        tl.store(pool_base + dst_row[:, None] + col[None, :], values, mask=mask)
+    else:
+        dst_row = delta + slot * pool_token_stride + head.to(tl.int64) * pool_head_stride
+        dst_col = (col // HEAD_DIM).to(tl.int64) * pool_head_stride + col % HEAD_DIM
+        tl.store(pool_base + dst_row[:, None] + dst_col[None, :], values, mask=mask)
 
 
 @lru_cache(maxsize=None)
@@ -194,6 +223,10 @@ class _Pool:
     head_dim: int
     element_size: int
     int_dtype: torch.dtype
+    token_stride: int  # elements, shared by every layer
+    head_stride: int
+    heads_packed: bool  # head stride == head_dim: a token's heads are one run
+    torch_path_because: str | None = None  # why the kernels cannot take these layers (then kv_copy does)
 
 
 def _check_pool(k_layers: Sequence[torch.Tensor], v_layers: Sequence[torch.Tensor], what: str) -> _Pool:
@@ -228,8 +261,10 @@ _data_ptr = torch.Tensor.data_ptr
 
 
 def _validate_pool(layers: tuple[torch.Tensor, ...], num_k: int, what: str) -> _Pool:
-    """Every layer is a contiguous [pool_tokens, heads, head_dim] tensor of one
-    shape, dtype and device, with an element size we can copy as an integer."""
+    """Every layer is a [pool_tokens, heads, head_dim] tensor of one shape,
+    dtype and device, with an element size we can copy as an integer.  Layers
+    the kernels cannot address (see the module docstring) are valid but marked
+    for the torch path."""
     first = layers[0]
     for index, layer in enumerate(layers):
         name = f"{'KV'[index >= num_k]} layer {index % num_k}"
@@ -241,8 +276,6 @@ def _validate_pool(layers: tuple[torch.Tensor, ...], num_k: int, what: str) -> _
             raise ValueError(f"{what}: {name} has shape {tuple(layer.shape)}, K layer 0 {tuple(first.shape)}; all layers must match")
         if layer.device != first.device:
             raise ValueError(f"{what}: {name} is on {layer.device}, K layer 0 on {first.device}; move the pool to one device")
-        if not layer.is_contiguous():
-            raise ValueError(f"{what}: {name} is not contiguous; pass the pool's own tensors, not strided views (.contiguous() would copy)")
     if first.device.type not in ("cuda", "cpu"):
         raise ValueError(f"{what}: the Triton path runs on CUDA (or CPU through the interpreter), not {first.device}")
     esize = first.element_size()
@@ -255,6 +288,12 @@ def _validate_pool(layers: tuple[torch.Tensor, ...], num_k: int, what: str) -> _
     unit = _VECTOR_BYTES // esize
     while unit > 1 and any((p - ptrs[0]) % (unit * esize) for p in ptrs):
         unit //= 2
+    strides = tuple(first.stride())
+    torch_path_because = None
+    if any(tuple(layer.stride()) != strides for layer in layers):
+        torch_path_because = "layers have different strides (the kernels take one token and head stride per launch)"
+    elif strides[2] != 1 and first.shape[2] > 1:
+        torch_path_because = f"a head's elements are {strides[2]} apart (the kernels copy each head as one run)"
     return _Pool(
         device=first.device,
         layer_delta=_device_table([(p - ptrs[0]) // (unit * esize) for p in ptrs], torch.int64, first.device),
@@ -264,6 +303,10 @@ def _validate_pool(layers: tuple[torch.Tensor, ...], num_k: int, what: str) -> _
         head_dim=first.shape[2],
         element_size=esize,
         int_dtype=_INT_OF_SIZE[esize],
+        token_stride=strides[0],
+        head_stride=strides[1],
+        heads_packed=strides[1] == first.shape[2] or first.shape[1] == 1,
+        torch_path_because=torch_path_because,
     )
 
 
@@ -353,6 +396,9 @@ def gather_tiled(
 ) -> None:
     """:func:`gather` with an explicit launch shape (for benchmarks and tuning)."""
     pool = _check_pool(k_layers, v_layers, "gather")
+    if pool.torch_path_because:
+        kv_copy.gather(k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out)
+        return
     if head_count < 1 or head_start < 0 or head_start + head_count > pool.heads:
         raise ValueError(f"gather: head range [{head_start}, {head_start + head_count}) does not fit the rank's {pool.heads} heads")
     _check_page_table(page_table, page_size, num_tokens, pool.device, "gather")
@@ -364,8 +410,10 @@ def gather_tiled(
     row_block = triton.next_power_of_2(row)
     block_t = _block_tokens(row_block, pool.element_size, num_tokens, tile)
     grid = (triton.cdiv(num_tokens, block_t), 2 * pool.layers)
-    args = (k_layers[0].view(pool.int_dtype), pool.layer_delta, page_table, out_int, num_tokens, page_size, pool.heads * pool.head_dim, head_start)
-    constants = dict(HEAD_DIM=pool.head_dim, ROW=row, ROW_BLOCK=row_block, BLOCK_T=block_t, DELTA_UNIT=pool.delta_unit)
+    args = (k_layers[0].view(pool.int_dtype), pool.layer_delta, page_table, out_int, num_tokens, page_size,
+            pool.token_stride, pool.head_stride, head_start, head_start * pool.head_stride)
+    constants = dict(HEAD_DIM=pool.head_dim, ROW=row, ROW_BLOCK=row_block, BLOCK_T=block_t, DELTA_UNIT=pool.delta_unit,
+                     HEADS_PACKED=pool.heads_packed)
     _launch("gather", pool.device, grid, args, constants, tile)
 
 
@@ -383,6 +431,10 @@ def scatter_tiled(
 ) -> None:
     """:func:`scatter` with an explicit launch shape (for benchmarks and tuning)."""
     pool = _check_pool(k_layers, v_layers, "scatter")
+    if pool.torch_path_because:
+        kv_copy.scatter(staging, writer_destinations, heads_per_writer, layers_per_writer, k_layers, v_layers,
+                        page_table, page_size, num_tokens)
+        return
     if not writer_destinations:
         raise ValueError("scatter: writer_destinations is empty; give one (head_start, layer_start) per writer slot")
     if heads_per_writer < 1 or layers_per_writer < 1:
@@ -406,9 +458,10 @@ def scatter_tiled(
     grid = (triton.cdiv(num_tokens, block_t), 2 * layers_per_writer, writers)
     args = (
         staging_int, k_layers[0].view(pool.int_dtype), pool.layer_delta, heads, layers, page_table,
-        num_tokens, page_size, pool.heads * pool.head_dim, pool.layers, layers_per_writer,
+        num_tokens, page_size, pool.token_stride, pool.head_stride, pool.layers, layers_per_writer,
     )
-    constants = dict(HEAD_DIM=pool.head_dim, ROW=row, ROW_BLOCK=row_block, BLOCK_T=block_t, DELTA_UNIT=pool.delta_unit)
+    constants = dict(HEAD_DIM=pool.head_dim, ROW=row, ROW_BLOCK=row_block, BLOCK_T=block_t, DELTA_UNIT=pool.delta_unit,
+                     HEADS_PACKED=pool.heads_packed)
     _launch("scatter", pool.device, grid, args, constants, tile)
 
 

@@ -8,6 +8,7 @@ Small composable strategies that shrink toward small, simple cases:
   ``kv_specs``;
 * requests: ``token_counts``, ``prefix_lengths``, ``page_tables``,
   ``request_specs``, and whole scenarios with ``transfer_cases``;
+* pool layouts: ``pool_layouts`` (``PoolLayout``, ``CONTIGUOUS``, ``LAYOUT_KINDS``);
 * message orders: ``arrival_orders``;
 * receivers: ``receivers``, ``staged_receivers``, ``plain_receivers``,
   ``require_staging_values``;
@@ -21,6 +22,7 @@ from strategies.arrival import arrival_orders
 from strategies.bad_topology import INVALID_TOPOLOGY_REASONS, TP_NOT_NESTED, InvalidTopology, invalid_topologies
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 from strategies.kv import dtypes, head_dims, kv_specs, layer_counts, page_sizes
+from strategies.pool_layout import CONTIGUOUS, LAYOUT_KINDS, PoolLayout, pool_layouts
 from strategies.receiver import (
     RECEIVER_KINDS,
     plain_receivers,
@@ -41,12 +43,15 @@ from strategies.topology import (
 from strategies.transfer import pool_elements, transfer_cases
 
 __all__ = [
+    "CONTIGUOUS",
     "INVALID_TOPOLOGY_REASONS",
+    "LAYOUT_KINDS",
     "RECEIVER_KINDS",
     "REPLICATION_REGIMES",
     "TP_NOT_NESTED",
     "InvalidTopology",
     "KvSpec",
+    "PoolLayout",
     "RequestSpec",
     "TpTopology",
     "TransferCase",
@@ -67,6 +72,7 @@ __all__ = [
     "pipeline_sizes",
     "plain_receivers",
     "pool_elements",
+    "pool_layouts",
     "prefix_lengths",
     "receivers",
     "request_specs",

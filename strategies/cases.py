@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from strategies.pool_layout import CONTIGUOUS, PoolLayout
+
 
 @dataclass(frozen=True)
 class TpTopology:
@@ -61,6 +63,7 @@ class TransferCase:
 
     ``nan_payloads`` asks the harness to plant NaNs and odd bit patterns in the
     ground truth so that float arithmetic on the copy path shows up.
+    ``layout`` is how every rank's pool layers sit in memory (``strategies.pool_layout``).
     """
 
     topology: TpTopology
@@ -68,3 +71,4 @@ class TransferCase:
     request: RequestSpec
     seed: int
     nan_payloads: bool
+    layout: PoolLayout = CONTIGUOUS

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from strategies.cases import KvSpec, TpTopology, TransferCase
 from strategies.kv import dtypes as _dtypes, head_dims, page_sizes as _page_sizes
+from strategies.pool_layout import PoolLayout, pool_layouts as _pool_layouts
 from strategies.request import request_specs
 from strategies.topology import topologies as _topologies
 
@@ -30,7 +31,7 @@ def _fold(value: int, cap: int) -> int:
 
 @st.composite
 def _transfer_cases(draw, topologies, aligned_prefix, max_tokens, dtypes, page_sizes, max_layers_per_stage,
-                    max_chunk_pages, nan_payloads, max_pool_elements):
+                    max_chunk_pages, nan_payloads, max_pool_elements, layouts):
     """Draw topology, dtype, page size and request first, then layers and head
     dim bounded so the pools fit the element budget (soft: one layer per stage
     and head_dim 1 are kept even if they exceed it)."""
@@ -52,7 +53,8 @@ def _transfer_cases(draw, topologies, aligned_prefix, max_tokens, dtypes, page_s
     head_dim = _fold(draw(head_dims()), max(1, max_pool_elements // elements(num_layers, 1)))
     seed = draw(st.integers(0, 2**32 - 1))
     nan = draw(st.booleans()) if nan_payloads is None else nan_payloads
-    return TransferCase(topology, KvSpec(num_layers, head_dim, dtype, page_size), request, seed, nan)
+    layout = draw(layouts)
+    return TransferCase(topology, KvSpec(num_layers, head_dim, dtype, page_size), request, seed, nan, layout)
 
 
 def _page_sizes_for(aligned_prefix: bool | None, page_sizes: st.SearchStrategy[int] | None) -> st.SearchStrategy[int]:
@@ -73,6 +75,7 @@ def transfer_cases(
     max_chunk_pages: int = 4,
     nan_payloads: bool | None = None,
     max_pool_elements: int = DEFAULT_MAX_POOL_ELEMENTS,
+    layouts: st.SearchStrategy[PoolLayout] | None = None,
 ) -> st.SearchStrategy[TransferCase]:
     """Full ``TransferCase`` values.
 
@@ -81,9 +84,11 @@ def transfer_cases(
     ``nan_payloads=None`` draws it.  The head dim is capped so the KV pools of
     all ranks hold about ``max_pool_elements`` elements at most (default
     2**17, i.e. about 0.5 MB at float32), which keeps an example well under a
-    tenth of a second on CPU; layers per stage are capped the same way.
-    Shrinks toward one head, TP 1, one layer, float32, page 1, one token,
-    seed 0, no NaNs.
+    tenth of a second on CPU; layers per stage are capped the same way (the
+    budget counts logical elements: a padded layout adds its gaps).
+    ``layouts`` defaults to ``pool_layouts()``: how every rank's pool layers
+    sit in memory.  Shrinks toward one head, TP 1, one layer, float32, page 1,
+    one token, seed 0, no NaNs, contiguous layers.
     """
     if max_pool_elements < 1:
         raise ValueError(f"max_pool_elements must be >= 1, got {max_pool_elements}")
@@ -101,4 +106,5 @@ def transfer_cases(
         max_chunk_pages,
         nan_payloads,
         max_pool_elements,
+        _pool_layouts() if layouts is None else layouts,
     )

@@ -31,6 +31,7 @@ CASES = [
     (broken_copy.ScatterWholePages, test_isolation.test_isolation_kv_copy, CPU, "[isolation]"),
     (broken_copy.GatherOverrun, test_isolation.test_isolation_kv_copy, CPU, "[isolation]"),
     (broken_copy.GatherConsumesSource, test_isolation.test_isolation_kv_copy, CPU, "[isolation]"),
+    (broken_copy.AssumesContiguousLayers, test_isolation.test_isolation_kv_copy, CPU, "[isolation]"),
     (broken_copy.DirectCopyIgnoresDestinationHead, test_path_equivalence.test_path_equivalence, CPU, "[path_equivalence]"),
     (broken_life.UnguardedRequireStaging, test_receivers.test_receivers_registration, {}, "[receivers]"),
     (broken_life.UnguardedRequireStaging, test_receivers.test_receivers_lifecycle, CPU, "[receivers]"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from hypothesis import given
 
@@ -44,3 +46,15 @@ def test_rank_shapes_plans_and_tuples_are_fitted_too():
     assert scope.fit(Narrow(), [shape])[0] == fitted_shape
     assert scope.fit_plan(Narrow(), RequestPlan(5, 0, 1, 0), page_size=4).num_tokens == 8
     assert scope.fit_plan(object(), RequestPlan(5, 0, 1, 0), page_size=4).num_tokens == 5
+
+
+def test_contiguous_layers_limit_maps_every_pool_layout_to_contiguous():
+    class ContiguousOnly:
+        limits = frozenset({"contiguous_layers"})
+
+    fused = kst.PoolLayout(("kv", "head", "token", "dim"), (1, 0, 2, 0), lead=1)
+    case = dataclasses.replace(CASE, layout=fused)
+    assert scope.fit(ContiguousOnly(), case) == dataclasses.replace(case, layout=kst.CONTIGUOUS)
+    assert scope.fit(Narrow(), case).layout == fused  # other limits leave the layout alone
+    shape = RankShape(CASE.topology, CASE.kv, layout=fused)
+    assert scope.fit(ContiguousOnly(), shape) == dataclasses.replace(shape, layout=kst.CONTIGUOUS)

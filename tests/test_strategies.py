@@ -303,6 +303,95 @@ def test_transfer_cases_shrink_to_the_trivial_case():
     assert case.kv == S.KvSpec(1, 1, torch.float32, 1)
     assert case.request == S.RequestSpec(1, 0, 1, (0,), 2, (0,), 2)
     assert (case.seed, case.nan_payloads) == (0, False)
+    assert case.layout == S.CONTIGUOUS
+
+
+# --- pool layouts ---------------------------------------------------------------------------
+
+LAYOUT_SIZES = dict(num_layers=3, pool_tokens=4, heads=2, head_dim=3)
+
+
+def layout_facts(layout: S.PoolLayout) -> dict[str, bool]:
+    """The layout classes recomputed from where its views land, not from its axis order."""
+    geometry = layout.geometry(**LAYOUT_SIZES)
+    views = [place for placements in geometry.views for place in placements]
+    shape = (LAYOUT_SIZES["pool_tokens"], LAYOUT_SIZES["heads"], LAYOUT_SIZES["head_dim"])
+    spans = [(p.offset, p.offset + sum((n - 1) * s for n, s in zip(shape, p.strides))) for p in views]
+    k, v = geometry.views
+    return {
+        "strided_dim": any(p.strides[2] != 1 for p in views),
+        "kv_interleaved": any(spans[i][0] <= spans[i + 3][1] and spans[i + 3][0] <= spans[i][1]
+                              for i in range(3) if k[i].allocation == v[i].allocation),
+        "head_major": any(p.strides[1] > p.strides[0] for p in views),
+        "kv_fused": all(k[i].allocation == v[i].allocation for i in range(3)),
+        "layer_slices": len({p.allocation for p in k}) == 1,
+        "padded": sum(geometry.allocation_elements) > len(views) * shape[0] * shape[1] * shape[2],
+    }
+
+
+@FAST
+@given(S.pool_layouts())
+def test_pool_layout_views_are_disjoint_and_inside_their_allocations(layout):
+    geometry = layout.geometry(**LAYOUT_SIZES)
+    shape = (LAYOUT_SIZES["pool_tokens"], LAYOUT_SIZES["heads"], LAYOUT_SIZES["head_dim"])
+    owner = [torch.full((n,), -1) for n in geometry.allocation_elements]
+    for index, place in enumerate(p for placements in geometry.views for p in placements):
+        region = owner[place.allocation].as_strided(shape, place.strides, place.offset)
+        assert bool((region == -1).all()), f"{layout}: view {index} overlaps another"
+        region.fill_(index)
+    assert all(bool((o[: layout.lead] == -1).all()) for o in owner), "the lead padding holds a view"
+
+
+@FAST
+@given(S.pool_layouts())
+def test_pool_layout_kind_and_features_match_where_the_views_land(layout):
+    facts = layout_facts(layout)
+    assert set(layout.features) == {kind for kind, holds in facts.items() if holds}, (layout, facts)
+    assert layout.kind == (layout.features[0] if layout.features else "contiguous") and layout.kind in S.LAYOUT_KINDS
+    assert layout.name == ("+".join(layout.features) or "contiguous")
+
+
+def test_pool_layouts_reach_every_kind_and_shrink_to_contiguous():
+    drawn = census(S.pool_layouts(), 300)
+    assert {layout.kind for layout in drawn} == set(S.LAYOUT_KINDS)
+    assert {feature for layout in drawn for feature in layout.features} == set(S.LAYOUT_KINDS) - {"contiguous"}
+    assert simplest(S.pool_layouts()) == S.CONTIGUOUS
+    assert S.CONTIGUOUS.kind == "contiguous" and simplest(S.pool_layouts(max_pad=0)) == S.CONTIGUOUS
+    assert all(not layout.lead and not any(layout.pads) for layout in census(S.pool_layouts(max_pad=0), 50))
+    assert {case.layout.kind for case in census(S.transfer_cases(), 200)} == set(S.LAYOUT_KINDS)
+
+
+def test_pool_layout_refuses_what_is_not_a_layout():
+    for order, pads in ((("token", "head"), (0, 0)), (("token", "head", "dim", "dim"), (0,) * 4),
+                        (("token", "head", "dim", "page"), (0,) * 4), (("token", "head", "dim"), (0, 0)),
+                        (("token", "head", "dim"), (0, -1, 0))):
+        with pytest.raises(ValueError):
+            S.PoolLayout(order, pads)
+    with pytest.raises(ValueError):
+        S.pool_layouts(max_pad=-1)
+
+
+@pytest.mark.parametrize("layout, extra, where", [
+    (S.PoolLayout(("layer", "token", "head", "dim"), (2, 0, 0, 0)), 2, "after K layer 4 and before K layer 5"),
+    (S.PoolLayout(("token", "head", "kv", "dim"), (1, 0, 0, 0)), 0, "inside the span of K layer 4 and V layer 4"),
+    (S.PoolLayout(("token", "head", "dim"), (0, 0, 0), lead=1), 0, "before K layer 4"),
+])
+def test_canary_fence_catches_a_write_into_a_layout_gap_and_names_the_layer(layout, extra, where):
+    """The harness side of the layouts: every gap of a carved pool is canary, and a write there is an
+    out-of-bounds write naming the layer next to it (the layers' own bytes are the pool oracles' business)."""
+    from harness.engine.buffers import CanaryFence
+    from harness.oracles import InvariantViolation
+
+    fence = CanaryFence(torch.device("cpu"))
+    k, v = fence.pool(layout, range(4, 6), 4, 2, 3, torch.float16, "decode pool 0")
+    for layer in (*k, *v):
+        layer.view(torch.int16).fill_(7)  # writing every view touches no gap
+    fence.check()
+    flat = torch.as_strided(k[0], (k[0].numel() + extra,), (1,), k[0].storage_offset() - layout.lead)
+    flat.view(torch.int16)[:] = 7  # a flat copy that assumes contiguity (from the lead padding on)
+    with pytest.raises(InvariantViolation, match="wrote outside its buffer") as caught:
+        fence.check()
+    assert where in str(caught.value) and "decode pool 0" in str(caught.value)
 
 
 # --- arrival orders -------------------------------------------------------------------------

@@ -25,7 +25,9 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton KV cop
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
+from harness.engine.buffers import CanaryFence  # noqa: E402
 from reference import triton_kv_copy  # noqa: E402
+from strategies.pool_layout import PoolLayout, pool_layouts  # noqa: E402
 
 try:
     from reference import kv_copy as torch_kv_copy
@@ -62,7 +64,7 @@ def expected_slots(page_table: list[int], page_size: int, num_tokens: int) -> li
 
 @st.composite
 def pools(draw, device: str):
-    """A K/V pool with a fragmented page table and a (maybe partial) chunk."""
+    """A K/V pool with a fragmented page table and a (maybe partial) chunk, laid out in any pool layout."""
     dtype = draw(st.sampled_from(DTYPES))
     page_size = draw(st.sampled_from([1, 3, 4]))
     layers = draw(st.integers(1, 3))
@@ -75,12 +77,17 @@ def pools(draw, device: str):
     seed = draw(st.integers(0, 2**31 - 1))
     return dict(dtype=dtype, page_size=page_size, layers=layers, head_dim=head_dim, num_tokens=num_tokens,
                 pool_tokens=max(1, pool_pages * page_size), page_table=page_table, seed=seed, device=device,
-                tile=draw(st.sampled_from(TILES)))
+                tile=draw(st.sampled_from(TILES)), layout=draw(pool_layouts()))
 
 
 def make_layers(case: dict, heads: int, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Random-bit layers carved as ``case["layout"]`` says; ``case["fence"]`` then guards their gaps."""
     shape = (case["pool_tokens"], heads, case["head_dim"])
-    return tuple([random_bits(shape, case["dtype"], gen, case["device"]) for _ in range(case["layers"])] for _ in "kv")
+    case["fence"] = fence = CanaryFence(torch.device(case["device"]))
+    k, v = fence.pool(case["layout"], range(case["layers"]), *shape, case["dtype"], "pool")
+    for layer in (*k, *v):
+        ints(layer).copy_(ints(random_bits(shape, case["dtype"], gen, case["device"])))
+    return k, v
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -110,6 +117,7 @@ def test_gather_is_bit_exact_and_writes_only_its_bytes(device, data):
     assert torch.equal(out[:nbytes].cpu(), expected)
     assert torch.equal(out[nbytes:], canary), "gather wrote past the writer's bytes"
     assert all(torch.equal(ints(t), b) for t, b in zip((*k_layers, *v_layers), before)), "gather modified the pool"
+    case["fence"].check()
     if torch_kv_copy is not None:
         ref = out.clone()
         torch_kv_copy.gather(k_layers, v_layers, page_table, case["page_size"], case["num_tokens"], head_start, head_count, ref)
@@ -167,6 +175,7 @@ def test_scatter_is_bit_exact_and_touches_only_target_heads(device, data):
                 target[slots, dst_head:dst_head + hpw] = ints(part)[kv, layer]
     got = [ints(t).cpu() for t in (*k_layers, *v_layers)]
     assert all(torch.equal(g, e) for g, e in zip(got, expected)), "scatter result differs from the expectation"
+    case["fence"].check()  # nothing landed between or around the layer views
     if torch_kv_copy is not None:
         ref_k, ref_v = torch_pool[: plan["pool_layers"]], torch_pool[plan["pool_layers"]:]
         torch_kv_copy.scatter(staging, dests, hpw, lpw, ref_k, ref_v, page_table, case["page_size"], num_tokens)
@@ -190,7 +199,6 @@ GATHER_BYTES = 2 * 2 * 4 * 1 * 4 * 2  # layers, 4 tokens, 1 head, head_dim 4, bf
         (lambda a: a.update(page_table=torch.zeros(2, dtype=torch.int64, device="meta")), "device"),
         (lambda a: a.update(page_table=torch.zeros(2, dtype=torch.int32)), "int64"),
         (lambda a: a.update(page_table=torch.zeros(1, dtype=torch.int64)), "pages"),
-        (lambda a: a.update(k=[t.transpose(0, 1).contiguous().transpose(0, 1) for t in a["k"]]), "contiguous"),
         (lambda a: a.update(v=a["v"][:1]), "number of K and V layers"),
         (lambda a: a.update(head_start=2), "head range"),
         (lambda a: a.update(out=torch.zeros(GATHER_BYTES + 1, dtype=torch.uint8)[1:]), "aligned"),
@@ -220,6 +228,25 @@ def test_scatter_rejects_bad_topologies_before_copying(destinations, heads_per_w
         triton_kv_copy.scatter(staging, destinations, heads_per_writer, layers_per_writer, k, v,
                                torch.tensor([1, 0], dtype=torch.int64), 2, 4)
     assert all(not t.any() for t in (*k, *v)), "a rejected scatter moved bytes"
+
+
+def test_kernels_take_strided_layers_and_leave_the_rest_to_the_torch_path(monkeypatch):
+    """The control for the layout draws above: a head-major, padded, K/V-interleaved pool runs through the
+    kernels (stride-aware), one whose head elements are not adjacent through the torch path, with the reason."""
+    fence = CanaryFence(torch.device("cpu"))
+    through_kernels = PoolLayout(("layer", "head", "token", "kv", "dim"), (1, 3, 1, 2, 0), lead=1)
+    strided_dim = PoolLayout(("token", "head", "dim", "kv"), (0, 0, 0, 0))
+    torch_calls: list[str] = []
+    monkeypatch.setattr(triton_kv_copy.kv_copy, "gather", lambda *a: torch_calls.append("gather"))
+    for layout, expect_torch in ((through_kernels, False), (strided_dim, True)):
+        k, v = fence.pool(layout, range(2), 8, 2, 4, torch.bfloat16, "pool")
+        pool = triton_kv_copy._check_pool(k, v, "gather")
+        assert bool(pool.torch_path_because) == expect_torch, (layout, pool)
+        torch_calls.clear()
+        triton_kv_copy.gather(k, v, torch.tensor([1, 0], dtype=torch.int64), 2, 4, 1, 1,
+                              torch.zeros(GATHER_BYTES, dtype=torch.uint8))
+        assert bool(torch_calls) == expect_torch
+    assert "apart" in triton_kv_copy._check_pool(k, v, "gather").torch_path_because
 
 
 def test_pool_cache_sees_a_new_pool_at_reused_ids():

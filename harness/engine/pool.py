@@ -26,13 +26,15 @@ SPARE_PAGES = 2
 class DecodePool:
     """K and V layers ``[pool rows, heads, head_dim]`` of one decode rank and its free pages.
 
-    Its own fenced layers (``pages`` of them, shuffled so page tables fragment), or a :class:`World`'s decode
-    pool of that rank (then the pages outside the world's request are free).
+    Its own fenced layers (``pages`` of them, shuffled so page tables fragment; laid out as ``shape.layout``),
+    or a :class:`World`'s decode pool of that rank (then the pages outside the world's request are free, and
+    the world's fence guards its allocations).
     """
 
     def __init__(self, shape: RankShape, device: torch.device, fence: CanaryFence, pages: int,
                  world: Optional[World] = None) -> None:
         self.shape, self.device = shape, device
+        self.world_fence = world.fence if world is not None else None
         if world is not None:
             pool = world.decode[shape.decode_index]
             self.k, self.v = pool.k, pool.v
@@ -43,9 +45,8 @@ class DecodePool:
             self.pages = pages
             self.free_pages = list(range(pages))
             random.Random(pages).shuffle(self.free_pages)
-            rows = (pages * shape.page_size, len(shape.heads), shape.kv.head_dim)
-            self.k = [fence.tensor(rows, shape.kv.dtype, f"K pool layer {i}", CANARY_BYTE) for i in shape.layers]
-            self.v = [fence.tensor(rows, shape.kv.dtype, f"V pool layer {i}", CANARY_BYTE) for i in shape.layers]
+            self.k, self.v = fence.pool(shape.layout, shape.layers, pages * shape.page_size, len(shape.heads),
+                                        shape.kv.head_dim, shape.kv.dtype, "decode pool")
 
     def page_table(self, plan: RequestPlan) -> torch.Tensor:
         """The plan's page table, or fresh pages from the free list."""
@@ -71,7 +72,10 @@ class DecodePool:
 
     # -- oracles ---------------------------------------------------------------------------
     def check(self, requests: list[Tracked], everyone: list[Tracked], num_writers: int, outside: bool) -> None:
-        """Rows of ``requests``, then (``outside``) rows of no request among ``everyone``."""
+        """The world's fence (a pool of its own is on the rank's), rows of ``requests``, then (``outside``) rows
+        of no request among ``everyone``."""
+        if self.world_fence is not None:
+            self.world_fence.check()
         pool = self.stack()
         for t in requests:
             self._check_rows(t, pool, num_writers, everyone)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from harness.oracles import owned_heads
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
+from strategies.pool_layout import CONTIGUOUS, PoolLayout
 
 MAX_TOKENS = 12
 
@@ -27,7 +28,7 @@ class RankShape:
     """Decode rank ``decode_index`` (``pp_stage * decode_tp + tp_rank``) of ``topology`` with KV ``kv``.
 
     ``max_chunk_pages`` bounds the chunks its requests are cut into; the staging ring holds the largest chunk
-    ``ring_chunks`` times (1: every chunk wraps).
+    ``ring_chunks`` times (1: every chunk wraps).  ``layout``: how its own pool's layers sit in memory.
     """
 
     topology: TpTopology
@@ -35,18 +36,20 @@ class RankShape:
     decode_index: int = 0
     max_chunk_pages: int = 1
     ring_chunks: int = 1
+    layout: PoolLayout = CONTIGUOUS
 
     @classmethod
     def of(cls, *, page_size: int, tp_writers: int, pp_writers: int, heads_per_writer: int, layers_per_writer: int,
-           head_dim: int, dtype: torch.dtype, max_chunk_pages: int, ring_chunks: int) -> "RankShape":
+           head_dim: int, dtype: torch.dtype, max_chunk_pages: int, ring_chunks: int,
+           layout: PoolLayout = CONTIGUOUS) -> "RankShape":
         """The single decode rank fed by ``tp_writers`` prefill TP ranks times ``pp_writers`` prefill stages."""
         topology = TpTopology(tp_writers * heads_per_writer, tp_writers, 1, prefill_pp=pp_writers, decode_pp=1)
         kv = KvSpec(pp_writers * layers_per_writer, head_dim, dtype, page_size)
-        return cls(topology, kv, 0, max_chunk_pages, ring_chunks)
+        return cls(topology, kv, 0, max_chunk_pages, ring_chunks, layout)
 
     @classmethod
     def of_case(cls, case: TransferCase, decode_index: int, ring_chunks: int = 1) -> "RankShape":
-        return cls(case.topology, case.kv, decode_index, case.request.chunk_pages, ring_chunks)
+        return cls(case.topology, case.kv, decode_index, case.request.chunk_pages, ring_chunks, case.layout)
 
     @property
     def page_size(self) -> int:
@@ -90,8 +93,11 @@ class RequestPlan:
         return cls(spec.num_tokens, spec.prefix_len, spec.chunk_pages, seed, tuple(spec.decode_page_table))
 
 
-def rank_shapes(min_page_size: int = 1) -> st.SearchStrategy[RankShape]:
-    """Small geometries: 1-4 writer slots splitting heads and/or layers, pages of 1-4 tokens, rings of 1-3 chunks."""
+def rank_shapes(min_page_size: int = 1, layouts: st.SearchStrategy[PoolLayout] = st.just(CONTIGUOUS)
+                ) -> st.SearchStrategy[RankShape]:
+    """Small geometries: 1-4 writer slots splitting heads and/or layers, pages of 1-4 tokens, rings of 1-3 chunks;
+    pools laid out as ``layouts`` draws (contiguous by default: the stress suites' budgets are tuned to find
+    lifecycle bugs, and every single-request test draws layouts, ``strategies.pool_layout.pool_layouts()``)."""
     return st.builds(
         RankShape.of,
         page_size=st.sampled_from([p for p in (1, 2, 4) if p >= min_page_size]),
@@ -99,7 +105,7 @@ def rank_shapes(min_page_size: int = 1) -> st.SearchStrategy[RankShape]:
         heads_per_writer=st.integers(1, 2), layers_per_writer=st.integers(1, 2),
         head_dim=st.sampled_from((1, 2, 4)),
         dtype=st.sampled_from((torch.float32, torch.float16, torch.float8_e4m3fn)),
-        max_chunk_pages=st.integers(1, 3), ring_chunks=st.integers(1, 3),
+        max_chunk_pages=st.integers(1, 3), ring_chunks=st.integers(1, 3), layout=layouts,
     )
 
 

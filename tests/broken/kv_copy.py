@@ -88,3 +88,22 @@ class DirectCopyIgnoresDestinationHead(ReferenceImplementation):
         call = documented_arguments("direct_copy", args)
         call.arguments["dst_head_start"] = 0
         super().direct_copy(*call.args)
+
+
+class AssumesContiguousLayers(ReferenceImplementation):
+    """Scatter addresses each pool layer as if it were contiguous: offsets ``(slot * heads + head) * head_dim + d``
+    from the layer's first element (``data_ptr`` arithmetic that ignores the strides).  Right on today's layout
+    (each layer its own contiguous tensor); on views of a shared or padded allocation it writes into other
+    layers, K into V, or the padding between them."""
+
+    def scatter(self, *args):
+        call = documented_arguments("scatter", args)
+        for name in ("k_layers", "v_layers"):
+            call.arguments[name] = [torch.as_strided(layer, layer.shape, _packed_strides(layer.shape))
+                                    for layer in call.arguments[name]]
+        super().scatter(*call.args)
+
+
+def _packed_strides(shape: torch.Size) -> tuple[int, ...]:
+    rows, heads, head_dim = shape
+    return (heads * head_dim, head_dim, 1)
