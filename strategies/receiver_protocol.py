@@ -158,6 +158,10 @@ class _DataDescriptor:
         raise AttributeError("read-only")
 
 
+def _data_descriptor(error: type[Exception] | None) -> Callable[[Any, str], object]:
+    return lambda value, label: _klass(label, {_NAME: _DataDescriptor(value, error)})()
+
+
 class _NonDataDescriptor:
     def __init__(self, value: Any) -> None:
         self.value = value
@@ -262,7 +266,7 @@ def _accesses() -> list[_Access]:
         _Access("__slots__ set", YIELDS, _slots),
         _Access("__slots__ unset", ABSENT, lambda value, label: _klass(label, {"__slots__": (_NAME,)})()),
         _Access("property", YIELDS, _property(None)),
-        _Access("data descriptor", YIELDS, lambda value, label: _klass(label, {_NAME: _DataDescriptor(value, None)})()),
+        _Access("data descriptor", YIELDS, _data_descriptor(None)),
         _Access("non-data descriptor", YIELDS, lambda value, label: _klass(label, {_NAME: _NonDataDescriptor(value)})()),
         _Access("cached_property", YIELDS, _cached_property(None)),
         _Access("__getattr__", YIELDS, _getattr_hook(None)),
@@ -280,8 +284,7 @@ def _accesses() -> list[_Access]:
         name = error.__name__
         accesses += [
             _Access(f"property raises {name}", RAISES, _property(error)),
-            _Access(f"data descriptor raises {name}", RAISES,
-                    lambda value, label, error=error: _klass(label, {_NAME: _DataDescriptor(value, error)})()),
+            _Access(f"data descriptor raises {name}", RAISES, _data_descriptor(error)),
             _Access(f"cached_property raises {name}", RAISES, _cached_property(error)),
             _Access(f"__getattr__ raises {name}", RAISES, _getattr_hook(error)),
             _Access(f"__getattribute__ raises {name}", RAISES, _getattribute_hook(error)),
