@@ -201,10 +201,10 @@ def test_dtypes_page_sizes_and_head_dims():
     assert {1, 2, 64} <= pages and pages & {3, 5, 7}
     assert set(census(S.page_sizes(min_size=2, max_size=8), 100)) <= set(range(2, 9))
     assert simplest(S.page_sizes()) == 1
-    dims = census(S.head_dims(), 300)
+    dims = census(S.head_dims(), 600)
     assert set(dims) <= set(range(1, 17)) | set(S.LARGE_HEAD_DIMS)
     large = sum(d > 16 for d in dims)
-    assert len(dims) // 6 < large < len(dims) // 2  # common, not dominant
+    assert len(dims) // 16 < large < len(dims) // 4  # present, not dominant (large pools are slow on CPU)
     assert {1, 15, 16, 31, 33, 63, 64, 65, 127, 128, 129, 256} <= set(dims)  # powers of two and neighbours
     with pytest.raises(ValueError):
         S.page_sizes(min_size=65)
@@ -553,7 +553,7 @@ def test_request_specs_reach_the_partial_tail_and_chunk_boundaries(page_size):
 
 def test_head_dims_reach_powers_of_two_and_neighbours_in_transfer_cases():
     dims = {case.kv.head_dim for case in census(S.transfer_cases(topologies=S.topologies(max_tp=2, max_ranks=2),
-                                                                 max_tokens=4), 200)}
+                                                                 max_tokens=4), 400)}
     assert 1 in dims and all(dims & {2 ** k - 1, 2 ** k + 1} for k in (5, 6, 7))  # neighbours of 32, 64, 128
 
 
