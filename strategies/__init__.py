@@ -11,7 +11,9 @@ Small composable strategies that shrink toward small, simple cases:
 * message orders: ``arrival_orders``;
 * receivers: ``receivers``, ``staged_receivers``, ``plain_receivers``,
   ``require_staging_values``;
-* allocator: ``capacities``, ``assign_sizes``, ``allocator_programs``.
+* allocator: ``capacities``, ``assign_sizes``, ``allocator_programs``;
+* sizes that reach their boundaries: ``strategies.sizes`` (``boundary_values``,
+  ``sizes``, ``steer``), used by the above (docs/mutation.md lists the boundaries).
 
 Nothing here imports the code under test.
 """
