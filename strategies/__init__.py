@@ -12,7 +12,9 @@ Small composable strategies that shrink toward small, simple cases:
 * message orders: ``arrival_orders``;
 * receivers: ``receivers``, ``staged_receivers``, ``plain_receivers``,
   ``require_staging_values``;
-* allocator: ``capacities``, ``assign_sizes``, ``allocator_programs``.
+* allocator: ``capacities``, ``assign_sizes``, ``allocator_programs``;
+* sizes that reach their boundaries: ``strategies.sizes`` (``boundary_values``,
+  ``sizes``, ``steer``), used by the above (docs/mutation.md lists the boundaries).
 
 Nothing here imports the code under test.
 """
@@ -21,7 +23,7 @@ from strategies.allocator_program import allocator_programs, assign_sizes, capac
 from strategies.arrival import arrival_orders
 from strategies.bad_topology import INVALID_TOPOLOGY_REASONS, TP_NOT_NESTED, InvalidTopology, invalid_topologies
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
-from strategies.kv import dtypes, head_dims, kv_specs, layer_counts, page_sizes
+from strategies.kv import LARGE_HEAD_DIMS, dtypes, head_dims, kv_specs, layer_counts, page_sizes
 from strategies.pool_layout import CONTIGUOUS, LAYOUT_KINDS, PoolLayout, pool_layouts
 from strategies.receiver import (
     RECEIVER_KINDS,
@@ -45,6 +47,7 @@ from strategies.transfer import pool_elements, transfer_cases
 __all__ = [
     "CONTIGUOUS",
     "INVALID_TOPOLOGY_REASONS",
+    "LARGE_HEAD_DIMS",
     "LAYOUT_KINDS",
     "RECEIVER_KINDS",
     "REPLICATION_REGIMES",

@@ -12,8 +12,9 @@ from strategies.cases import KvSpec, TpTopology
 _DTYPE_NAMES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 #: Powers of two first, then odd sizes: any page size must work.
 _PAGE_SIZES = (1, 2, 4, 8, 16, 32, 64, 3, 5, 7, 12)
-#: Head dims of real models, drawn rarely on top of the small ones.
-LARGE_HEAD_DIMS = (64, 128)
+#: Head dims of real models and the powers of two around them with their neighbours (where a kernel's
+#: rounded-up row stops being exact), drawn one draw in eight on top of the small ones.
+LARGE_HEAD_DIMS = (31, 32, 33, 63, 64, 65, 96, 127, 128, 129, 256)
 
 
 def dtypes(fp8: bool = True, float64: bool = False) -> st.SearchStrategy[torch.dtype]:
@@ -35,11 +36,17 @@ def page_sizes(min_size: int = 1, max_size: int = 64) -> st.SearchStrategy[int]:
 
 
 def head_dims(max_dim: int = 16, large: tuple[int, ...] = LARGE_HEAD_DIMS) -> st.SearchStrategy[int]:
-    """Head dims 1..``max_dim``, plus the ``large`` ones (64, 128) about one draw
-    in nine: tensors are materialised on CPU.  Shrinks toward 1."""
+    """Head dims 1..``max_dim`` (1, powers of two and their neighbours included), plus, one draw in eight,
+    the ``large`` ones (real models' 64, 96, 128, 256 and the neighbours of 32, 64, 128): large pools are
+    the cost of an example on CPU, and transfer cases fold a head dim that overflows their element budget
+    back into range.  Shrinks toward 1."""
     if max_dim < 1:
         raise ValueError(f"max_dim must be >= 1, got {max_dim}")
-    return st.sampled_from(tuple(range(1, max_dim + 1)) + tuple(d for d in large if d > max_dim))
+    small = st.sampled_from(tuple(range(1, max_dim + 1)))
+    big = tuple(d for d in large if d > max_dim)
+    if not big:
+        return small
+    return st.integers(0, 7).flatmap(lambda pick: st.sampled_from(big) if pick == 7 else small)
 
 
 def layer_counts(topology: TpTopology, max_layers_per_stage: int = 4) -> st.SearchStrategy[int]:

@@ -17,6 +17,8 @@ from unittest import mock
 
 from hypothesis import strategies as st
 
+from strategies.receiver_protocol import generated_receivers
+
 
 def _describe(value: Any) -> str:
     """``repr (type)``, with the module for non-builtin types: ``1 (int)``."""
@@ -245,8 +247,9 @@ _ABSENT: dict[str, Callable[[], object]] = {
 #: Kinds whose attribute is auto-created and truthy (always staging).
 _AUTO_TRUTHY: dict[str, Callable[[], object]] = {"mock": AutoMock, "magic_mock": AutoMagicMock}
 
-#: Every receiver kind's name, in shrink order.
-RECEIVER_KINDS: tuple[str, ...] = (*_VALUED, *_ABSENT, *_AUTO_TRUTHY)
+#: Every receiver kind's name, in shrink order; ``generated`` composes the attribute protocol (module docstring).
+GENERATED = "generated"
+RECEIVER_KINDS: tuple[str, ...] = (*_VALUED, *_ABSENT, *_AUTO_TRUTHY, GENERATED)
 
 
 @st.composite
@@ -270,9 +273,14 @@ def _receivers(truthy: bool | None, kinds: tuple[str, ...] | None) -> st.SearchS
         makers += [(make, False) for k, make in _ABSENT.items() if k in chosen]
     if truthy is not False:
         makers += [(make, False) for k, make in _AUTO_TRUTHY.items() if k in chosen]
-    if not makers:
-        raise ValueError(f"none of kinds {chosen!r} can be {'truthy' if truthy else 'falsy'}")
-    return _build_receiver(makers, require_staging_values(truthy))
+    fixed = _build_receiver(makers, require_staging_values(truthy)) if makers else None
+    if GENERATED not in chosen:
+        if fixed is None:
+            raise ValueError(f"none of kinds {chosen!r} can be {'truthy' if truthy else 'falsy'}")
+        return fixed
+    # The fixed kinds first (they shrink to the plainest receiver), then the generated ones, one draw in two.
+    generated = generated_receivers(truthy)
+    return generated if fixed is None else st.one_of(fixed, generated)
 
 
 def receivers(kinds: tuple[str, ...] | None = None) -> st.SearchStrategy[object]:

@@ -1,10 +1,18 @@
-"""One request: token counts, cached prefixes, chunk grids and page tables."""
+"""One request: token counts, cached prefixes, chunk grids and page tables.
+
+Boundaries reached (tests/test_strategies.py): token counts 1, the maximum,
+powers of two and their neighbours, and in a request a whole number of pages,
+one token short of it and one over (the partial tail); the longest aligned
+prefix (a suffix of at most one page) besides 0; chunks of one page and of
+``max_chunk_pages``; page tables whose last page is the pool's last page.
+"""
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
 from strategies.cases import RequestSpec
+from strategies.sizes import sizes, steer
 
 
 def _pages_for(num_tokens: int, page_size: int) -> int:
@@ -22,11 +30,14 @@ def page_tables(num_pages: int, pool_pages: int) -> st.SearchStrategy[tuple[int,
     return st.lists(ids, min_size=num_pages, max_size=num_pages, unique=True).map(tuple)
 
 
-def token_counts(max_tokens: int = 64, min_tokens: int = 1) -> st.SearchStrategy[int]:
-    """Request lengths in ``[min_tokens, max_tokens]``; shrinks toward ``min_tokens``."""
+def token_counts(max_tokens: int = 64, min_tokens: int = 1, page_size: int = 1) -> st.SearchStrategy[int]:
+    """Request lengths in ``[min_tokens, max_tokens]``: uniform, or a boundary (the bounds, powers of two
+    and neighbours, multiples of ``page_size`` and their neighbours); shrinks toward ``min_tokens``."""
     if not 1 <= min_tokens <= max_tokens:
         raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {min_tokens}, {max_tokens}")
-    return st.integers(min_tokens, max_tokens)
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    return sizes(min_tokens, max_tokens, edges=tuple(range(page_size, max_tokens + 2, page_size)))
 
 
 def _check_alignment(page_size: int, aligned: bool | None) -> None:
@@ -44,7 +55,7 @@ def prefix_lengths(num_tokens: int, page_size: int, aligned: bool | None = True)
     _check_alignment(page_size, aligned)
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
-    aligned_prefixes = st.integers(0, (num_tokens - 1) // page_size).map(lambda pages: pages * page_size)
+    aligned_prefixes = sizes(0, (num_tokens - 1) // page_size).map(lambda pages: pages * page_size)
     can_misalign = page_size > 1 and num_tokens >= 2
     if aligned is False and not can_misalign:
         raise ValueError(f"no non-aligned prefix below num_tokens={num_tokens}; use num_tokens >= 2")
@@ -59,14 +70,16 @@ def prefix_lengths(num_tokens: int, page_size: int, aligned: bool | None = True)
 
 @st.composite
 def _request_specs(draw, page_size, aligned, max_tokens, max_chunk_pages, max_extra_pool_pages):
-    num_tokens = draw(token_counts(max_tokens, min_tokens=2 if aligned is False else 1))
+    num_tokens = draw(token_counts(max_tokens, min_tokens=2 if aligned is False else 1, page_size=page_size))
     prefix_len = draw(prefix_lengths(num_tokens, page_size, aligned))
-    chunk_pages = draw(st.integers(1, max_chunk_pages))
+    chunk_pages = draw(sizes(1, max_chunk_pages))
     num_pages = _pages_for(num_tokens, page_size)
     tables = []
     for _side in ("prefill", "decode"):
         pool_pages = num_pages + draw(st.integers(1, max_extra_pool_pages))
         tables += [draw(page_tables(num_pages, pool_pages)), pool_pages]
+    # More chunks: more arrivals to interleave, more regions alive in the ring at once.
+    steer(-(-_pages_for(num_tokens - prefix_len, page_size) // chunk_pages), "request: chunks")
     return RequestSpec(num_tokens, prefix_len, chunk_pages, *tables)
 
 

@@ -201,10 +201,11 @@ def test_dtypes_page_sizes_and_head_dims():
     assert {1, 2, 64} <= pages and pages & {3, 5, 7}
     assert set(census(S.page_sizes(min_size=2, max_size=8), 100)) <= set(range(2, 9))
     assert simplest(S.page_sizes()) == 1
-    dims = census(S.head_dims(), 300)
-    assert set(dims) <= set(range(1, 17)) | {64, 128}
+    dims = census(S.head_dims(), 600)
+    assert set(dims) <= set(range(1, 17)) | set(S.LARGE_HEAD_DIMS)
     large = sum(d > 16 for d in dims)
-    assert 0 < large < len(dims) // 4  # present but rare
+    assert len(dims) // 16 < large < len(dims) // 4  # present, not dominant (large pools are slow on CPU)
+    assert {1, 15, 16, 31, 33, 63, 64, 65, 127, 128, 129, 256} <= set(dims)  # powers of two and neighbours
     with pytest.raises(ValueError):
         S.page_sizes(min_size=65)
 
@@ -440,6 +441,7 @@ KIND_BY_REPR = (
     ("<Mock(spec=[])", "mock_spec_empty"),
     ("<Mock()", "mock"),
     ("<MagicMock()", "magic_mock"),
+    ("<generated receiver: ", "generated"),
 )
 
 
@@ -449,8 +451,12 @@ def kind_of(receiver) -> str:
 
 
 def asks_for_staging(receiver) -> bool:
-    """docs/domain.md#receivers: the attribute present and truthy."""
-    return bool(getattr(receiver, "require_staging", False))
+    """docs/domain.md#receivers: the attribute present and truthy; missing, falsy or raising (on access or on
+    its truth test) is the plain path."""
+    try:
+        return bool(getattr(receiver, "require_staging"))
+    except Exception:
+        return False
 
 
 def test_receiver_census_has_every_kind_and_both_answers():
@@ -476,7 +482,7 @@ def test_plain_receivers_do_not_ask_for_staging(receiver):
 
 
 def test_receiver_subsets_and_kinds():
-    assert {kind_of(r) for r in census(S.plain_receivers(), 200)} == set(S.RECEIVER_KINDS) - {"mock", "magic_mock"}
+    assert {kind_of(r) for r in census(S.plain_receivers(), 300)} == set(S.RECEIVER_KINDS) - {"mock", "magic_mock"}
     staged_kinds = {kind_of(r) for r in census(S.staged_receivers(), 200)}
     assert "mock" in staged_kinds and "object" not in staged_kinds
     assert {kind_of(r) for r in census(S.receivers(kinds=("slots_unset", "getattr")), 50)} == {
@@ -543,3 +549,178 @@ def test_allocator_program_census_has_the_hard_cases():
     assert simplest(S.allocator_programs(64)) == []
     assert find(S.allocator_programs(64), lambda p: any(op[0] == "free" for op in p), settings=NO_DB) == [
         ("assign", 1), ("free", 0)]
+
+
+# --- boundaries (docs/mutation.md#boundaries-the-strategies-reach) ------------------------------
+
+
+def test_boundary_values_are_the_edges_of_a_range():
+    from strategies.sizes import boundary_values
+
+    assert boundary_values(1, 100) == (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 99, 100)
+    assert boundary_values(5, 5) == (5,)
+    assert {255, 256, 257, 4095, 4096, 4097} <= set(boundary_values(1, 10_000))
+    assert {(1 << 31) - 1, 1 << 31, (1 << 31) + 1, 1 << 32} <= set(boundary_values(1, 1 << 40))  # integer widths
+    with pytest.raises(ValueError):
+        boundary_values(3, 2)
+
+
+def test_capacities_reach_one_the_maximum_and_powers_of_two():
+    drawn = set(census(S.capacities(), 200))
+    assert {1, 2, 4095, 4096, 1023, 1024, 1025} <= drawn
+    assert len(drawn) > 60  # and values in between
+    assert simplest(S.capacities()) == 1
+
+
+def ring_events(program, capacity):
+    """Replay ``program`` on the ring's placement rule (docs/domain.md#staging-ring: assigns placed one after
+    another, wrapping to 0 when they do not fit before the end, an emptied ring restarting at 0) and name the
+    boundaries it hits; ``most_live`` is the most allocations alive at once."""
+    head, live, index, events, most_live = 0, set(), 0, set(), 0
+    for op in program:
+        if op[0] == "assign":
+            n = op[1]
+            if n > capacity:
+                events.add("oversized")
+            else:
+                if head + n > capacity:
+                    events.add("wrap" if head + n == capacity + 1 else "wrap_far")
+                    head = 0
+                elif head and head + n == capacity:
+                    events.add("exactly_full")
+                elif head and head + n == capacity - 1:
+                    events.add("one_short")
+                if n == capacity:
+                    events.add("whole_ring")
+                head += n
+                live.add(index)
+                most_live = max(most_live, len(live))
+            index += 1
+        elif op[0] == "free" and op[1] in live:
+            live.discard(op[1])
+            head = head if live else 0
+    return events, most_live
+
+
+def test_allocator_programs_reach_the_ring_boundaries():
+    capacity = 64
+    programs = census(S.allocator_programs(capacity), 200)
+    seen = set()
+    for program in programs:
+        seen |= ring_events(program, capacity)[0]
+    assert {"oversized", "wrap", "exactly_full", "one_short", "whole_ring"} <= seen
+    assert max(ring_events(p, capacity)[1] for p in programs) >= 16  # many allocations alive at once
+    without = census(S.allocator_programs(capacity, oversized=False), 100)
+    assert all(op[1] <= capacity for p in without for op in p if op[0] == "assign")
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 7, 4096])
+def test_allocator_programs_find_each_boundary(capacity):
+    """find() (derandomized) reaches a wrap onto the next round and 32 live allocations on any ring size."""
+    wraps = find(S.allocator_programs(capacity), lambda p: "wrap" in ring_events(p, capacity)[0], settings=NO_DB)
+    assert ring_events(wraps, capacity)[0] >= {"wrap"}
+    many = find(S.allocator_programs(capacity), lambda p: ring_events(p, capacity)[1] >= min(32, capacity),
+                settings=NO_DB)
+    assert ring_events(many, capacity)[1] >= min(32, capacity)
+
+
+def test_token_counts_reach_page_multiples_and_their_neighbours():
+    drawn = set(census(S.token_counts(64, page_size=12), 200))
+    assert {1, 2, 11, 12, 13, 23, 24, 25, 63, 64, 15, 16, 17, 31, 32, 33} <= drawn
+    assert simplest(S.token_counts(64, page_size=12)) == 1
+
+
+@pytest.mark.parametrize("page_size", [2, 4, 7])
+def test_request_specs_reach_the_partial_tail_and_chunk_boundaries(page_size):
+    specs = census(S.request_specs(page_size, max_tokens=40, max_chunk_pages=4), 200)
+    tails = {spec.num_tokens % page_size for spec in specs}
+    assert {0, 1, page_size - 1} <= tails  # whole pages, one token over, one token short
+    assert {1, 4} <= {spec.chunk_pages for spec in specs}
+    assert any(spec.num_tokens - spec.prefix_len <= page_size and spec.prefix_len > 0 for spec in specs)  # last page
+    assert 40 in {spec.num_tokens for spec in specs}
+
+
+def test_head_dims_reach_powers_of_two_and_neighbours_in_transfer_cases():
+    dims = {case.kv.head_dim for case in census(S.transfer_cases(topologies=S.topologies(max_tp=2, max_ranks=2),
+                                                                 max_tokens=4), 400)}
+    assert 1 in dims and all(dims & {2 ** k - 1, 2 ** k + 1} for k in (5, 6, 7))  # neighbours of 32, 64, 128
+
+
+def test_steer_is_a_no_op_outside_tests_and_for_a_repeated_label():
+    from strategies.sizes import steer
+
+    steer(3, "outside")  # no test running: nothing happens
+
+    @settings(max_examples=5, database=None, derandomize=True)
+    @given(st.data())
+    def twice(data):
+        data.draw(S.allocator_programs(8))
+        data.draw(S.allocator_programs(8))  # the second draw's observation is dropped, not an error
+
+    twice()
+
+
+# --- generated receivers ----------------------------------------------------------------------
+
+
+def halves(receiver) -> tuple[str, str]:
+    """(access label, value label) from a generated receiver's repr."""
+    text = repr(receiver)[len("<generated receiver: "):-1]
+    access, value = text.split(", value ", 1)
+    return access, value
+
+
+def test_generated_receivers_cover_every_access_and_value():
+    from strategies.receiver_protocol import ACCESS_LABELS, VALUE_LABELS, generated_receivers
+
+    drawn = census(generated_receivers(), 800)
+    assert {halves(r)[0] for r in drawn} == set(ACCESS_LABELS)
+    assert {halves(r)[1] for r in drawn} == set(VALUE_LABELS)
+    outcomes = Counter(asks_for_staging(r) for r in drawn)
+    assert outcomes[True] > 40 and outcomes[False] > 40
+    raising = 0
+    for r in drawn:  # a lookup or truth test that raises is common, not an accident
+        try:
+            bool(getattr(r, "require_staging"))
+        except AttributeError:
+            pass
+        except Exception:
+            raising += 1
+    assert raising > len(drawn) // 4
+    assert repr(simplest(generated_receivers())) == "<generated receiver: instance attribute, value True>"
+
+
+@FAST
+@given(S.staged_receivers(kinds=("generated",)))
+def test_generated_staged_receivers_ask_for_staging(receiver):
+    assert asks_for_staging(receiver)
+
+
+@FAST
+@given(S.plain_receivers(kinds=("generated",)))
+def test_generated_plain_receivers_do_not(receiver):
+    assert not asks_for_staging(receiver)
+
+
+def test_generated_receivers_include_the_protocol_corners():
+    """The corners the fixed kinds miss: a metaclass attribute seen only from the class, a dict key that is no
+    attribute, an ambiguous tensor truth test, a __bool__ that returns a non-bool."""
+    import numpy
+    import torch as t
+
+    from strategies.receiver_protocol import generated_receivers
+
+    drawn = census(generated_receivers(), 800)
+    by_half = {halves(r): r for r in drawn}
+    on_class = next(r for (a, _), r in by_half.items() if a == "metaclass attribute, read on the class")
+    assert isinstance(on_class, type) and "require_staging" not in vars(on_class)
+    dict_key = next(r for (a, _), r in by_half.items() if a == "dict key, no attribute")
+    assert "require_staging" in dict_key and not hasattr(dict_key, "require_staging")
+    values = set()
+    for r in drawn:
+        try:
+            values.add(type(getattr(r, "require_staging")))
+        except Exception:
+            pass
+    assert {t.Tensor, numpy.ndarray, numpy.bool_, numpy.int64, float, complex, bytes} <= values
+
