@@ -21,7 +21,8 @@ Conventions shared by every method:
 
 * A rank's KV pool is two lists (K, V), one tensor per layer, each shaped
   ``[pool_tokens, heads_on_rank, head_dim]``; pool token ``t`` lives in page
-  ``t // page_size``.
+  ``t // page_size``.  Prefill and decode page sizes may differ in
+  ``move_request`` only (``prefill_page_size`` / ``decode_page_size``).
 * A *page table* is a 1-D int64 tensor of page indices; token ``i`` of the
   list lives in pool slot ``page_table[i // page_size] * page_size + i % page_size``.
 * A staging region is a 1-D ``torch.uint8`` tensor.  A writer's part of it is
@@ -267,7 +268,8 @@ class EndToEnd(Protocol):
         decode_tp: int,
         prefill_pp: int,
         decode_pp: int,
-        page_size: int,
+        prefill_page_size: int,
+        decode_page_size: int,
         prefill_pools: Sequence[Pool],
         prefill_page_tables: Sequence[torch.Tensor],
         decode_pools: Sequence[Pool],
@@ -279,7 +281,12 @@ class EndToEnd(Protocol):
     ) -> None:
         """Move tokens ``[prefix_len, num_tokens)`` of one request.  Pools are
         indexed ``pp_stage * tp + tp_rank``; a rank's pool holds its PP stage's
-        layers.  Page tables cover the whole request on each rank."""
+        layers.  Page tables cover the whole request on each rank, each side in
+        its own page size (one may be a whole multiple of the other).  The
+        decode side already holds its own KV of the first ``prefix_len`` tokens,
+        a whole number of decode pages (prefix hits): those pages must not be
+        written; ``chunk_pages`` counts decode pages.  (Interface 1.1: 1.0 had
+        one ``page_size``.)"""
 
 
 class Implementation(HeadMapping, Layout, AllocatorFactory, KvCopy, DirectCopy, DecodeHandlerFactory, EndToEnd,

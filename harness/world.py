@@ -6,7 +6,14 @@ prefill rank's pool holding its heads and layers of it at the request's
 pages, and each decode rank's pool holding only the cached prefix.  Every
 other pool slot carries a canary pattern, so a stray write shows.
 ``expected_decode`` gives what each decode pool must hold afterwards,
-computed from the ground truth alone.
+computed from the ground truth alone, token by token (each side addresses
+its pool in its own page size).
+
+The cached prefix is the decode engine's *own* KV of those tokens (computed
+there by an earlier request, shared by the requests that hit it), whose bits
+need not equal the prefill's: the world holds it as the ground truth with the
+lowest bit of every element flipped (``decode_truth``), so a move that
+rewrites a cached page shows even when it writes the prefill's right values.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ def canary_bytes(nbytes: int, device) -> torch.Tensor:
     return torch.full((nbytes,), CANARY_BYTE, dtype=torch.uint8, device=device)
 
 
+def decode_view(truth: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """``[layers, tokens, heads, dim]`` KV as a decode rank must hold it: its own cached copy of tokens
+    ``[0, prefix_len)`` (the ground truth with bit 0 of every element flipped), the moved KV after."""
+    own = truth.clone()
+    int_view(own)[:, :prefix_len] ^= 1
+    return own
+
+
 def slots_of(page_table: torch.Tensor, page_size: int, num_tokens: int) -> torch.Tensor:
     """Pool slots of tokens ``0..num_tokens-1`` of a page table."""
     token = torch.arange(num_tokens, device=page_table.device)
@@ -52,9 +67,11 @@ class RankPool:
     heads: list[int]
     layers: range
     page_table: torch.Tensor
+    page_size: int  #: tokens per page of ``page_table`` (each side has its own)
 
     def clone(self) -> "RankPool":
-        return RankPool([t.clone() for t in self.k], [t.clone() for t in self.v], self.heads, self.layers, self.page_table)
+        return RankPool([t.clone() for t in self.k], [t.clone() for t in self.v], self.heads, self.layers,
+                        self.page_table, self.page_size)
 
 
 def _truth(case, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +94,7 @@ def _truth(case, device) -> tuple[torch.Tensor, torch.Tensor]:
 class World:
     case: TransferCase
     device: torch.device
-    truth_k: torch.Tensor
+    truth_k: torch.Tensor  # what prefill computed: the KV that moves
     truth_v: torch.Tensor
     prefill: list[RankPool]  # index pp_stage * prefill_tp + tp_rank
     decode: list[RankPool]   # index pp_stage * decode_tp + tp_rank
@@ -86,32 +103,44 @@ class World:
     def build(cls, case, device: str | torch.device = "cpu") -> "World":
         device = torch.device(device)
         truth_k, truth_v = _truth(case, device)
-        topo, req = case.topology, case.request
-        prefill = _pools(case, device, topo.prefill_tp, topo.prefill_pp, req.prefill_page_table, req.prefill_pool_pages)
-        decode = _pools(case, device, topo.decode_tp, topo.decode_pp, req.decode_page_table, req.decode_pool_pages)
+        topo, req, kv = case.topology, case.request, case.kv
+        prefill = _pools(case, device, topo.prefill_tp, topo.prefill_pp, req.prefill_page_table, req.prefill_pool_pages,
+                         kv.prefill_page_size)
+        decode = _pools(case, device, topo.decode_tp, topo.decode_pp, req.decode_page_table, req.decode_pool_pages,
+                        kv.decode_page_size)
         world = cls(case, device, truth_k, truth_v, prefill, decode)
         for pool in prefill:
-            world._fill(pool, 0, req.num_tokens)
+            world._fill(pool, 0, req.num_tokens, (truth_k, truth_v))
         for pool in decode:
-            world._fill(pool, 0, req.prefix_len)
+            world._fill(pool, 0, req.prefix_len, world.decode_truth())
         return world
 
-    def _fill(self, pool: RankPool, first: int, last: int) -> None:
-        """Write ground truth tokens ``[first, last)`` into a pool's pages."""
-        ps = self.case.kv.page_size
-        slots = slots_of(pool.page_table, ps, last)[first:]
+    def decode_truth(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V as every decode rank must end up holding them: its own cached prefix, then the moved KV."""
+        prefix = self.case.request.prefix_len
+        return decode_view(self.truth_k, prefix), decode_view(self.truth_v, prefix)
+
+    def _fill(self, pool: RankPool, first: int, last: int, truth: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Write tokens ``[first, last)`` of ``truth`` (K, V) into a pool's pages."""
+        truth_k, truth_v = truth
+        slots = slots_of(pool.page_table, pool.page_size, last)[first:]
         heads = torch.tensor(pool.heads, device=self.device)
         for local, layer in enumerate(pool.layers):
-            for dst, truth in ((pool.k, self.truth_k), (pool.v, self.truth_v)):
+            for dst, truth in ((pool.k, truth_k), (pool.v, truth_v)):
                 int_view(dst[local])[slots] = int_view(truth[layer, first:last][:, heads])
 
     def expected_decode(self, index: int) -> RankPool:
-        """What decode pool ``index`` must hold once the request has moved: truth at every request token."""
+        """What decode pool ``index`` must hold once the request has moved, token by token in its own pages:
+        its own copy of the cached prefix (untouched) and the prefill's ground truth after it."""
         pool = self.decode[index]
         expected = RankPool([canary_like(t) for t in pool.k], [canary_like(t) for t in pool.v],
-                            pool.heads, pool.layers, pool.page_table)
-        self._fill(expected, 0, self.case.request.num_tokens)
+                            pool.heads, pool.layers, pool.page_table, pool.page_size)
+        self._fill(expected, 0, self.case.request.num_tokens, self.decode_truth())
         return expected
+
+    def cached_pages(self) -> int:
+        """Decode pages wholly inside the cached prefix: prefix hits a move must leave untouched."""
+        return self.case.request.prefix_len // self.case.kv.decode_page_size
 
     def snapshot(self) -> tuple[list[RankPool], list[RankPool]]:
         return [p.clone() for p in self.prefill], [p.clone() for p in self.decode]
@@ -130,7 +159,7 @@ class World:
     def request_mask(self, pool: RankPool) -> torch.Tensor:
         """True at the pool slots holding the request's tokens."""
         mask = torch.zeros(pool.k[0].shape[0], dtype=torch.bool, device=self.device)
-        mask[slots_of(pool.page_table, self.case.kv.page_size, self.case.request.num_tokens)] = True
+        mask[slots_of(pool.page_table, pool.page_size, self.case.request.num_tokens)] = True
         return mask
 
     def check_pool_equal(self, where: str, actual: RankPool, expected: RankPool, part: str = "all") -> None:
@@ -149,14 +178,15 @@ class World:
 
     def _explain(self, pool: RankPool, slot: int, head: int, got, want, name: str, local: int) -> str:
         """Say which token/head the wrong value belongs to, and whose data landed there instead."""
-        ps, req = self.case.kv.page_size, self.case.request
-        token_slots = slots_of(pool.page_table, ps, req.num_tokens).tolist()
+        req = self.case.request
+        token_slots = slots_of(pool.page_table, pool.page_size, req.num_tokens).tolist()
         global_head = pool.heads[head]
         row_got = int_view(got)[slot, head]
         if slot not in token_slots:
             return f"slot is outside the request (token pages), canary was overwritten with {_fmt(row_got)}"
         token = token_slots.index(slot)
-        region = "prefix (cached, must stay)" if token < req.prefix_len else "suffix"
+        region = (f"cached prefix, decode page {token // pool.page_size} (a prefix hit: must stay the decode's own "
+                  "copy)" if token < req.prefix_len else "suffix")
         truth = self.truth_k if name == "K" else self.truth_v
         layer = pool.layers[local]
         culprit = _whose(truth, self.truth_v if name == "K" else self.truth_k, row_got, layer)
@@ -187,7 +217,7 @@ def _whose(same: torch.Tensor, other: torch.Tensor, row: torch.Tensor, layer: in
     return ""
 
 
-def _pools(case, device, tp: int, pp: int, page_table, pool_pages: int) -> list[RankPool]:
+def _pools(case, device, tp: int, pp: int, page_table, pool_pages: int, page_size: int) -> list[RankPool]:
     kv, topo = case.kv, case.topology
     layers_per_stage = kv.num_layers // pp
     table = torch.tensor(page_table, dtype=torch.int64, device=device)
@@ -195,10 +225,11 @@ def _pools(case, device, tp: int, pp: int, page_table, pool_pages: int) -> list[
     for stage in range(pp):
         for rank in range(tp):
             heads = owned_heads(topo.total_kv_heads, tp, rank)
-            shape = (pool_pages * kv.page_size, len(heads), kv.head_dim)
+            shape = (pool_pages * page_size, len(heads), kv.head_dim)
             k = [canary_bytes(_nbytes(shape, kv.dtype), device).view(kv.dtype).view(shape) for _ in range(layers_per_stage)]
             v = [canary_bytes(_nbytes(shape, kv.dtype), device).view(kv.dtype).view(shape) for _ in range(layers_per_stage)]
-            pools.append(RankPool(k, v, heads, range(stage * layers_per_stage, (stage + 1) * layers_per_stage), table))
+            pools.append(RankPool(k, v, heads, range(stage * layers_per_stage, (stage + 1) * layers_per_stage), table,
+                                  page_size))
     return pools
 
 
