@@ -283,10 +283,12 @@ class EndToEnd(Protocol):
         indexed ``pp_stage * tp + tp_rank``; a rank's pool holds its PP stage's
         layers.  Page tables cover the whole request on each rank, each side in
         its own page size (one may be a whole multiple of the other).  The
-        decode side already holds its own KV of the first ``prefix_len`` tokens,
-        a whole number of decode pages (prefix hits): those pages must not be
-        written; ``chunk_pages`` counts decode pages.  (Interface 1.1: 1.0 had
-        one ``page_size``.)"""
+        decode side already holds its own KV of the first ``prefix_len`` tokens:
+        the whole decode pages among them are prefix hits and must not be
+        written; a partially cached last page is moved again (it ends holding
+        the prefill's KV).  ``chunk_pages`` counts decode pages.  (Interface
+        1.1: 1.0 had one ``page_size`` and refused a prefix that was not whole
+        pages.)"""
 
 
 class Implementation(HeadMapping, Layout, AllocatorFactory, KvCopy, DirectCopy, DecodeHandlerFactory, EndToEnd,

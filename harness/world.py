@@ -9,11 +9,13 @@ other pool slot carries a canary pattern, so a stray write shows.
 computed from the ground truth alone, token by token (each side addresses
 its pool in its own page size).
 
-The cached prefix is the decode engine's *own* KV of those tokens (computed
-there by an earlier request, shared by the requests that hit it), whose bits
-need not equal the prefill's: the world holds it as the ground truth with the
-lowest bit of every element flipped (``decode_truth``), so a move that
-rewrites a cached page shows even when it writes the prefill's right values.
+The decode's cached prefix is its *own* KV of those tokens (computed there by
+an earlier request), whose bits need not equal the prefill's: the world holds
+it as the ground truth with the lowest bit of every element flipped.  Its
+whole decode pages are prefix hits (shared with the requests that hit them):
+they must keep the decode's copy, so a move that rewrites one shows even when
+it writes the prefill's right values.  A partially cached last page is no hit:
+it is re-read, and ends holding the prefill's KV (``decode_truth``).
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ def canary_bytes(nbytes: int, device) -> torch.Tensor:
     return torch.full((nbytes,), CANARY_BYTE, dtype=torch.uint8, device=device)
 
 
-def decode_view(truth: torch.Tensor, prefix_len: int) -> torch.Tensor:
-    """``[layers, tokens, heads, dim]`` KV as a decode rank must hold it: its own cached copy of tokens
-    ``[0, prefix_len)`` (the ground truth with bit 0 of every element flipped), the moved KV after."""
+def decode_view(truth: torch.Tensor, own_tokens: int) -> torch.Tensor:
+    """``[layers, tokens, heads, dim]`` KV with the decode's own copy of tokens ``[0, own_tokens)`` (the ground
+    truth with bit 0 of every element flipped) and the prefill's after."""
     own = truth.clone()
-    int_view(own)[:, :prefix_len] ^= 1
+    int_view(own)[:, :own_tokens] ^= 1
     return own
 
 
@@ -111,14 +113,16 @@ class World:
         world = cls(case, device, truth_k, truth_v, prefill, decode)
         for pool in prefill:
             world._fill(pool, 0, req.num_tokens, (truth_k, truth_v))
+        own_prefix = (decode_view(truth_k, req.prefix_len), decode_view(truth_v, req.prefix_len))
         for pool in decode:
-            world._fill(pool, 0, req.prefix_len, world.decode_truth())
+            world._fill(pool, 0, req.prefix_len, own_prefix)
         return world
 
     def decode_truth(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V as every decode rank must end up holding them: its own cached prefix, then the moved KV."""
-        prefix = self.case.request.prefix_len
-        return decode_view(self.truth_k, prefix), decode_view(self.truth_v, prefix)
+        """K and V as every decode rank must end up holding them: its own copy on its prefix-hit pages (whole
+        decode pages of the cached prefix), the prefill's KV on every other token (a partial page re-read)."""
+        hits = self.cached_pages() * self.case.kv.decode_page_size
+        return decode_view(self.truth_k, hits), decode_view(self.truth_v, hits)
 
     def _fill(self, pool: RankPool, first: int, last: int, truth: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Write tokens ``[first, last)`` of ``truth`` (K, V) into a pool's pages."""

@@ -64,9 +64,8 @@ def move_request(
         raise ValueError(f"prefix_len {prefix_len} must lie in [0, num_tokens={num_tokens})")
     if prefill_page_size < 1 or decode_page_size < 1:
         raise ValueError(f"page sizes must be >= 1, got prefill {prefill_page_size}, decode {decode_page_size}")
-    if prefix_len % decode_page_size:
-        raise ValueError(f"decode prefix {prefix_len} is not a multiple of the decode page size {decode_page_size}; "
-                         "prefix hits are whole decode pages")
+    # Prefix hits are whole decode pages; a partially cached last page is moved again, whole.
+    prefix_len -= prefix_len % decode_page_size
     prefill_slots = [_slots(table, prefill_page_size, num_tokens) for table in prefill_page_tables]
     for stage in range(decode_pp):
         for rank in range(decode_tp):
