@@ -126,12 +126,11 @@ class World:
 
     def _fill(self, pool: RankPool, first: int, last: int, truth: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Write tokens ``[first, last)`` of ``truth`` (K, V) into a pool's pages."""
-        truth_k, truth_v = truth
         slots = slots_of(pool.page_table, pool.page_size, last)[first:]
         heads = torch.tensor(pool.heads, device=self.device)
         for local, layer in enumerate(pool.layers):
-            for dst, truth in ((pool.k, truth_k), (pool.v, truth_v)):
-                int_view(dst[local])[slots] = int_view(truth[layer, first:last][:, heads])
+            for dst, values in zip((pool.k, pool.v), truth):
+                int_view(dst[local])[slots] = int_view(values[layer, first:last][:, heads])
 
     def expected_decode(self, index: int) -> RankPool:
         """What decode pool ``index`` must hold once the request has moved, token by token in its own pages:
@@ -189,8 +188,13 @@ class World:
         if slot not in token_slots:
             return f"slot is outside the request (token pages), canary was overwritten with {_fmt(row_got)}"
         token = token_slots.index(slot)
-        region = (f"cached prefix, decode page {token // pool.page_size} (a prefix hit: must stay the decode's own "
-                  "copy)" if token < req.prefix_len else "suffix")
+        hits = self.cached_pages() * self.case.kv.decode_page_size
+        if token < hits:
+            region = f"prefix hit, decode page {token // pool.page_size}: must keep the decode's own copy"
+        elif token < req.prefix_len:
+            region = f"cached but in partial decode page {token // pool.page_size}: re-read, the prefill's KV"
+        else:
+            region = "suffix"
         truth = self.truth_k if name == "K" else self.truth_v
         layer = pool.layers[local]
         culprit = _whose(truth, self.truth_v if name == "K" else self.truth_k, row_got, layer)
