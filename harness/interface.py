@@ -23,6 +23,8 @@ Conventions shared by every method:
   ``[pool_tokens, heads_on_rank, head_dim]``; pool token ``t`` lives in page
   ``t // page_size``.  Layers may be strided views of shared, padded
   allocations (docs/domain.md#pool-layouts): address them through their strides.
+  Prefill and decode page sizes may differ in ``move_request`` only
+  (``prefill_page_size`` / ``decode_page_size``).
 * A *page table* is a 1-D int64 tensor of page indices; token ``i`` of the
   list lives in pool slot ``page_table[i // page_size] * page_size + i % page_size``.
 * A staging region is a 1-D ``torch.uint8`` tensor.  A writer's part of it is
@@ -268,7 +270,8 @@ class EndToEnd(Protocol):
         decode_tp: int,
         prefill_pp: int,
         decode_pp: int,
-        page_size: int,
+        prefill_page_size: int,
+        decode_page_size: int,
         prefill_pools: Sequence[Pool],
         prefill_page_tables: Sequence[torch.Tensor],
         decode_pools: Sequence[Pool],
@@ -280,7 +283,14 @@ class EndToEnd(Protocol):
     ) -> None:
         """Move tokens ``[prefix_len, num_tokens)`` of one request.  Pools are
         indexed ``pp_stage * tp + tp_rank``; a rank's pool holds its PP stage's
-        layers.  Page tables cover the whole request on each rank."""
+        layers.  Page tables cover the whole request on each rank, each side in
+        its own page size (one may be a whole multiple of the other).  The
+        decode side already holds its own KV of the first ``prefix_len`` tokens:
+        the whole decode pages among them are prefix hits and must not be
+        written; a partially cached last page is moved again (it ends holding
+        the prefill's KV).  ``chunk_pages`` counts decode pages.  (Interface
+        1.1: 1.0 had one ``page_size`` and refused a prefix that was not whole
+        pages.)"""
 
 
 class Implementation(HeadMapping, Layout, AllocatorFactory, KvCopy, DirectCopy, DecodeHandlerFactory, EndToEnd,

@@ -26,6 +26,8 @@ LIMITS: dict[str, str] = {
     "no_pipeline_fan_in": "prefill and decode run the same PP size (no decode stage fed by several prefill stages)",
     "contiguous_layers": "every pool layer is a contiguous tensor of its own (no shared, fused, strided or padded "
                          "pool layouts, docs/domain.md#pool-layouts)",
+    "no_decode_pipeline": "decode runs one PP stage (no pipeline parallelism on the decode side; with "
+                          "no_pipeline_fan_in, none on either side)",
 }
 
 
@@ -59,17 +61,24 @@ def _fit(limits: frozenset[str], value: Any) -> Any:
 
     if isinstance(value, TransferCase):
         if "whole_pages" in limits:
-            tokens = _whole_pages(value.request.num_tokens, value.kv.page_size)
-            value = dataclasses.replace(value, request=dataclasses.replace(value.request, num_tokens=tokens))
-        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology), layout=_fit_layout(limits, value.layout))
+            value = dataclasses.replace(value, request=_whole_pages_on_both_sides(value.request, value.kv))
+        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology),
+                                   layout=_fit_layout(limits, value.layout))
     if isinstance(value, RankShape):
-        return dataclasses.replace(value, topology=_fit_topology(limits, value.topology), layout=_fit_layout(limits, value.layout))
+        topology = _fit_topology(limits, value.topology)
+        # A decode rank of a later stage becomes the same TP rank of the one stage left.
+        return dataclasses.replace(value, topology=topology, decode_index=value.decode_index % topology.decode_tp
+                                   if topology.decode_pp == 1 else value.decode_index,
+                                   layout=_fit_layout(limits, value.layout))
     if type(value) in (tuple, list):
         return type(value)(_fit(limits, item) for item in value)
     return value
 
 
 def _fit_topology(limits: frozenset[str], topology):
+    # Decode PP first: decode PP 1 always divides prefill PP, and fan-in then brings prefill PP to 1 as well.
+    if "no_decode_pipeline" in limits and topology.decode_pp != 1:
+        topology = dataclasses.replace(topology, decode_pp=1)
     if "no_pipeline_fan_in" in limits and topology.prefill_pp != topology.decode_pp:
         return dataclasses.replace(topology, prefill_pp=topology.decode_pp)
     return topology
@@ -79,6 +88,20 @@ def _fit_layout(limits: frozenset[str], layout):
     from strategies.pool_layout import CONTIGUOUS
 
     return CONTIGUOUS if "contiguous_layers" in limits else layout
+
+
+def _whole_pages_on_both_sides(request, kv):
+    """The request grown to whole pages of the larger page size (one is a multiple of the other), the other
+    side's page table extended by fresh pages at the end of its pool when it is then too short."""
+    tokens = _whole_pages(request.num_tokens, max(kv.page_size, kv.decode_page_size))
+    sides = {}
+    for side, page_size in (("prefill", kv.page_size), ("decode", kv.decode_page_size)):
+        table, pool_pages = getattr(request, f"{side}_page_table"), getattr(request, f"{side}_pool_pages")
+        extra = tokens // page_size - len(table)
+        if extra > 0:
+            table, pool_pages = tuple(table) + tuple(range(pool_pages, pool_pages + extra)), pool_pages + extra
+        sides.update({f"{side}_page_table": table, f"{side}_pool_pages": pool_pages})
+    return dataclasses.replace(request, num_tokens=tokens, **sides)
 
 
 def _whole_pages(tokens: int, page_size: int) -> int:

@@ -9,7 +9,16 @@ laid out as the case's ``layout`` says (views of shared, padded allocations:
 ``strategies.pool_layout``); the gaps between views and the margins around each
 allocation are canary too, checked by the world's ``fence``.
 ``expected_decode`` gives what each decode pool must hold afterwards,
-computed from the ground truth alone.
+computed from the ground truth alone, token by token (each side addresses
+its pool in its own page size).
+
+The decode's cached prefix is its *own* KV of those tokens (computed there by
+an earlier request), whose bits need not equal the prefill's: the world holds
+it as the ground truth with the lowest bit of every element flipped.  Its
+whole decode pages are prefix hits (shared with the requests that hit them):
+they must keep the decode's copy, so a move that rewrites one shows even when
+it writes the prefill's right values.  A partially cached last page is no hit:
+it is re-read, and ends holding the prefill's KV (``decode_truth``).
 """
 
 from __future__ import annotations
@@ -36,6 +45,14 @@ def canary_like(t: torch.Tensor) -> torch.Tensor:
                       device=t.device).view(t.dtype)
 
 
+def decode_view(truth: torch.Tensor, own_tokens: int) -> torch.Tensor:
+    """``[layers, tokens, heads, dim]`` KV with the decode's own copy of tokens ``[0, own_tokens)`` (the ground
+    truth with bit 0 of every element flipped) and the prefill's after."""
+    own = truth.clone()
+    int_view(own)[:, :own_tokens] ^= 1
+    return own
+
+
 def slots_of(page_table: torch.Tensor, page_size: int, num_tokens: int) -> torch.Tensor:
     """Pool slots of tokens ``0..num_tokens-1`` of a page table."""
     token = torch.arange(num_tokens, device=page_table.device)
@@ -51,9 +68,11 @@ class RankPool:
     heads: list[int]
     layers: range
     page_table: torch.Tensor
+    page_size: int  #: tokens per page of ``page_table`` (each side has its own)
 
     def clone(self) -> "RankPool":
-        return RankPool([t.clone() for t in self.k], [t.clone() for t in self.v], self.heads, self.layers, self.page_table)
+        return RankPool([t.clone() for t in self.k], [t.clone() for t in self.v], self.heads, self.layers,
+                        self.page_table, self.page_size)
 
 
 def _truth(case, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +95,7 @@ def _truth(case, device) -> tuple[torch.Tensor, torch.Tensor]:
 class World:
     case: TransferCase
     device: torch.device
-    truth_k: torch.Tensor
+    truth_k: torch.Tensor  # what prefill computed: the KV that moves
     truth_v: torch.Tensor
     prefill: list[RankPool]  # index pp_stage * prefill_tp + tp_rank
     decode: list[RankPool]   # index pp_stage * decode_tp + tp_rank
@@ -86,35 +105,46 @@ class World:
     def build(cls, case, device: str | torch.device = "cpu") -> "World":
         device = torch.device(device)
         truth_k, truth_v = _truth(case, device)
-        topo, req = case.topology, case.request
+        topo, req, kv = case.topology, case.request, case.kv
         fence = CanaryFence(device)
         prefill = _pools(case, fence, "prefill", topo.prefill_tp, topo.prefill_pp, req.prefill_page_table,
-                         req.prefill_pool_pages)
+                         req.prefill_pool_pages, kv.prefill_page_size)
         decode = _pools(case, fence, "decode", topo.decode_tp, topo.decode_pp, req.decode_page_table,
-                        req.decode_pool_pages)
+                        req.decode_pool_pages, kv.decode_page_size)
         world = cls(case, device, truth_k, truth_v, prefill, decode, fence)
         for pool in prefill:
-            world._fill(pool, 0, req.num_tokens)
+            world._fill(pool, 0, req.num_tokens, (truth_k, truth_v))
+        own_prefix = (decode_view(truth_k, req.prefix_len), decode_view(truth_v, req.prefix_len))
         for pool in decode:
-            world._fill(pool, 0, req.prefix_len)
+            world._fill(pool, 0, req.prefix_len, own_prefix)
         return world
 
-    def _fill(self, pool: RankPool, first: int, last: int) -> None:
-        """Write ground truth tokens ``[first, last)`` into a pool's pages."""
-        ps = self.case.kv.page_size
-        slots = slots_of(pool.page_table, ps, last)[first:]
+    def decode_truth(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V as every decode rank must end up holding them: its own copy on its prefix-hit pages (whole
+        decode pages of the cached prefix), the prefill's KV on every other token (a partial page re-read)."""
+        hits = self.cached_pages() * self.case.kv.decode_page_size
+        return decode_view(self.truth_k, hits), decode_view(self.truth_v, hits)
+
+    def _fill(self, pool: RankPool, first: int, last: int, truth: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Write tokens ``[first, last)`` of ``truth`` (K, V) into a pool's pages."""
+        slots = slots_of(pool.page_table, pool.page_size, last)[first:]
         heads = torch.tensor(pool.heads, device=self.device)
         for local, layer in enumerate(pool.layers):
-            for dst, truth in ((pool.k, self.truth_k), (pool.v, self.truth_v)):
-                int_view(dst[local])[slots] = int_view(truth[layer, first:last][:, heads])
+            for dst, values in zip((pool.k, pool.v), truth):
+                int_view(dst[local])[slots] = int_view(values[layer, first:last][:, heads])
 
     def expected_decode(self, index: int) -> RankPool:
-        """What decode pool ``index`` must hold once the request has moved: truth at every request token."""
+        """What decode pool ``index`` must hold once the request has moved, token by token in its own pages:
+        its own copy of the cached prefix (untouched) and the prefill's ground truth after it."""
         pool = self.decode[index]
         expected = RankPool([canary_like(t) for t in pool.k], [canary_like(t) for t in pool.v],
-                            pool.heads, pool.layers, pool.page_table)
-        self._fill(expected, 0, self.case.request.num_tokens)
+                            pool.heads, pool.layers, pool.page_table, pool.page_size)
+        self._fill(expected, 0, self.case.request.num_tokens, self.decode_truth())
         return expected
+
+    def cached_pages(self) -> int:
+        """Decode pages wholly inside the cached prefix: prefix hits a move must leave untouched."""
+        return self.case.request.prefix_len // self.case.kv.decode_page_size
 
     def snapshot(self) -> tuple[list[RankPool], list[RankPool]]:
         return [p.clone() for p in self.prefill], [p.clone() for p in self.decode]
@@ -135,7 +165,7 @@ class World:
     def request_mask(self, pool: RankPool) -> torch.Tensor:
         """True at the pool slots holding the request's tokens."""
         mask = torch.zeros(pool.k[0].shape[0], dtype=torch.bool, device=self.device)
-        mask[slots_of(pool.page_table, self.case.kv.page_size, self.case.request.num_tokens)] = True
+        mask[slots_of(pool.page_table, pool.page_size, self.case.request.num_tokens)] = True
         return mask
 
     def check_pool_equal(self, where: str, actual: RankPool, expected: RankPool, part: str = "all") -> None:
@@ -154,14 +184,20 @@ class World:
 
     def _explain(self, pool: RankPool, slot: int, head: int, got, want, name: str, local: int) -> str:
         """Say which token/head the wrong value belongs to, and whose data landed there instead."""
-        ps, req = self.case.kv.page_size, self.case.request
-        token_slots = slots_of(pool.page_table, ps, req.num_tokens).tolist()
+        req = self.case.request
+        token_slots = slots_of(pool.page_table, pool.page_size, req.num_tokens).tolist()
         global_head = pool.heads[head]
         row_got = int_view(got)[slot, head].contiguous()  # a strided layout's row cannot be viewed as bytes
         if slot not in token_slots:
             return f"slot is outside the request (token pages), canary was overwritten with {_fmt(row_got)}"
         token = token_slots.index(slot)
-        region = "prefix (cached, must stay)" if token < req.prefix_len else "suffix"
+        hits = self.cached_pages() * self.case.kv.decode_page_size
+        if token < hits:
+            region = f"prefix hit, decode page {token // pool.page_size}: must keep the decode's own copy"
+        elif token < req.prefix_len:
+            region = f"cached but in partial decode page {token // pool.page_size}: re-read, the prefill's KV"
+        else:
+            region = "suffix"
         truth = self.truth_k if name == "K" else self.truth_v
         layer = pool.layers[local]
         culprit = _whose(truth, self.truth_v if name == "K" else self.truth_k, row_got, layer)
@@ -192,8 +228,9 @@ def _whose(same: torch.Tensor, other: torch.Tensor, row: torch.Tensor, layer: in
     return ""
 
 
-def _pools(case, fence: CanaryFence, side: str, tp: int, pp: int, page_table, pool_pages: int) -> list[RankPool]:
-    """Each rank's pool, all canary, laid out as ``case.layout`` says."""
+def _pools(case, fence: CanaryFence, side: str, tp: int, pp: int, page_table, pool_pages: int,
+           page_size: int) -> list[RankPool]:
+    """Each rank's pool, all canary, laid out as ``case.layout`` says, addressed in ``page_size`` pages."""
     kv, topo = case.kv, case.topology
     layers_per_stage = kv.num_layers // pp
     table = torch.tensor(page_table, dtype=torch.int64, device=fence.device)
@@ -202,9 +239,9 @@ def _pools(case, fence: CanaryFence, side: str, tp: int, pp: int, page_table, po
         for rank in range(tp):
             heads = owned_heads(topo.total_kv_heads, tp, rank)
             layers = range(stage * layers_per_stage, (stage + 1) * layers_per_stage)
-            k, v = fence.pool(case.layout, layers, pool_pages * kv.page_size, len(heads), kv.head_dim, kv.dtype,
+            k, v = fence.pool(case.layout, layers, pool_pages * page_size, len(heads), kv.head_dim, kv.dtype,
                               f"{side} pool {stage * tp + rank}")
-            pools.append(RankPool(k, v, heads, layers, table))
+            pools.append(RankPool(k, v, heads, layers, table, page_size))
     return pools
 
 

@@ -5,6 +5,10 @@ decode rank and each chunk of the suffix, every writer gathers its head slice
 into its own buffer, the transport writes it into the decode rank's staging
 region, and the region is scattered.  Receivers without staging take the
 direct head-slice copy instead.
+
+Prefill and decode may use different page sizes: chunks are whole decode
+pages, and the prefill side is read token by token through its slot list (a
+page table of one-token pages), so a chunk may start inside a prefill page.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def move_request(
     decode_tp: int,
     prefill_pp: int,
     decode_pp: int,
-    page_size: int,
+    prefill_page_size: int,
+    decode_page_size: int,
     prefill_pools: Sequence[Pool],
     prefill_page_tables: Sequence[torch.Tensor],
     decode_pools: Sequence[Pool],
@@ -57,13 +62,22 @@ def move_request(
         )
     if not 0 <= prefix_len < num_tokens:
         raise ValueError(f"prefix_len {prefix_len} must lie in [0, num_tokens={num_tokens})")
-    if prefix_len % page_size:
-        raise ValueError(f"decode prefix {prefix_len} is not a multiple of page size {page_size}; KV moves by whole pages")
+    if prefill_page_size < 1 or decode_page_size < 1:
+        raise ValueError(f"page sizes must be >= 1, got prefill {prefill_page_size}, decode {decode_page_size}")
+    # Prefix hits are whole decode pages; a partially cached last page is moved again, whole.
+    prefix_len -= prefix_len % decode_page_size
+    prefill_slots = [_slots(table, prefill_page_size, num_tokens) for table in prefill_page_tables]
     for stage in range(decode_pp):
         for rank in range(decode_tp):
             index = stage * decode_tp + rank
-            _feed_decode_rank(topo, stage, rank, page_size, prefill_pools, prefill_page_tables,
+            _feed_decode_rank(topo, stage, rank, decode_page_size, prefill_pools, prefill_slots,
                               decode_pools[index], decode_page_tables[index], prefix_len, num_tokens, chunk_pages, staged)
+
+
+def _slots(page_table: torch.Tensor, page_size: int, num_tokens: int) -> torch.Tensor:
+    """Pool slots of the request's tokens: a page table of one-token pages."""
+    token = torch.arange(num_tokens, device=page_table.device)
+    return page_table[token // page_size] * page_size + token % page_size
 
 
 def _writers(topo: TpTopology, stage: int, rank: int) -> list[tuple[int, int, int]]:
@@ -76,20 +90,22 @@ def _writers(topo: TpTopology, stage: int, rank: int) -> list[tuple[int, int, in
     return writers
 
 
-def _feed_decode_rank(topo, stage, rank, page_size, prefill_pools, prefill_tables, pool, table,
+def _feed_decode_rank(topo, stage, rank, page_size, prefill_pools, prefill_slots, pool, table,
                       prefix_len, num_tokens, chunk_pages, staged) -> None:
+    """``page_size`` and ``table`` are the decode rank's; ``prefill_slots`` each prefill rank's token slots."""
     k_dst, v_dst = pool
     writers = _writers(topo, stage, rank)
     slices = [topo.head_slice(prefill_rank, rank) for _, prefill_rank, _ in writers]
     layers_per_writer = len(prefill_pools[writers[0][0]][0])
     first_page = prefix_len // page_size
     if not staged:
+        decode_slots = _slots(table, page_size, num_tokens)[prefix_len:]
         for (pool_index, _, layer_slot), hs in zip(writers, slices):
             k_src, v_src = prefill_pools[pool_index]
             layers = slice(layer_slot * layers_per_writer, (layer_slot + 1) * layers_per_writer)
-            kv_copy.direct_copy(k_src, v_src, prefill_tables[pool_index][first_page:], hs.source_start,
-                                k_dst[layers], v_dst[layers], table[first_page:], hs.destination_start,
-                                hs.count, page_size, num_tokens - prefix_len)
+            kv_copy.direct_copy(k_src, v_src, prefill_slots[pool_index][prefix_len:], hs.source_start,
+                                k_dst[layers], v_dst[layers], decode_slots, hs.destination_start,
+                                hs.count, 1, num_tokens - prefix_len)
         return
     destinations = [(hs.destination_start, layer_slot * layers_per_writer) for (_, _, layer_slot), hs in zip(writers, slices)]
     for page_start, _, tokens in chunk_grid(prefix_len, num_tokens, page_size, chunk_pages):
@@ -99,7 +115,8 @@ def _feed_decode_rank(topo, stage, rank, page_size, prefill_pools, prefill_table
         for slot, ((pool_index, _, _), hs) in enumerate(zip(writers, slices)):
             k_src, v_src = prefill_pools[pool_index]
             buffer = torch.empty(layout.writer_bytes, dtype=torch.uint8, device=k_src[0].device)
-            kv_copy.gather(k_src, v_src, prefill_tables[pool_index][first_page + page_start:], page_size, tokens,
+            first_token = prefix_len + page_start * page_size
+            kv_copy.gather(k_src, v_src, prefill_slots[pool_index][first_token:], 1, tokens,
                            hs.source_start, hs.count, buffer)
             transport.write(region, layout.writer_span(slot)[0], buffer.to(region.device))
         kv_copy.scatter(region, destinations, slices[0].count, layers_per_writer, k_dst, v_dst,

@@ -23,7 +23,7 @@ from strategies.allocator_program import allocator_programs, assign_sizes, capac
 from strategies.arrival import arrival_orders
 from strategies.bad_topology import INVALID_TOPOLOGY_REASONS, TP_NOT_NESTED, InvalidTopology, invalid_topologies
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
-from strategies.kv import LARGE_HEAD_DIMS, dtypes, head_dims, kv_specs, layer_counts, page_sizes
+from strategies.kv import LARGE_HEAD_DIMS, dtypes, head_dims, kv_specs, layer_counts, page_size_pairs, page_sizes
 from strategies.pool_layout import CONTIGUOUS, LAYOUT_KINDS, PoolLayout, pool_layouts
 from strategies.receiver import (
     RECEIVER_KINDS,
@@ -70,6 +70,7 @@ __all__ = [
     "kv_head_counts",
     "kv_specs",
     "layer_counts",
+    "page_size_pairs",
     "page_sizes",
     "page_tables",
     "pipeline_sizes",

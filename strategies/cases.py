@@ -32,20 +32,39 @@ class TpTopology:
 
 @dataclass(frozen=True)
 class KvSpec:
-    """Shape of the KV cache: ``num_layers`` is divisible by both PP sizes."""
+    """Shape of the KV cache: ``num_layers`` is divisible by both PP sizes.
+
+    ``page_size`` is the prefill side's page size, and the decode side's unless
+    ``decode_page_size`` is given (``None`` means the same; it reads back as an
+    int either way).  Different sizes exist only for end-to-end moves (vLLM's
+    decode block a multiple of the prefill block, or the reverse); the
+    primitive capabilities take one page size (docs/domain.md).
+    """
 
     num_layers: int
     head_dim: int
     dtype: torch.dtype
     page_size: int
+    decode_page_size: int = None  # type: ignore[assignment]  # normalised to an int below
+
+    def __post_init__(self) -> None:
+        if self.decode_page_size is None:  # a normalisation, not a check: invalid specs stay representable
+            object.__setattr__(self, "decode_page_size", self.page_size)
+
+    @property
+    def prefill_page_size(self) -> int:
+        return self.page_size
 
 
 @dataclass(frozen=True)
 class RequestSpec:
     """One request's token range, chunk grid and page tables on both sides.
 
-    Page tables hold ``ceil(num_tokens / page_size)`` distinct page ids below
-    their pool size; each pool has pages outside the request (canaries).
+    Each side's page table holds ``ceil(num_tokens / page size)`` distinct page
+    ids of that side's page size (``KvSpec.page_size`` / ``decode_page_size``)
+    below its pool size; each pool has pages outside the request (canaries).
+    The decode side holds the first ``prefix_len`` tokens already (its own
+    copy; ``chunk_pages`` counts decode pages).
     """
 
     num_tokens: int

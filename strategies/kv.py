@@ -76,3 +76,24 @@ def kv_specs(
         dtype=dtypes() if dtype is None else dtype,
         page_size=page_sizes() if page_size is None else page_size,
     )
+
+
+#: Ratios between the larger and the smaller page size of a pair (1: equal sizes).
+PAGE_SIZE_RATIOS = (1, 2, 4, 3)
+
+
+def page_size_pairs(max_size: int = 64, ratios: tuple[int, ...] = PAGE_SIZE_RATIOS
+                    ) -> st.SearchStrategy[tuple[int, int]]:
+    """``(prefill page size, decode page size)`` where one is a whole multiple of the other, in both
+    directions (vLLM's decode block ``r`` x the prefill block in pull mode, and the reverse in push
+    mode), the larger at most ``max_size``.  Shrinks toward equal sizes, then a larger decode page,
+    then the smallest sizes."""
+    if not ratios or min(ratios) < 1:
+        raise ValueError(f"ratios must be a non-empty tuple of integers >= 1, got {ratios!r}")
+
+    def pair(ratio: int) -> st.SearchStrategy[tuple[int, int]]:
+        smaller = page_sizes(max_size=max(1, max_size // ratio))
+        return st.tuples(smaller, st.booleans()).map(
+            lambda drawn: (drawn[0] * ratio, drawn[0]) if drawn[1] else (drawn[0], drawn[0] * ratio))
+
+    return st.sampled_from(tuple(r for r in ratios if r <= max_size)).flatmap(pair)

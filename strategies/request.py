@@ -69,13 +69,14 @@ def prefix_lengths(num_tokens: int, page_size: int, aligned: bool | None = True)
 
 
 @st.composite
-def _request_specs(draw, page_size, aligned, max_tokens, max_chunk_pages, max_extra_pool_pages):
+def _request_specs(draw, page_size, decode_page_size, aligned, max_tokens, max_chunk_pages, max_extra_pool_pages):
     num_tokens = draw(token_counts(max_tokens, min_tokens=2 if aligned is False else 1, page_size=page_size))
-    prefix_len = draw(prefix_lengths(num_tokens, page_size, aligned))
+    # The cached prefix is the decode side's: whole decode pages when aligned.
+    prefix_len = draw(prefix_lengths(num_tokens, decode_page_size, aligned))
     chunk_pages = draw(sizes(1, max_chunk_pages))
-    num_pages = _pages_for(num_tokens, page_size)
     tables = []
-    for _side in ("prefill", "decode"):
+    for side_page_size in (page_size, decode_page_size):
+        num_pages = _pages_for(num_tokens, side_page_size)
         pool_pages = num_pages + draw(st.integers(1, max_extra_pool_pages))
         tables += [draw(page_tables(num_pages, pool_pages)), pool_pages]
     # More chunks: more arrivals to interleave, more regions alive in the ring at once.
@@ -90,18 +91,23 @@ def request_specs(
     max_tokens: int = 64,
     max_chunk_pages: int = 4,
     max_extra_pool_pages: int = 4,
+    decode_page_size: int | None = None,
 ) -> st.SearchStrategy[RequestSpec]:
     """``RequestSpec`` for ``page_size``: 1..``max_tokens`` tokens, a prefix as
     in ``prefix_lengths(aligned=aligned_prefix)``, 1..``max_chunk_pages`` pages
     per chunk, and on each side a fragmented page table in a pool 1..
     ``max_extra_pool_pages`` pages larger than the table (canary pages).
 
+    ``decode_page_size`` (default: ``page_size``) is the decode side's page
+    size: its table, pool and the prefix alignment count decode pages.
     Shrinks toward one token, no prefix, one-page chunks, tables ``(0, ...)``
-    and one spare page.  ``aligned_prefix=False`` needs ``page_size > 1``.
+    and one spare page.  ``aligned_prefix=False`` needs a decode page size > 1.
     """
-    _check_alignment(page_size, aligned_prefix)
+    decode_page_size = page_size if decode_page_size is None else decode_page_size
+    _check_alignment(decode_page_size, aligned_prefix)
+    _check_alignment(page_size, None)
     if max_tokens < (2 if aligned_prefix is False else 1):
         raise ValueError(f"max_tokens too small for aligned_prefix={aligned_prefix}: {max_tokens}")
     if max_chunk_pages < 1 or max_extra_pool_pages < 1:
         raise ValueError("max_chunk_pages and max_extra_pool_pages must be >= 1 (pools need canary pages)")
-    return _request_specs(page_size, aligned_prefix, max_tokens, max_chunk_pages, max_extra_pool_pages)
+    return _request_specs(page_size, decode_page_size, aligned_prefix, max_tokens, max_chunk_pages, max_extra_pool_pages)

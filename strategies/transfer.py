@@ -32,17 +32,19 @@ def _fold(value: int, cap: int) -> int:
 @st.composite
 def _transfer_cases(draw, topologies, aligned_prefix, max_tokens, dtypes, page_sizes, max_layers_per_stage,
                     max_chunk_pages, nan_payloads, max_pool_elements, layouts):
-    """Draw topology, dtype, page size and request first, then layers and head
+    """Draw topology, dtype, page sizes and request first, then layers and head
     dim bounded so the pools fit the element budget (soft: one layer per stage
-    and head_dim 1 are kept even if they exceed it)."""
+    and head_dim 1 are kept even if they exceed it).  ``page_sizes`` draws
+    ``(prefill, decode)`` pairs."""
     topology = draw(topologies)
     dtype = draw(dtypes)
-    page_size = draw(page_sizes)
-    request = draw(request_specs(page_size, aligned_prefix, max_tokens=max_tokens, max_chunk_pages=max_chunk_pages))
+    page_size, decode_page_size = draw(page_sizes)
+    request = draw(request_specs(page_size, aligned_prefix, max_tokens=max_tokens, max_chunk_pages=max_chunk_pages,
+                                 decode_page_size=decode_page_size))
 
     def elements(num_layers: int, head_dim: int) -> int:
         return pool_elements(topology, num_layers, head_dim, request.prefill_pool_pages * page_size,
-                             request.decode_pool_pages * page_size)
+                             request.decode_pool_pages * decode_page_size)
 
     # Caps fold oversized draws back into range instead of narrowing the
     # strategies: every draw keeps its shape, so the shrinker sees a fixed
@@ -54,14 +56,23 @@ def _transfer_cases(draw, topologies, aligned_prefix, max_tokens, dtypes, page_s
     seed = draw(st.integers(0, 2**32 - 1))
     nan = draw(st.booleans()) if nan_payloads is None else nan_payloads
     layout = draw(layouts)
-    return TransferCase(topology, KvSpec(num_layers, head_dim, dtype, page_size), request, seed, nan, layout)
+    return TransferCase(topology, KvSpec(num_layers, head_dim, dtype, page_size, decode_page_size), request, seed, nan,
+                        layout)
 
 
-def _page_sizes_for(aligned_prefix: bool | None, page_sizes: st.SearchStrategy[int] | None) -> st.SearchStrategy[int]:
-    """A non-aligned prefix exists only with pages of 2+ tokens."""
+def _page_size_pairs_for(aligned_prefix: bool | None, page_sizes: st.SearchStrategy[int] | None,
+                         page_size_pairs: st.SearchStrategy[tuple[int, int]] | None
+                         ) -> st.SearchStrategy[tuple[int, int]]:
+    """``(prefill, decode)`` page sizes; a non-aligned prefix exists only with decode pages of 2+ tokens."""
+    if page_sizes is not None and page_size_pairs is not None:
+        raise ValueError("give page_sizes (one size for both sides) or page_size_pairs, not both")
+    if page_size_pairs is not None:
+        return page_size_pairs if aligned_prefix is not False else page_size_pairs.filter(lambda p: p[1] > 1)
     if aligned_prefix is not False:
-        return _page_sizes() if page_sizes is None else page_sizes
-    return _page_sizes(min_size=2) if page_sizes is None else page_sizes.filter(lambda p: p > 1)
+        sizes = _page_sizes() if page_sizes is None else page_sizes
+    else:
+        sizes = _page_sizes(min_size=2) if page_sizes is None else page_sizes.filter(lambda p: p > 1)
+    return sizes.map(lambda p: (p, p))
 
 
 def transfer_cases(
@@ -71,6 +82,7 @@ def transfer_cases(
     *,
     dtypes: st.SearchStrategy[torch.dtype] | None = None,
     page_sizes: st.SearchStrategy[int] | None = None,
+    page_size_pairs: st.SearchStrategy[tuple[int, int]] | None = None,
     max_layers_per_stage: int = 4,
     max_chunk_pages: int = 4,
     nan_payloads: bool | None = None,
@@ -81,7 +93,10 @@ def transfer_cases(
 
     ``topologies`` defaults to ``topologies()``; ``aligned_prefix`` as in
     ``request_specs`` (with ``False`` page sizes are 2 or more);
-    ``nan_payloads=None`` draws it.  The head dim is capped so the KV pools of
+    ``nan_payloads=None`` draws it.  Prefill and decode use one page size
+    from ``page_sizes`` unless ``page_size_pairs`` (e.g. ``page_size_pairs()``)
+    draws ``(prefill, decode)`` sizes: cases for ``end_to_end`` moves only,
+    the primitives take one page size.  The head dim is capped so the KV pools of
     all ranks hold about ``max_pool_elements`` elements at most (default
     2**17, i.e. about 0.5 MB at float32), which keeps an example well under a
     tenth of a second on CPU; layers per stage are capped the same way (the
@@ -101,7 +116,7 @@ def transfer_cases(
         aligned_prefix,
         max_tokens,
         _dtypes() if dtypes is None else dtypes,
-        _page_sizes_for(aligned_prefix, page_sizes),
+        _page_size_pairs_for(aligned_prefix, page_sizes, page_size_pairs),
         max_layers_per_stage,
         max_chunk_pages,
         nan_payloads,

@@ -115,6 +115,16 @@ class MoveRequestRenamed:
         pass
 
 
+class MoveRequestOfInterface10:
+    """``move_request`` as interface 1.0 had it (one ``page_size``): refused at load, naming the new parameter."""
+
+    capabilities = frozenset({"end_to_end"})
+
+    def move_request(self, *, total_kv_heads, prefill_tp, decode_tp, prefill_pp, decode_pp, page_size, prefill_pools,
+                     prefill_page_tables, decode_pools, decode_page_tables, prefix_len, num_tokens, chunk_pages, staged):
+        pass
+
+
 @pytest.mark.parametrize("impl, fragments", [
     (TooFewPositional, ["'kv_copy'", "gather(k_layers, v_layers, page_table, page_size, num_tokens, head_start, "
                         "head_count) cannot accept", "takes 7 positional argument(s) but the harness passes 8",
@@ -127,6 +137,8 @@ class MoveRequestRenamed:
     (HandlerPositionalOnly, ["'staging' is positional-only but the harness passes it by keyword", "remove the '/'"]),
     (HandlerExtraKeyword, ["requires parameter(s) device"]),
     (MoveRequestRenamed, ["'end_to_end'", "requires parameter(s) total_heads"]),
+    (MoveRequestOfInterface10, ["'end_to_end'", "no parameter 'prefill_page_size', which the harness passes by keyword",
+                                "add prefill_page_size"]),
 ], ids=lambda v: v.__name__ if inspect.isclass(v) else "")
 def test_wrong_signature_is_one_error_naming_method_parameter_and_fix(impl, fragments):
     with pytest.raises(ImplementationError) as caught:

@@ -11,6 +11,7 @@ from harness.conformance import (
 )
 from reference.plugin import ReferenceImplementation
 from tests.broken import device as broken_device
+from tests.broken import end_to_end as broken_e2e
 from tests.broken import kv_copy as broken_copy
 from tests.broken import lifecycle as broken_life
 from tests.broken import mapping as broken_map
@@ -46,6 +47,9 @@ CASES = [
     (broken_life.NoMisalignedPrefixCheck, test_lifecycle.test_lifecycle_failure_is_contained, CPU, "[lifecycle]"),
     (broken_map.AcceptsAnyTopology, test_bad_topology.test_bad_topology_head_mapping, {}, "[bad_topology]"),
     (broken_map.AcceptsAnyTopology, test_bad_topology.test_bad_topology_end_to_end, {}, "[bad_topology]"),
+    # interface 1.1: two page sizes, decode prefix hits
+    (broken_e2e.IgnoresPageSizeRatio, test_round_trip.test_round_trip_end_to_end, CPU, "[round_trip]"),
+    (broken_e2e.WritesPrefixHits, test_round_trip.test_round_trip_end_to_end, CPU, "[round_trip]"),
 ]
 
 

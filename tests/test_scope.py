@@ -30,11 +30,30 @@ def test_limits_fill_the_last_page_and_drop_pipeline_fan_in():
     assert fitted.request.prefill_page_table == CASE.request.prefill_page_table  # still enough pages
 
 
-@given(case=kst.transfer_cases())
+class NoPipeline:
+    limits = frozenset({"no_decode_pipeline", "no_pipeline_fan_in"})
+
+
+class NoDecodePipeline:
+    limits = frozenset({"no_decode_pipeline"})
+
+
+def test_no_decode_pipeline_keeps_prefill_stages_unless_fan_in_is_declared_too():
+    case = TransferCase(TpTopology(2, 1, 2, prefill_pp=4, decode_pp=2), KvSpec(4, 2, torch.float32, 4),
+                        CASE.request, seed=0, nan_payloads=False)
+    assert (scope.fit(NoDecodePipeline(), case).topology.prefill_pp, scope.fit(NoDecodePipeline(), case).topology.decode_pp) == (4, 1)
+    both = scope.fit(NoPipeline(), case).topology
+    assert (both.prefill_pp, both.decode_pp) == (1, 1)
+    shape = scope.fit(NoDecodePipeline(), RankShape(case.topology, case.kv, decode_index=3))
+    assert shape.decode_index == 1 and shape.layers == range(0, 4)  # stage 1, TP rank 1 -> the one stage's rank 1
+
+
+@given(case=kst.transfer_cases(page_size_pairs=kst.page_size_pairs()))
 def test_fitted_cases_are_within_scope(case):
     fitted = scope.fit(Narrow(), case)
-    assert fitted.request.num_tokens % fitted.kv.page_size == 0
-    assert fitted.request.num_tokens <= len(fitted.request.decode_page_table) * fitted.kv.page_size
+    assert fitted.request.num_tokens % fitted.kv.decode_page_size == 0
+    assert fitted.request.num_tokens <= len(fitted.request.decode_page_table) * fitted.kv.decode_page_size
+    assert fitted.request.num_tokens <= len(fitted.request.prefill_page_table) * fitted.kv.page_size
     assert fitted.topology.prefill_pp == fitted.topology.decode_pp
     assert fitted.kv.num_layers % fitted.topology.prefill_pp == 0
 

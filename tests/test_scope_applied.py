@@ -62,9 +62,9 @@ def test_the_narrow_implementation_raises_outside_its_scope():
     with pytest.raises(OutOfScope, match="out of declared scope"):
         unhooked(impl=NarrowReference(), device="cpu", case=OUTSIDE)
     with pytest.raises(OutOfScope, match="whole_pages"):
-        NarrowReference().move_request(prefill_pp=1, decode_pp=1, num_tokens=5, page_size=4)
+        NarrowReference().move_request(prefill_pp=1, decode_pp=1, num_tokens=5, decode_page_size=4)
     with pytest.raises(OutOfScope, match="no_pipeline_fan_in"):
-        NarrowReference().move_request(prefill_pp=2, decode_pp=1, num_tokens=4, page_size=4)
+        NarrowReference().move_request(prefill_pp=2, decode_pp=1, num_tokens=4, decode_page_size=4)
 
 
 @pytest.mark.parametrize("test", GIVEN_TESTS, ids=lambda t: t.__name__)

@@ -724,3 +724,28 @@ def test_generated_receivers_include_the_protocol_corners():
             pass
     assert {t.Tensor, numpy.ndarray, numpy.bool_, numpy.int64, float, complex, bytes} <= values
 
+
+# -- two page sizes (interface 1.1) ------------------------------------------------------
+def test_page_size_pairs_reach_both_directions_with_whole_ratios():
+    drawn = census(S.page_size_pairs(), 200)
+    assert all(max(p, d) % min(p, d) == 0 and max(p, d) <= 64 for p, d in drawn)
+    assert any(d > p for p, d in drawn) and any(p > d for p, d in drawn) and any(p == d for p, d in drawn)
+    assert simplest(S.page_size_pairs()) == (1, 1)
+    with pytest.raises(ValueError, match="ratios"):
+        S.page_size_pairs(ratios=(0,))
+
+
+@given(case=S.transfer_cases(aligned_prefix=None, page_size_pairs=S.page_size_pairs()))
+@settings(max_examples=60, derandomize=True, database=None)
+def test_transfer_cases_with_two_page_sizes_have_tables_in_each_sides_pages(case):
+    kv, req = case.kv, case.request
+    assert len(req.prefill_page_table) == -(-req.num_tokens // kv.page_size)
+    assert len(req.decode_page_table) == -(-req.num_tokens // kv.decode_page_size)
+    assert max(req.decode_page_table) < req.decode_pool_pages and max(req.prefill_page_table) < req.prefill_pool_pages
+
+
+def test_equal_page_sizes_stay_the_default_and_kv_specs_normalise():
+    assert all(c.kv.decode_page_size == c.kv.page_size for c in census(S.transfer_cases(), 30))
+    assert S.KvSpec(1, 1, torch.float32, 4) == S.KvSpec(1, 1, torch.float32, 4, 4)
+    with pytest.raises(ValueError, match="not both"):
+        S.transfer_cases(page_sizes=S.page_sizes(), page_size_pairs=S.page_size_pairs())

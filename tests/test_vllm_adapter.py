@@ -201,6 +201,61 @@ def _check_move_bit_exact(impl, topology, prefix):
     check_untouched("prefill", prefill_before, world.prefill)
 
 
+def _two_block_sizes_world(topology, prefill_block, decode_block, tokens, prefix):
+    """One request on prefill blocks of ``prefill_block`` and decode blocks of ``decode_block`` tokens (fragmented
+    tables, a spare block each side), NaN payloads included."""
+    prefill_pages, decode_pages = -(-tokens // prefill_block), -(-tokens // decode_block)
+    case = TransferCase(topology, KvSpec(2, 4, torch.bfloat16, prefill_block, decode_block),
+                        RequestSpec(tokens, prefix, 1, tuple(reversed(range(prefill_pages))), prefill_pages + 2,
+                                    tuple(range(1, decode_pages + 1)), decode_pages + 2), seed=7, nan_payloads=True)
+    return World.build(case, "cpu")
+
+
+@pytest.mark.parametrize("topology", [TpTopology(4, 2, 2), TpTopology(4, 1, 2)])
+@pytest.mark.parametrize("prefix", [0, 4, 5])
+def test_pull_moves_into_larger_decode_blocks_bit_exact(impl, topology, prefix):
+    """vLLM's block_size_ratio path (decode block = 2 prefill blocks: local descriptors at the remote
+    granularity, sub-blocks permuted after the READ), with whole-block prefix hits (4) and a partial block
+    re-read (5): prefix-hit blocks keep the decode's own KV, the rest lands bit-exact."""
+    world = _two_block_sizes_world(topology, 2, 4, 11, prefix)
+    prefill_before, _ = world.snapshot()
+    move_end_to_end(impl, world)
+    world.check_decode(part="all")
+    check_untouched("prefill", prefill_before, world.prefill)
+
+
+def test_pull_larger_decode_blocks_are_permuted_by_vllm(impl, monkeypatch):
+    """Without vLLM's post-receive sub-block permutation the decode KV is wrong: the test above can fail."""
+    monkeypatch.setattr(CODE.modules["base_worker"], "kv_postprocess_blksize_on_receive",
+                        lambda cache, indices, ratio: None)
+    world = _two_block_sizes_world(TpTopology(4, 2, 2), 2, 4, 11, 0)
+    move_end_to_end(impl, world)
+    with pytest.raises(InvariantViolation, match="differs at pool slot"):
+        world.check_decode(part="all")
+
+
+def test_pull_prefix_hit_into_a_partial_last_decode_block_misplaces_tokens(impl):
+    """Finding (READING.md): decode blocks of 4 prefill blocks, one cached, the last decode block partly filled:
+    the local sub-blocks are clipped to the whole prefill list, then _apply_prefix_caching keeps the prefill
+    list's tail of that length, so decode token 4 receives prefill token 1."""
+    world = _two_block_sizes_world(TpTopology(4, 1, 2), 1, 4, 9, 4)
+    move_end_to_end(impl, world)
+    with pytest.raises(InvariantViolation, match=r"token 4 \(suffix\).*= ground truth token 1,"):
+        world.check_decode(part="all")
+
+
+def test_pull_refuses_larger_prefill_blocks(impl):
+    """By design: pull reads into decode blocks a whole multiple of the prefill's; the reverse fails the handshake."""
+    from adapters.vllm.implementation import VllmTransferFailed
+
+    with pytest.raises(VllmTransferFailed, match="handshake_setup_failed"):
+        move_end_to_end(impl, _two_block_sizes_world(TpTopology(4, 2, 2), 4, 2, 11, 0))
+
+
+def test_limits_declare_no_decode_pipeline_and_for_pull_no_fan_in(impl):
+    assert impl.limits == frozenset({"no_decode_pipeline", "no_pipeline_fan_in"})
+
+
 def test_pull_refuses_decode_pipeline_parallelism(impl):
     case = TransferCase(TpTopology(2, 1, 1, 2, 2), KvSpec(2, 2, torch.float32, 2), RequestSpec(4, 0, 1, (0, 1), 3, (1, 0), 3),
                         seed=1, nan_payloads=False)
@@ -215,7 +270,7 @@ def test_engine_sizes_below_one_refused_by_vllm_parallel_config(impl, field):
     k = [torch.zeros(4, 1, 1)]
     sizes = {"prefill_tp": 1, "decode_tp": 1, "prefill_pp": 1, "decode_pp": 1, field: 0}
     with pytest.raises(ValueError, match="parallel_size"):
-        impl.move_request(total_kv_heads=1, **sizes, page_size=1, prefill_pools=[(k, k)], prefill_page_tables=[torch.arange(4)],
+        impl.move_request(total_kv_heads=1, **sizes, prefill_page_size=1, decode_page_size=1, prefill_pools=[(k, k)], prefill_page_tables=[torch.arange(4)],
                           decode_pools=[(k, k)], decode_page_tables=[torch.arange(4)], prefix_len=0, num_tokens=4,
                           chunk_pages=1, staged=True)
     assert int(k[0].abs().sum()) == 0
@@ -235,7 +290,7 @@ def push_impl():
 def test_push_moves_request_bit_exact(push_impl, topology, prefix):
     """Push WRITEs, including PP fan-in (prefill PP 2 into decode PP 1), which pull cannot do."""
     _check_move_bit_exact(push_impl, topology, prefix)
-    assert push_impl.limits == frozenset()
+    assert push_impl.limits == frozenset({"no_decode_pipeline"})
 
 
 def test_push_refuses_decode_replication(push_impl):

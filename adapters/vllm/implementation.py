@@ -135,9 +135,11 @@ class VllmImplementation:
     """vLLM's NIXL connector: head mapping and whole-request moves through its pull worker."""
 
     capabilities = frozenset({"head_mapping", "end_to_end"})
-    #: Declared per mode (vLLM's design, see docs/vllm.md): pull has no pipeline fan-in (a decode rank
-    #: compares its regions with one prefill rank's); push writes PP>1 prefill stages into a PP=1 decode.
-    LIMITS_BY_MODE = {"pull": frozenset({"no_pipeline_fan_in"}), "push": frozenset()}
+    #: Declared per mode (vLLM's design, see docs/vllm.md): a decode worker refuses PP > 1 in both modes
+    #: (``NotImplementedError`` in its ``__init__``); pull has no pipeline fan-in either (a decode rank compares
+    #: its regions with one prefill rank's), so no PP at all; push writes PP>1 prefill stages into a PP=1 decode.
+    LIMITS_BY_MODE = {"pull": frozenset({"no_decode_pipeline", "no_pipeline_fan_in"}),
+                      "push": frozenset({"no_decode_pipeline"})}
 
     def __init__(self, code: VllmCode, mode: str = "pull", decode_layout: str = "LBHNC") -> None:
         if mode not in self.LIMITS_BY_MODE:
@@ -241,16 +243,19 @@ class VllmImplementation:
 
     # -- end_to_end -----------------------------------------------------------------------
     def move_request(self, *, total_kv_heads: int, prefill_tp: int, decode_tp: int, prefill_pp: int, decode_pp: int,
-                     page_size: int, prefill_pools: Sequence, prefill_page_tables: Sequence[torch.Tensor],
-                     decode_pools: Sequence, decode_page_tables: Sequence[torch.Tensor], prefix_len: int,
-                     num_tokens: int, chunk_pages: int, staged: bool) -> None:
+                     prefill_page_size: int, decode_page_size: int, prefill_pools: Sequence,
+                     prefill_page_tables: Sequence[torch.Tensor], decode_pools: Sequence,
+                     decode_page_tables: Sequence[torch.Tensor], prefix_len: int, num_tokens: int, chunk_pages: int,
+                     staged: bool) -> None:
         """One request through vLLM's pull or push path (``staged`` and ``chunk_pages`` have no vLLM counterpart:
-        NIXL moves the request's blocks directly, all at once)."""
+        NIXL moves the request's blocks directly, all at once).  Each engine's block size is its page size;
+        the decode's prefix hit is ``prefix_len // decode_page_size`` whole blocks."""
         with self._move_lock:
             fabric = Fabric()
             with self._env.fabric(fabric), LogCapture().attached("vllm.distributed.kv_transfer") as log:
                 move = _Move(self, fabric, log, total_kv_heads=total_kv_heads, prefill_tp=prefill_tp,
-                             decode_tp=decode_tp, prefill_pp=prefill_pp, decode_pp=decode_pp, page_size=page_size,
+                             decode_tp=decode_tp, prefill_pp=prefill_pp, decode_pp=decode_pp,
+                             block_sizes={PREFILL_ENGINE: prefill_page_size, DECODE_ENGINE: decode_page_size},
                              prefix_len=prefix_len, num_tokens=num_tokens)
                 try:
                     move.run(prefill_pools, prefill_page_tables, decode_pools, decode_page_tables)
@@ -262,11 +267,12 @@ class _Move:
     """One ``move_request``: build both engines' workers, run the mode's protocol, copy the pools back."""
 
     def __init__(self, impl: VllmImplementation, fabric: Fabric, log: LogCapture, *, total_kv_heads: int,
-                 prefill_tp: int, decode_tp: int, prefill_pp: int, decode_pp: int, page_size: int, prefix_len: int,
+                 prefill_tp: int, decode_tp: int, prefill_pp: int, decode_pp: int, block_sizes: dict[str, int],
+                 prefix_len: int,
                  num_tokens: int) -> None:
         self.impl, self.code, self.fabric, self.log = impl, impl.code, fabric, log
         self.H, self.P, self.D, self.prefill_pp, self.decode_pp = total_kv_heads, prefill_tp, decode_tp, prefill_pp, decode_pp
-        self.page_size, self.prefix_len, self.num_tokens = page_size, prefix_len, num_tokens
+        self.block_sizes, self.prefix_len, self.num_tokens = block_sizes, prefix_len, num_tokens
         self.worker_class = self.code.NixlPullConnectorWorker if impl.mode == "pull" else self.code.NixlPushConnectorWorker
         self.prefill: list[_Rank] = []
         self.decode: list[_Rank] = []
@@ -289,10 +295,11 @@ class _Move:
         self.decode = [self._rank("kv_consumer", DECODE_ENGINE, index, self.D, self.decode_pp, pools, num_layers)
                        for index, pools in enumerate(decode_pools)]
         self.addresses[DECODE_ENGINE] = self._listen(self.decode)
-        pages = -(-self.num_tokens // self.page_size)
-        cached = self.prefix_len // self.page_size  # vLLM's prefix cache hits are whole blocks
-        remote_blocks = [int(b) for b in prefill_table[:pages].tolist()]
-        local_blocks = [int(b) for b in decode_table[cached:pages].tolist()]
+        prefill_block, decode_block = self.block_sizes[PREFILL_ENGINE], self.block_sizes[DECODE_ENGINE]
+        cached = self.prefix_len // decode_block  # vLLM's prefix cache hits are whole decode blocks
+        # Prefill hands over every block of the request; decode allocates only its uncached blocks.
+        remote_blocks = [int(b) for b in prefill_table[:-(-self.num_tokens // prefill_block)].tolist()]
+        local_blocks = [int(b) for b in decode_table[cached:-(-self.num_tokens // decode_block)].tolist()]
         for rank in self.prefill:
             sending = self.code.NixlConnectorMetadata()
             sending.reqs_to_send[REQUEST_ID] = time.perf_counter() + 3600.0
@@ -318,7 +325,7 @@ class _Move:
             REQUEST_ID, local_block_ids=[local_blocks],
             kv_transfer_params={"remote_block_ids": () if push else [remote_blocks], "remote_engine_id": PREFILL_ENGINE,
                                 "remote_request_id": REQUEST_ID, "remote_host": host, "remote_port": port,
-                                "tp_size": self.P, "pp_size": self.prefill_pp, "remote_block_size": self.page_size,
+                                "tp_size": self.P, "pp_size": self.prefill_pp, "remote_block_size": self.block_sizes[PREFILL_ENGINE],
                                 "remote_num_tokens": self.num_tokens},
             local_num_computed_blocks=(cached,), awaiting_kvs=True)
         if push:  # the push scheduler's registration (push_scheduler.py update_state_after_alloc)
@@ -337,16 +344,17 @@ class _Move:
         layers = range(stage * per_stage, stage * per_stage + len(k_layers))
         names = [env.LAYER_NAME.format(i) for i in layers]
         layout = self.impl.decode_layout if engine == DECODE_ENGINE else "LBHNC"
-        caches = {name: to_vllm_cache(k, v, self.page_size, layout) for name, k, v in zip(names, k_layers, v_layers)}
+        block_size = self.block_sizes[engine]
+        caches = {name: to_vllm_cache(k, v, block_size, layout) for name, k, v in zip(names, k_layers, v_layers)}
         for cache in caches.values():
             self.fabric.memory.add(cache)
         first = k_layers[0]
         model = env.ModelStandIn(total_kv_heads=self.H, head_size=first.shape[2], num_layers=num_layers, dtype=first.dtype,
                                  pipeline_size=pp_size, pipeline_rank=stage)
-        config = env.vllm_config(self.code, model=model, tp_size=tp_size, block_size=self.page_size, kv_role=role,
+        config = env.vllm_config(self.code, model=model, tp_size=tp_size, block_size=block_size, kv_role=role,
                                  layout=layout, enable_permute_local_kv=layout != "LBHNC")
-        cache_config = env.kv_cache_config(self.code, layers=layers, num_blocks=first.shape[0] // self.page_size,
-                                           block_size=self.page_size, local_heads=first.shape[1], head_size=first.shape[2],
+        cache_config = env.kv_cache_config(self.code, layers=layers, num_blocks=first.shape[0] // block_size,
+                                           block_size=block_size, local_heads=first.shape[1], head_size=first.shape[2],
                                            dtype=first.dtype)
         with self.impl._env.ranks.rank(tp_rank, tp_size):
             worker = self.worker_class(config, engine, cache_config)

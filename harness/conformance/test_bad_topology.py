@@ -48,7 +48,7 @@ def test_bad_topology_end_to_end(impl, bad):
     before = k[0].clone()
     _expect_refusal(lambda: impl.move_request(
         total_kv_heads=t.total_kv_heads, prefill_tp=t.prefill_tp, decode_tp=t.decode_tp, prefill_pp=t.prefill_pp,
-        decode_pp=t.decode_pp, page_size=1, prefill_pools=pools, prefill_page_tables=[torch.arange(4)] * len(pools),
+        decode_pp=t.decode_pp, prefill_page_size=1, decode_page_size=1, prefill_pools=pools, prefill_page_tables=[torch.arange(4)] * len(pools),
         decode_pools=pools, decode_page_tables=[torch.arange(4)] * len(pools), prefix_len=0, num_tokens=4,
         chunk_pages=1, staged=True), bad, "move_request")
     if not torch.equal(k[0], before):

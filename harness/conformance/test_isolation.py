@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 
 import strategies as kst
 from harness.engine.moves import move_end_to_end, move_with_direct_copy, move_with_kv_copy
+from harness.conformance.test_round_trip import DECODE_PAGES_LARGER, PREFILL_PAGES_LARGER
 from harness.world import World, check_untouched
 
 
@@ -31,7 +32,9 @@ def test_isolation_direct_copy(impl, device, case):
 
 
 @pytest.mark.invariant("isolation", requires=("end_to_end",))
-@given(case=kst.transfer_cases())
+@given(case=kst.transfer_cases(aligned_prefix=None, page_size_pairs=kst.page_size_pairs()))
+@example(case=DECODE_PAGES_LARGER)
+@example(case=PREFILL_PAGES_LARGER)
 def test_isolation_end_to_end(impl, device, case):
     world = World.build(case, device)
     prefill_before, _ = world.snapshot()

@@ -14,6 +14,14 @@ from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 # Random bit patterns (NaN payloads, signalling NaNs, -0.0) must survive: no float arithmetic on the way.
 _NAN_PAYLOADS = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 4, torch.bfloat16, 2),
                              RequestSpec(6, 2, 1, (2, 0, 1), 4, (1, 3, 0), 4), seed=7, nan_payloads=True)
+# Two page sizes with a prefix hit, each direction (interface 1.1): decode pages of 4 prefill pages, one
+# cached and 3 tokens of the next (re-read); prefill pages of 2 decode pages, the first decode page cached
+# (prefill page 0 half re-read).
+DECODE_PAGES_LARGER = TransferCase(TpTopology(2, 1, 2), KvSpec(2, 3, torch.float16, 2, 8),
+                                   RequestSpec(19, 11, 1, (9, 3, 0, 7, 1, 8, 2, 6, 4, 5), 11, (2, 0, 3), 4),
+                                   seed=3, nan_payloads=False)
+PREFILL_PAGES_LARGER = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 2, torch.bfloat16, 8, 4),
+                                    RequestSpec(13, 4, 2, (1, 0), 3, (3, 1, 4, 0), 5), seed=5, nan_payloads=True)
 
 
 @pytest.mark.invariant("round_trip", requires=("kv_copy",))
@@ -36,8 +44,12 @@ def test_round_trip_decode_handler(impl, device, case, slack):
 
 
 @pytest.mark.invariant("round_trip", requires=("end_to_end",))
-@given(case=kst.transfer_cases())
+@given(case=kst.transfer_cases(aligned_prefix=None, page_size_pairs=kst.page_size_pairs()))
+@example(case=DECODE_PAGES_LARGER)
+@example(case=PREFILL_PAGES_LARGER)
 def test_round_trip_end_to_end(impl, device, case):
+    """Prefill and decode page sizes may differ; the decode's prefix-hit pages keep its own KV, a partially
+    cached page is re-read."""
     world = World.build(case, device)
     move_end_to_end(impl, world, staged=True)
     world.check_decode(part="request")

@@ -28,7 +28,17 @@ class StagedReceiver:
         return "StagedReceiver()"
 
 
+def one_page_size(case) -> int:
+    """The page size of a case moved by the primitives, which take one page size for both sides."""
+    kv = case.kv
+    if kv.decode_page_size != kv.page_size:
+        raise ValueError(f"prefill pages of {kv.page_size} and decode pages of {kv.decode_page_size} tokens: only "
+                         "end_to_end moves take two page sizes (draw such cases with page_size_pairs for them only)")
+    return kv.page_size
+
+
 def case_shape(world: World, index: int) -> RankShape:
+    one_page_size(world.case)
     return RankShape.of_case(world.case, index)
 
 
@@ -97,30 +107,31 @@ def stage_case(rank: Rank, receiver: Any = None, order: Optional[Sequence[tuple[
 # -- no handler: the pieces, or move_request --------------------------------------------------
 def move_with_kv_copy(impl: Any, world: World) -> None:
     """Gather every writer, write its bytes into a guarded region, scatter the region."""
-    case = world.case
-    req, kv = case.request, case.kv
-    first_page = req.prefix_len // kv.page_size
+    req = world.case.request
+    page_size = one_page_size(world.case)
+    first_page = req.prefix_len // page_size
     for index, pool in enumerate(world.decode):
         shape = case_shape(world, index)
         plans = writer_plans(impl, shape)
-        for geometry in oracles.chunk_grid(req.prefix_len, req.num_tokens, kv.page_size, req.chunk_pages):
+        for geometry in oracles.chunk_grid(req.prefix_len, req.num_tokens, page_size, req.chunk_pages):
             page_start, _, tokens = geometry
             layout = chunk_layout(impl, shape, plans, tokens)
             region = Guarded(sum(n for _, n in layout), world.device)
             for plan, (offset, nbytes) in zip(plans, layout):
-                buf = gather(impl, world.prefill[plan.prefill_index], plan, kv.page_size, req.prefix_len, geometry,
+                buf = gather(impl, world.prefill[plan.prefill_index], plan, page_size, req.prefix_len, geometry,
                              nbytes, world.device)
                 region.inner[offset:offset + nbytes].copy_(buf.inner)
             impl.scatter(region.inner, [(p.destination_start, p.layer_start) for p in plans], plans[0].count,
                          shape.layers_per_writer, pool.k, pool.v, pool.page_table[first_page + page_start:],
-                         kv.page_size, tokens)
+                         page_size, tokens)
             region.check_margins("scatter")
 
 
 def move_with_direct_copy(impl: Any, world: World) -> None:
     """Non-staged path: every writer's head slice copied straight into the decode pool."""
-    req, kv = world.case.request, world.case.kv
-    first_page = req.prefix_len // kv.page_size
+    req = world.case.request
+    page_size = one_page_size(world.case)
+    first_page = req.prefix_len // page_size
     for index, pool in enumerate(world.decode):
         shape = case_shape(world, index)
         layers = shape.layers_per_writer
@@ -129,14 +140,16 @@ def move_with_direct_copy(impl: Any, world: World) -> None:
             span = slice(plan.layer_start, plan.layer_start + layers)
             impl.direct_copy(src.k, src.v, src.page_table[first_page:], plan.source_start,
                              pool.k[span], pool.v[span], pool.page_table[first_page:], plan.destination_start,
-                             plan.count, kv.page_size, req.num_tokens - req.prefix_len)
+                             plan.count, page_size, req.num_tokens - req.prefix_len)
 
 
 def move_end_to_end(impl: Any, world: World, staged: bool = True) -> None:
+    """``move_request`` with each side's page tables in its own page size."""
     topo, req, kv = world.case.topology, world.case.request, world.case.kv
     impl.move_request(
         total_kv_heads=topo.total_kv_heads, prefill_tp=topo.prefill_tp, decode_tp=topo.decode_tp,
-        prefill_pp=topo.prefill_pp, decode_pp=topo.decode_pp, page_size=kv.page_size,
+        prefill_pp=topo.prefill_pp, decode_pp=topo.decode_pp, prefill_page_size=kv.prefill_page_size,
+        decode_page_size=kv.decode_page_size,
         prefill_pools=[(p.k, p.v) for p in world.prefill], prefill_page_tables=[p.page_table for p in world.prefill],
         decode_pools=[(p.k, p.v) for p in world.decode], decode_page_tables=[p.page_table for p in world.decode],
         prefix_len=req.prefix_len, num_tokens=req.num_tokens, chunk_pages=req.chunk_pages, staged=staged,
@@ -144,4 +157,4 @@ def move_end_to_end(impl: Any, world: World, staged: bool = True) -> None:
 
 
 __all__ = ["StagedReceiver", "case_rank", "chunk_bytes_for", "chunk_count", "has", "move_end_to_end", "move_with_direct_copy",
-           "move_with_kv_copy", "ring_bytes_for", "stage_case"]
+           "move_with_kv_copy", "one_page_size", "ring_bytes_for", "stage_case"]

@@ -184,7 +184,8 @@ def seeded_truth(shape: RankShape, plan: RequestPlan, device: torch.device) -> t
 
 
 def world_truth(world: World, shape: RankShape) -> torch.Tensor:
-    """The world's ground truth restricted to the rank's heads and layers, as ``seeded_truth`` lays it out."""
+    """What the world's decode rank must hold (``World.decode_truth``: its own cached prefix, then the moved KV),
+    restricted to the rank's heads and layers, as ``seeded_truth`` lays it out."""
     layers, heads = shape.layers, torch.tensor(shape.heads, device=world.device)
-    parts = [int_view(t[layers.start:layers.stop].index_select(2, heads)) for t in (world.truth_k, world.truth_v)]
+    parts = [int_view(t[layers.start:layers.stop].index_select(2, heads)) for t in world.decode_truth()]
     return torch.stack(parts)

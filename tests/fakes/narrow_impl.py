@@ -55,8 +55,8 @@ class NarrowReference(ReferenceImplementation):
     def move_request(self, **kwargs: Any) -> None:
         _inside(kwargs["prefill_pp"] == kwargs["decode_pp"],
                 f"prefill_pp={kwargs['prefill_pp']} decode_pp={kwargs['decode_pp']} (no_pipeline_fan_in)")
-        _inside(kwargs["num_tokens"] % kwargs["page_size"] == 0,
-                f"num_tokens={kwargs['num_tokens']} on pages of {kwargs['page_size']} (whole_pages)")
+        _inside(kwargs["num_tokens"] % kwargs["decode_page_size"] == 0,
+                f"num_tokens={kwargs['num_tokens']} on decode pages of {kwargs['decode_page_size']} (whole_pages)")
         super().move_request(**kwargs)
 
 
