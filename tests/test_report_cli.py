@@ -106,23 +106,27 @@ def test_xfails_file_turns_listed_failures_into_xfail_rows(suite):
 def test_json_schema_and_markdown(suite):
     _, report = run_plugin(suite)
     assert set(report) == {"schema_version", "impl", "versions", "profile", "devices", "xfails_file", "completion",
-                           "summary", "rows", "failures", "run"}
+                           "summary", "rows", "failures", "run", "configurations", "new_checks"}
+    assert report["configurations"] == [] and report["new_checks"] == []  # no configurations, no target declared
     assert report["completion"] == {"state": "complete", "exit_status": 1, "note": None}
     # "ci" when Hypothesis detected a CI environment when it was imported (the plugin keeps that choice)
     assert report["schema_version"] == 1 and report["profile"] in ("default", "ci")
     assert report["impl"] == {"spec": FAKE, "name": "fake", "target": FAKE,
-                              "capabilities": ["head_mapping", "layout"], "limits": [], "error": None}
+                              "capabilities": ["head_mapping", "layout"], "limits": [], "error": None,
+                              "catalogue_version": None}
     assert set(report["versions"]) == {"python", "torch", "triton", "hypothesis", "pytest", "kvconform"}
     assert set(report["run"]) == {"suite", "catalogue_version", "implementation", "configuration", "device_names",
                                   "driver", "platform"}
     assert report["devices"]["requested"] == "all" and "cpu" in report["devices"]["selected"]
     assert [row["invariant"] for row in report["rows"]] == [inv.id for inv in INVARIANTS]
     row_keys = {"invariant", "title", "status", "tests", "passed", "failed", "interrupted", "xfailed", "xpassed",
-                "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities", "failure_statuses"}
-    assert all(set(row) == row_keys for row in report["rows"])
+                "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities", "failure_statuses",
+                "configurations"}
+    assert all(set(row) == row_keys and row["configurations"] == {} for row in report["rows"])
     assert {f["invariant"] for f in report["failures"]} == {"layout", "isolation"}
     assert all(set(f) == {"invariant", "test", "index", "test_failures", "status", "phase", "error", "explanation",
-                          "counterexample", "reproduce_failure", "seed", "repro"} for f in report["failures"])
+                          "counterexample", "reproduce_failure", "seed", "repro", "configuration"}
+               and f["configuration"] is None for f in report["failures"])
     assert report["summary"]["fail"] == 2 and report["summary"]["failed_tests"] == 2
     assert report["summary"]["failures"] == 2
     assert report["summary"]["failure_statuses"] == {"fail": 2, "timeout": 0, "crash": 0, "out-of-bounds": 0}

@@ -10,7 +10,7 @@ from harness.engine.moves import move_end_to_end, move_with_direct_copy, move_wi
 from harness.world import World, check_untouched
 
 
-@pytest.mark.invariant("isolation", requires=("kv_copy",))
+@pytest.mark.invariant("isolation", requires=("kv_copy",), since="1.0")
 @given(case=kst.transfer_cases())
 def test_isolation_kv_copy(impl, device, case):
     world = World.build(case, device)
@@ -20,7 +20,7 @@ def test_isolation_kv_copy(impl, device, case):
     world.check_decode(part="outside")
 
 
-@pytest.mark.invariant("isolation", requires=("direct_copy",))
+@pytest.mark.invariant("isolation", requires=("direct_copy",), since="1.0")
 @given(case=kst.transfer_cases(topologies=kst.topologies(pipeline=False)))
 def test_isolation_direct_copy(impl, device, case):
     world = World.build(case, device)
@@ -30,7 +30,7 @@ def test_isolation_direct_copy(impl, device, case):
     world.check_decode(part="outside")
 
 
-@pytest.mark.invariant("isolation", requires=("end_to_end",))
+@pytest.mark.invariant("isolation", requires=("end_to_end",), since="1.0")
 @given(case=kst.transfer_cases())
 def test_isolation_end_to_end(impl, device, case):
     world = World.build(case, device)

@@ -16,7 +16,7 @@ _NAN_PAYLOADS = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 4, torch.bfloat16, 2
                              RequestSpec(6, 2, 1, (2, 0, 1), 4, (1, 3, 0), 4), seed=7, nan_payloads=True)
 
 
-@pytest.mark.invariant("round_trip", requires=("kv_copy",))
+@pytest.mark.invariant("round_trip", requires=("kv_copy",), since="1.0")
 @given(case=kst.transfer_cases())
 @example(case=_NAN_PAYLOADS)
 def test_round_trip_kv_copy(impl, device, case):
@@ -25,7 +25,7 @@ def test_round_trip_kv_copy(impl, device, case):
     world.check_decode(part="request")
 
 
-@pytest.mark.invariant("round_trip", requires=("allocator", "kv_copy", "decode_handler"))
+@pytest.mark.invariant("round_trip", requires=("allocator", "kv_copy", "decode_handler"), since="1.0")
 @given(case=kst.transfer_cases(), slack=st.integers(1, 3))
 def test_round_trip_decode_handler(impl, device, case, slack):
     """Through the decode handler and a ring that holds ``slack`` chunks (1: every chunk wraps)."""
@@ -35,7 +35,7 @@ def test_round_trip_decode_handler(impl, device, case, slack):
     world.check_decode(part="request")
 
 
-@pytest.mark.invariant("round_trip", requires=("end_to_end",))
+@pytest.mark.invariant("round_trip", requires=("end_to_end",), since="1.0")
 @given(case=kst.transfer_cases())
 def test_round_trip_end_to_end(impl, device, case):
     world = World.build(case, device)
