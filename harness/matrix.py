@@ -1,7 +1,10 @@
 """``kvconform matrix``: merge report JSON files into one table across implementations, versions and devices.
 
-One row per invariant, one column per report: implementation@version ×
-configuration × device (from the report's run info, ``harness.runinfo``).
+One row per invariant, one column per report and configuration: implementation@version ×
+configuration × device (from the report's run info, ``harness.runinfo``).  A report of an
+implementation that declares configurations (``harness.loading``: vLLM's pull, push,
+permute) gives one column per configuration it ran, each with that configuration's
+declared limits and cells.
 Each cell is the row's status in that report (``pass``, ``fail``, ``xfail``,
 ``not-implemented``, ``not-run``, ``interrupted``; ``absent`` when the report
 has no row for the invariant, e.g. made with an older catalogue), with the
@@ -40,7 +43,8 @@ EXIT_USAGE = 4  # as the run command's usage errors (harness.cli.EXIT_USAGE)
 
 DESCRIPTION = """\
 Merge kvconform report JSON files (kvconform-report.json) into one matrix: one row per
-invariant, one column per report (implementation@version, configuration, device), each cell
+invariant, one column per report and configuration (implementation@version, configuration,
+device; a report of several configurations gives one column each), each cell
 the invariant's status in that report (""" + ", ".join(ROW_STATUSES) + """, or absent
 when the report has no such row) plus the failure statuses of a failing row (""" + ", ".join(
     s for s in FAILURE_STATUSES if s != "fail") + """).
@@ -97,29 +101,30 @@ def read_report(path: Path | str) -> dict[str, Any]:
     return report
 
 
-def column(path: Path | str) -> Column:
-    """The matrix column of the report at ``path``."""
+def columns(path: Path | str) -> list[Column]:
+    """The matrix columns of the report at ``path``: one per configuration it ran, or one."""
     path = Path(path).resolve()
     report = read_report(path)
     run = report.get("run") or {}
     impl = report.get("impl") or {}
     identity = run.get("implementation") or _identity_from_name(str(impl.get("name") or impl.get("spec") or UNKNOWN))
-    return Column(
+    configurations = [c for c in report.get("configurations") or () if isinstance(c, dict) and c.get("name")]
+    return [Column(
         implementation=str(identity.get("project") or UNKNOWN),
         version=str(identity.get("version") or UNKNOWN),
-        configuration=_configuration(report, run),
+        configuration=_configuration(report, run, config),
         device=_device(report, run),
         report=path,
         document=next((p for p in (path.with_suffix(".md"),) if p.is_file()), path),
         reading=next((d / READING for d in (path.parent, path.parent.parent) if (d / READING).is_file()), None),
         run=_run_summary(report, run),
-        statuses=_cells(report),
-    )
+        statuses=_cells(report, config["name"] if config else None),
+    ) for config in configurations or [None]]
 
 
 def build(paths: list[Path | str]) -> list[Column]:
     """Columns of every report, in a stable order (implementation, version, configuration, device)."""
-    return sorted((column(path) for path in paths), key=lambda c: c.sort_key)
+    return sorted((c for path in paths for c in columns(path)), key=lambda c: c.sort_key)
 
 
 def invariant_rows(columns: list[Column]) -> list[tuple[str, str]]:
@@ -226,18 +231,20 @@ def _identity_from_name(name: str) -> dict[str, str]:
     return {"project": project, "version": version or UNKNOWN}
 
 
-def _configuration(report: dict[str, Any], run: dict[str, Any]) -> str:
-    """``--impl SPEC``, the profile, and xfails, declared limits and behaviour variables when there are any."""
+def _configuration(report: dict[str, Any], run: dict[str, Any], configuration: dict[str, Any] | None = None) -> str:
+    """``--impl SPEC`` (with ``--config NAME`` for one of several configurations), the profile, and xfails,
+    declared limits and behaviour variables when there are any."""
     config = run.get("configuration") or {}
     impl = report.get("impl") or {}
-    words = [f"--impl {config.get('impl_spec') or impl.get('spec') or UNKNOWN}",
+    words = [f"--impl {config.get('impl_spec') or impl.get('spec') or UNKNOWN}"
+             + (f" --config {configuration['name']}" if configuration else ""),
              f"profile {config.get('profile') or report.get('profile') or UNKNOWN}"]
     xfails = config.get("xfails", [] if report.get("xfails_file") is None else None)
     if xfails is None:
         words.append(f"xfails {Path(report['xfails_file']).name}")
     elif xfails:
         words.append(f"{len(xfails)} xfails")
-    limits = config.get("limits", impl.get("limits") or [])
+    limits = configuration.get("limits") or [] if configuration else config.get("limits", impl.get("limits") or [])
     if limits:
         words.append("limits " + ", ".join(limits))
     words += [f"{name}={value}" for name, value in sorted((config.get("environment") or {}).items())]
@@ -270,14 +277,16 @@ def _run_summary(report: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cells(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per invariant: status, title, failure statuses, failure count and an upstream link if one is carried."""
+def _cells(report: dict[str, Any], configuration: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per invariant: status, title, failure statuses, failure count and an upstream link if one is carried
+    (of one ``configuration``'s column when given)."""
     failures: dict[str, list[dict[str, Any]]] = {}
     for failure in report.get("failures") or []:
-        if isinstance(failure, dict):
+        if isinstance(failure, dict) and failure.get("configuration") == configuration:
             failures.setdefault(str(failure.get("invariant")), []).append(failure)
     cells = {}
-    for row in report["rows"]:
+    for whole_row in report["rows"]:
+        row = {**whole_row, **(whole_row.get("configurations") or {}).get(configuration, {})} if configuration else whole_row
         found = failures.get(row["invariant"], [])
         found_statuses = {f.get("status", "fail") for f in found}
         statuses = row.get("failure_statuses") or [s for s in FAILURE_STATUSES if s in found_statuses]
