@@ -108,7 +108,8 @@ def columns(path: Path | str) -> list[Column]:
     run = report.get("run") or {}
     impl = report.get("impl") or {}
     identity = run.get("implementation") or _identity_from_name(str(impl.get("name") or impl.get("spec") or UNKNOWN))
-    configurations = [c for c in report.get("configurations") or () if isinstance(c, dict) and c.get("name")]
+    configurations: list[dict[str, Any] | None] = [
+        c for c in report.get("configurations") or () if isinstance(c, dict) and c.get("name")]
     return [Column(
         implementation=str(identity.get("project") or UNKNOWN),
         version=str(identity.get("version") or UNKNOWN),

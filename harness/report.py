@@ -379,7 +379,8 @@ def _row(invariant: str, title: str, records: list[TestRecord], configurations: 
         "shrinks": sum(r.shrinks for r in records),
         "missing_capabilities": missing,
         "failure_statuses": [status for status in FAILURE_STATUSES if status in statuses],
-        "configurations": {name: _row(invariant, title, [r for r in records if r.configuration == name])
+        # a test that uses no implementation (configuration None) ran once for every column
+        "configurations": {name: _row(invariant, title, [r for r in records if r.configuration in (name, None)])
                            for name in configurations or ()},
     }
 
@@ -543,7 +544,7 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
         if failure["seed"]:
             lines.append(f"  seed: {failure['seed']}")
         lines.append(f"  repro: {failure['repro']}")
-    if report["failures"]:
+    if report["failures"] or report.get("new_checks"):
         lines += ["", "failure statuses:", *("  " + line for line in _legend_lines(report))]
     return lines
 
