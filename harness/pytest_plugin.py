@@ -310,7 +310,7 @@ class ConformanceRun:
 
     def _wants_conformance(self) -> bool:
         """Whether this run is about conformance: explicit kvconform options or paths reaching harness/conformance."""
-        options = ("kvconform_impl", "kvconform_xfails", "kvconform_report")
+        options = ("kvconform_impl", "kvconform_xfails", "kvconform_report", "kvconform_config")
         if any(self.config.getoption(name) for name in options) or settings.current().impl:
             return True
         base = self.config.invocation_params.dir
