@@ -1,9 +1,16 @@
 """The invariants kvconform checks: one id per invariant, one report row each.
 
 Conformance tests (``harness/conformance/test_*.py``) tag themselves with
-``@pytest.mark.invariant("<id>", requires=("<capability>", ...))``.  A test
+``@pytest.mark.invariant("<id>", requires=("<capability>", ...), since="<version>")``.  A test
 whose required capabilities the implementation lacks is reported as
 "not implemented" rather than run.
+
+Versioning: ``since`` is the catalogue version that added the test (every conformance test
+carries one, ``tests/test_spec_version.py``).  A test added with a new version says
+``since=`` that version after :data:`CATALOGUE_VERSION` is bumped to it; nothing else changes.
+An implementation may declare the version it targets (``catalogue_version = "1.0"``); a test
+newer than that which fails is reported as ``new-since-target`` ("new since your version",
+``harness.report``), not as a failure.
 
 README.md's invariant table is generated from :data:`INVARIANTS`
 (``python -m harness.docs --update README.md``); a test fails when they differ.
@@ -11,12 +18,15 @@ README.md's invariant table is generated from :data:`INVARIANTS`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: Version of the invariant catalogue (the ids and statements below), recorded in every report's run info.
 #: Bump the minor part when an invariant is added or a statement tightened, the major part when an id is
 #: removed or renamed, so reports made against different catalogues are not compared silently.
 CATALOGUE_VERSION = "1.1"
+#: The first catalogue version; no conformance test is older.
+FIRST__VERSION = re.compile(r"^(\d+)\.(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -68,3 +78,24 @@ INVARIANTS: tuple[Invariant, ...] = (
 )
 
 BY_ID: dict[str, Invariant] = {inv.id: inv for inv in INVARIANTS}
+
+
+def parse_catalogue_version(text: object) -> tuple[int, int]:
+    """``(major, minor)`` of a catalogue version this suite knows (``FIRST_CATALOGUE_VERSION`` up to
+    ``CATALOGUE_VERSION``); ``ValueError`` saying which versions are valid otherwise."""
+    match = _VERSION.match(text) if isinstance(text, str) else None
+    version = (int(match.group(1)), int(match.group(2))) if match else None
+    if version is None or not (_key(FIRST_CATALOGUE_VERSION) <= version <= _key(CATALOGUE_VERSION)):
+        raise ValueError(f"{text!r} is not a catalogue version this kvconform knows: use 'MAJOR.MINOR' from "
+                         f"{FIRST_CATALOGUE_VERSION} to {CATALOGUE_VERSION} (a newer target needs a newer kvconform)")
+    return version
+
+
+def newer_than(since: str, target: str) -> bool:
+    """Whether a test added in catalogue version ``since`` is newer than version ``target`` (both valid)."""
+    return parse_catalogue_version(since) > parse_catalogue_version(target)
+
+
+def _key(version: str) -> tuple[int, int]:
+    major, _, minor = version.partition(".")
+    return int(major), int(minor)

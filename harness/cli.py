@@ -43,13 +43,19 @@ Run kvconform's conformance suite (the test modules in harness/conformance/) und
 against one implementation and write a conformance report.
 
 The report has one row per invariant of the catalogue (see --list-invariants) with its
-status (pass, fail, interrupted, xfail, not-implemented, not-run), the number of tests and the number of
+status (pass, fail, interrupted, xfail, new-since-target, not-implemented, not-run), the number of tests and the number of
 Hypothesis examples run, and each distinct failure of a failing test: its id, its failure
 status (fail, timeout, crash, out-of-bounds), the shrunk counterexample, Hypothesis's
 explanation, the @reproduce_failure(...) line, the seed when one reproduces it, the first
 line of the error, a one-line command that reruns it, and a standalone script,
 DIR/repro_<test>_<n>.py, that replays the failing calls with torch and the implementation only
-(no kvconform) and fails with the same message.  Its run info says what produced
+(no kvconform) and fails with the same message.
+An implementation that declares
+configurations (vLLM's pull, push, permute; SGLang's triton, torch) runs once per configuration
+(--config selects some), each a parameter of every test like the device ([cpu-pull]) and a
+column of the report.  Every test carries the catalogue version that added it; a failing test
+newer than the version the implementation targets (its catalogue_version) reads
+new-since-target ("new since your version") and does not fail the run.  Its run info says what produced
 it: kvconform version and commit, catalogue version, implementation and its version, the
 configuration, device names, driver, and torch/Triton/Hypothesis/Python versions.  The report is printed at the end of the run and
 written to DIR/kvconform-report.md and DIR/kvconform-report.json (--report-dir, default:
@@ -64,15 +70,16 @@ one table across implementations, versions, configurations and devices (see its 
 
 EPILOG = """\
 exit status:
-  0  at least one invariant test ran and none failed
+  0  at least one invariant test ran and none failed (new-since-target failures
+     do not count: the implementation targets an older catalogue version)
   1  some test failed; or, under --profile thorough, a case class expected for an
      invariant got no case (the report's case-class table names it)
   2  interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation);
      the report is marked INTERRUPTED and the test that was running reads "interrupted"
   3  internal error
   4  usage error, reported before any test runs: a bad option, KVCONFORM_* variable,
-     report directory or Hypothesis profile, --device cuda without CUDA, or an
-     implementation that cannot be loaded
+     report directory or Hypothesis profile, --device cuda without CUDA, an
+     implementation that cannot be loaded, or a --config name it does not declare
   5  no invariant test ran: none collected, all deselected or skipped, or the
      implementation claims no capability the selected tests need
 
@@ -82,6 +89,7 @@ environment (checked before the first test; a bad value is a usage error):
 examples:
   {prog} --impl mypkg.kvstaging:make_implementation
   {prog} --impl sglang --xfails sglang --profile ci -n 4
+  {prog} --impl vllm --config pull,push --device cpu
   {prog} --impl mypkg.kvstaging --profile gate --exitfirst
   {prog} --impl mypkg.kvstaging -k layout -- -v
   {prog} --impl reference harness/conformance/test_layout.py::test_layout_spans"""
@@ -105,6 +113,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="implementation under test: package.module:factory, package.module (uses its make_implementation), "
         "or a registered name (see --list-impls); modules are searched in the current directory, then on "
         "sys.path; default: $KVCONFORM_IMPL or 'reference'",
+    )
+    parser.add_argument(
+        "--config", metavar="NAME[,NAME]",
+        help="for an implementation that declares configurations (e.g. vllm: pull, push, permute): test only "
+        "these; default: every one, each a column of the report (an unknown name is a usage error listing "
+        "the valid ones)",
     )
     parser.add_argument(
         "--profile", "--hypothesis-profile", dest="profile", choices=tuple(PROFILE_EXAMPLES),
@@ -232,6 +246,7 @@ def _pytest_arguments(args: argparse.Namespace, passthrough: list[str], prog: st
     for option, value in (
         ("--hypothesis-profile", args.profile),
         ("--xfails", args.xfails),
+        ("--impl-config", args.config),
         ("-k", args.keyword),
         ("-n", args.numprocesses),
         ("--junitxml", args.junitxml),

@@ -15,6 +15,19 @@ Spec forms:
   ``pip install``.  Names win over modules of the same name; write
   ``module:factory`` to mean the module.
 
+Configurations: the object a spec resolves to may declare named configurations instead of
+being an implementation itself -- ``configurations``, a mapping of name to a zero-argument
+factory (or the implementation object) of that configuration, e.g. vLLM's
+``{"pull": ..., "push": ..., "permute": ...}``; each configuration is an implementation
+validated on its own (its capabilities, declared ``limits`` and ``catalogue_version`` are its
+own).  :func:`load_configurations` loads the selected ones for a run (one report column each);
+``SPEC#NAME`` names one configuration, which :func:`load_implementation` loads (a worker
+process gets it from :attr:`LoadedImplementation.spec`).  Without ``#NAME`` it loads the first
+declared configuration.
+
+An implementation may declare the catalogue version it targets (``catalogue_version =
+"1.0"``, see ``harness.catalogue``); an unknown version is a loading error.
+
 Modules are searched on ``sys.path`` with the current directory in front
 (as ``python -m`` puts it), so ``kvconform`` and ``python -m harness`` find the
 same adapters, e.g. ``my_adapter.py`` in the directory the command runs from.
@@ -33,11 +46,12 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from harness import scope, settings
+from harness.catalogue import parse_catalogue_version
 from harness.interface import BY_NAME, CAPABILITIES, Implementation
 from harness.signatures import signature_mismatch
 
@@ -56,6 +70,11 @@ BUILTIN_IMPLEMENTATIONS: dict[str, str] = {
 #: Factory looked up when the spec names a module without ``:factory``.
 DEFAULT_FACTORY = "make_implementation"
 
+#: Separates a spec from a configuration name: ``vllm#push``.
+CONFIGURATION_SEPARATOR = "#"
+#: Configuration names: usable in pytest ids, ``--config a,b`` lists and ``SPEC#NAME``.
+_CONFIGURATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
 _MODULE_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
@@ -67,11 +86,43 @@ class ImplementationError(Exception):
 class LoadedImplementation:
     """A validated implementation and where it came from."""
 
-    spec: str  #: the spec as resolved (never empty)
+    spec: str  #: the spec as resolved (never empty); ``SPEC#NAME`` for a configuration: loads it back
     name: str  #: display name for reports
     implementation: Implementation  #: the object conformance tests call
     capabilities: frozenset[str]  #: validated capability names it claims
     target: str  #: the ``module:attribute`` the spec resolved to
+    configuration: str | None = None  #: the configuration's name; ``None`` for an implementation without
+    catalogue_version: str | None = None  #: the catalogue version it targets (validated); ``None``: the current one
+
+
+@dataclass(frozen=True)
+class LoadedConfigurations:
+    """The configurations of one implementation a run tests, each validated; one column each in the report."""
+
+    spec: str  #: the spec as resolved, without ``#NAME``
+    name: str  #: display name of the implementation as a whole
+    target: str  #: the ``module:attribute`` the spec resolved to
+    declared: tuple[str, ...]  #: every configuration it declares; ``()`` for an implementation without
+    selected: tuple[LoadedImplementation, ...]  #: the ones under test (the implementation alone when none declared)
+    implementation: Any  #: the object the spec resolved to (the implementation itself when none declared)
+
+    def get(self, name: str | None) -> LoadedImplementation:
+        """The selected configuration ``name``; the first selected one for ``None``."""
+        if name is None:
+            return self.selected[0]
+        for loaded in self.selected:
+            if loaded.configuration == name:
+                return loaded
+        raise KeyError(name)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Capabilities any selected configuration claims."""
+        return frozenset().union(*(loaded.capabilities for loaded in self.selected))
+
+
+class UnknownConfiguration(ImplementationError):
+    """A configuration was named that the implementation does not declare; the message lists the valid ones."""
 
 
 def resolve_spec(spec: str | None) -> str:
@@ -94,23 +145,88 @@ def available_implementations() -> dict[str, str]:
 
 
 def load_implementation(spec: str | None = None) -> LoadedImplementation:
-    """Load, build and validate the implementation ``spec`` names.
+    """Load, build and validate the implementation ``spec`` names (``SPEC#NAME``: that configuration of it;
+    an implementation with configurations and no ``#NAME``: its first).
 
     Raises :class:`ImplementationError` with an actionable message when the
     module or attribute is missing, the factory raises, or the object does not
     provide every method of every capability it claims.
     """
-    resolved = resolve_spec(spec)
+    return load_configurations(spec, first_only=True).selected[0]
+
+
+def load_configurations(spec: str | None = None, names: Sequence[str] | None = None, *,
+                        first_only: bool = False) -> LoadedConfigurations:
+    """Load the implementation ``spec`` names with the configurations ``names`` (default: the one ``SPEC#NAME``
+    names, else every declared one, or with ``first_only`` the first), each built and validated.
+
+    Raises :class:`UnknownConfiguration` for a name it does not declare (or any name when it declares none),
+    :class:`ImplementationError` for everything else.
+    """
+    resolved, separator, named = resolve_spec(spec).partition(CONFIGURATION_SEPARATOR)
+    if separator and not names:
+        names = [named]
     target, display_name = _target_of(resolved)
     module_name, _, attribute = target.partition(":")
     module = _import_module(module_name, resolved)
     found = _get_attribute(module, module_name, attribute or DEFAULT_FACTORY, resolved, explicit=bool(attribute))
-    implementation = _build(found, f"{module_name}:{attribute or DEFAULT_FACTORY}")
-    capabilities = validate_implementation(implementation, resolved)
-    name = getattr(implementation, "name", None)
-    if not isinstance(name, str) or not name.strip():
-        name = display_name
-    return LoadedImplementation(resolved, name, implementation, capabilities, f"{module_name}:{attribute or DEFAULT_FACTORY}")
+    factory = f"{module_name}:{attribute or DEFAULT_FACTORY}"
+    built = _build(found, factory)
+    name = _display_name(built, display_name)
+    declared = _declared_configurations(built, resolved)
+    if not declared:
+        if names:
+            raise UnknownConfiguration(f"{resolved!r} declares no configurations (no 'configurations' attribute); "
+                                       "leave the configuration out")
+        loaded = _validated(built, resolved, name, factory, None, built)
+        return LoadedConfigurations(resolved, name, factory, (), (loaded,), built)
+    unknown = [n for n in names or () if n not in declared]
+    if unknown:
+        raise UnknownConfiguration(f"{', '.join(map(repr, unknown))} is not a configuration of {resolved!r}; "
+                                   f"valid: {', '.join(declared)}")
+    chosen = list(dict.fromkeys(names)) if names else list(declared)[:1 if first_only else None]
+    selected = []
+    for config in chosen:
+        config_spec = f"{resolved}{CONFIGURATION_SEPARATOR}{config}"
+        implementation = _build(declared[config], f"{factory} configuration {config!r}")
+        selected.append(_validated(implementation, config_spec, _display_name(implementation, f"{name} {config}"),
+                                   factory, config, built))
+    return LoadedConfigurations(resolved, name, factory, tuple(declared), tuple(selected), built)
+
+
+def _validated(implementation: Any, spec: str, name: str, target: str, configuration: str | None,
+               declared_by: Any) -> LoadedImplementation:
+    """``implementation`` checked against the interface, with the catalogue version it targets (its own
+    ``catalogue_version``, else that of the object declaring its configuration)."""
+    capabilities = validate_implementation(implementation, spec)
+    version = getattr(implementation, "catalogue_version", getattr(declared_by, "catalogue_version", None))
+    if version is not None:
+        try:
+            parse_catalogue_version(version)
+        except ValueError as exc:
+            raise ImplementationError(f"the implementation from --impl {spec!r}: 'catalogue_version' {exc}") from None
+    return LoadedImplementation(spec, name, implementation, capabilities, target, configuration, version)
+
+
+def _display_name(obj: Any, fallback: str) -> str:
+    name = getattr(obj, "name", None)
+    return name if isinstance(name, str) and name.strip() else fallback
+
+
+def _declared_configurations(obj: Any, spec: str) -> dict[str, Any]:
+    """``name -> factory or implementation`` of ``obj.configurations``, names checked; ``{}`` when absent."""
+    raw = getattr(obj, "configurations", None)
+    if raw is None:
+        return {}
+    what = f"the implementation from --impl {spec!r} ({_describe_object(obj)})"
+    if not isinstance(raw, Mapping) or not raw:
+        raise ImplementationError(f"{what}: 'configurations' must be a non-empty mapping of configuration name to "
+                                  f"a zero-argument factory (or the implementation object), not {raw!r}")
+    bad = [n for n in raw if not (isinstance(n, str) and _CONFIGURATION_NAME.match(n))]
+    if bad:
+        raise ImplementationError(f"{what}: configuration names {bad!r} must be letters, digits and '_.+-', "
+                                  "starting with a letter or digit")
+    return dict(raw)
 
 
 def validate_implementation(implementation: Any, spec: str) -> frozenset[str]:

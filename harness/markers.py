@@ -1,7 +1,7 @@
 """The ``invariant`` marker: parsing it, attributing a failure to it, fitting drawn values into declared scope.
 
 One place turns a conformance test's ``@pytest.mark.invariant`` into what the run needs: the invariant id
-and required capabilities, the id prefixed to the test's violations (``oracles.attribute``), the declared
+and required capabilities, the catalogue version that added the test (``since=``), the id prefixed to the test's violations (``oracles.attribute``), the declared
 scope limits applied to every value Hypothesis draws for it, and the order ``--exitfirst`` runs tests in.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from harness import case_classes, scope
-from harness.catalogue import BY_ID
+from harness.catalogue import BY_ID, FIRST_CATALOGUE_VERSION, parse_catalogue_version
 from harness.interface import CAPABILITIES
 from harness.oracles import attribute
 
@@ -39,7 +39,19 @@ def parse_invariant_marker(marker: pytest.Mark) -> tuple[str, tuple[str, ...]]:
     unknown = [cap for cap in requires if cap not in CAPABILITIES]
     if unknown:
         raise ValueError(f"unknown capability {unknown[0]!r} in requires; valid: {', '.join(CAPABILITIES)}")
+    since_of(marker)
     return invariant, tuple(requires)
+
+
+def since_of(marker: pytest.Mark) -> str:
+    """The catalogue version that added the marked test (``since=``; the first version when absent, which
+    ``tests/test_spec_version.py`` forbids in harness/conformance); ``ValueError`` for an unknown version."""
+    since = marker.kwargs.get("since", FIRST_CATALOGUE_VERSION)
+    try:
+        parse_catalogue_version(since)
+    except ValueError as exc:
+        raise ValueError(f"since={since!r}: {exc}") from None
+    return since
 
 
 def attribute_to_marker(item: pytest.Item, exc: BaseException) -> None:

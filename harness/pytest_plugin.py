@@ -11,15 +11,25 @@ There is deliberately no ``pytest11`` entry point: it would add ``--impl`` and
 Options: ``--impl SPEC`` (see ``harness.loading``; default ``$KVCONFORM_IMPL``
 or ``reference``), ``--xfails FILE`` (see ``harness.xfails``),
 ``--kvconform-report DIR`` (default: the current directory),
-``--device {cpu,cuda,all}``.  Inputs are checked at configure time, before
+``--device {cpu,cuda,all}``, ``--impl-config NAME[,NAME]`` (the configurations to test of an
+implementation that declares several, see ``harness.loading``; default: all).  Inputs are checked at configure time, before
 any test, each a usage error (exit 4) naming the input: the ``KVCONFORM_*``
 environment (``harness.settings``), ``--hypothesis-profile``, a requested
 device that is absent (``--device cuda`` without CUDA is refused, never a run
 of "pass" rows), and the report directory (created and written to).
 Fixtures: ``impl`` (the implementation object),
 ``loaded_impl`` (its ``LoadedImplementation``), ``devices`` (selected device
-strings; skips with a reason when none is available).  Marker:
-``@pytest.mark.invariant("<id>", requires=("<capability>", ...))``.
+strings; skips with a reason when none is available), ``impl_configuration``
+(the configuration's name, ``None`` for an implementation without).  Marker:
+``@pytest.mark.invariant("<id>", requires=("<capability>", ...), since="<version>")``.
+
+Configurations are instantiated like devices (PyTorch's device-generic style):
+every test using ``impl`` or ``loaded_impl`` is parametrized with the selected
+configuration names (``[cpu-pull]``, ``[push]``), one test body, one report column
+per configuration; an implementation without configurations gets no parameter.
+A test newer (``since``) than the catalogue version its configuration targets
+runs as a non-strict xfail: a failure reads ``new-since-target`` in the report and
+does not fail the run.
 
 The plugin is inert for runs that touch no conformance test: it loads the
 implementation at configure time (so a bad ``--impl`` is one usage error
@@ -68,17 +78,26 @@ from harness.hypothesis_records import (
     printed_seed,
     versions,
 )
-from harness.markers import attribute_to_marker, fail_fast_order, fit_to_declared_scope, parse_invariant_marker
+from harness.catalogue import newer_than
+from harness.markers import attribute_to_marker, fail_fast_order, fit_to_declared_scope, parse_invariant_marker, since_of
 from harness.devices import require_devices, select_devices
 from harness.guard import guard
 from harness.interface import Implementation
-from harness.loading import ImplementationError, LoadedImplementation, load_implementation, resolve_spec
+from harness.loading import (
+    ImplementationError,
+    LoadedConfigurations,
+    LoadedImplementation,
+    UnknownConfiguration,
+    load_configurations,
+    resolve_spec,
+)
 from harness.report import (
     Completion,
     FailureDetail,
     ReportDirectoryError,
     ReportWriter,
     RunContext,
+    RunConfiguration,
     TestRecord,
     build_report,
     enforced_class_gaps,
@@ -94,6 +113,8 @@ from harness.xfails import XfailEntry, first_match, read_xfails, resolve_xfails_
 PROP_INVARIANT = "kvconform.invariant"
 PROP_MISSING = "kvconform.missing_capabilities"
 PROP_XFAIL = "kvconform.xfail"
+PROP_CONFIGURATION = "kvconform.configuration"
+PROP_NEW_SINCE = "kvconform.new_since"  #: the test's ``since`` when newer than its configuration's target
 
 DEVICE_CHOICES = ("cpu", "cuda", "all")
 CONFORMANCE_DIR = Path(__file__).resolve().parent / "conformance"
@@ -136,6 +157,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--device", dest="kvconform_device", default="all", choices=DEVICE_CHOICES,
         help="devices conformance tests use: cpu, cuda, or all available (default).",
     )
+    group.addoption(
+        "--impl-config", dest="kvconform_config", default=None, metavar="NAME[,NAME]",
+        help="configurations to test of an implementation that declares several (e.g. vllm: pull,push); "
+        "default: all it declares.",
+    )
     # Set by the kvconform CLI so repro lines use the CLI instead of pytest.
     group.addoption("--kvconform-prog", dest="kvconform_prog", default=None, help=argparse.SUPPRESS)
 
@@ -166,11 +192,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def loaded_impl(pytestconfig: pytest.Config) -> LoadedImplementation:
-    """The validated implementation under test, with its spec and capabilities."""
+def impl_configuration() -> str | None:
+    """The configuration under test: parametrized per selected configuration (``pytest_generate_tests``) when
+    the implementation declares configurations, else ``None``."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def loaded_impl(pytestconfig: pytest.Config, impl_configuration: str | None) -> LoadedImplementation:
+    """The validated implementation under test (the configuration's), with its spec and capabilities."""
     run = pytestconfig.stash[_STASH]
     try:
-        return run.ensure_loaded()
+        return run.ensure_loaded().get(impl_configuration)
     except ImplementationError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -197,7 +230,7 @@ class ConformanceRun:
     """Per-session state and hooks; one instance per pytest config (xdist: per process)."""
 
     config: pytest.Config
-    loaded: LoadedImplementation | None = None
+    loaded: LoadedConfigurations | None = None
     xfails: tuple[XfailEntry, ...] = ()
     xfails_file: str | None = None
     records: dict[str, TestRecord] = field(default_factory=dict)
@@ -288,7 +321,7 @@ class ConformanceRun:
 
     def _wants_conformance(self) -> bool:
         """Whether this run is about conformance: explicit kvconform options or paths reaching harness/conformance."""
-        options = ("kvconform_impl", "kvconform_xfails", "kvconform_report")
+        options = ("kvconform_impl", "kvconform_xfails", "kvconform_report", "kvconform_config")
         if any(self.config.getoption(name) for name in options) or settings.current().impl:
             return True
         base = self.config.invocation_params.dir
@@ -300,16 +333,34 @@ class ConformanceRun:
                 return True
         return False
 
-    def ensure_loaded(self) -> LoadedImplementation:
+    def ensure_loaded(self) -> LoadedConfigurations:
         if self.loaded is None:
-            self.loaded = load_implementation(self.spec)
+            self.loaded = load_configurations(self.spec, self._configuration_names())
         return self.loaded
 
-    def load_or_usage_error(self) -> LoadedImplementation:
+    def load_or_usage_error(self) -> LoadedConfigurations:
         try:
             return self.ensure_loaded()
+        except UnknownConfiguration as exc:
+            raise pytest.UsageError(f"{self._configuration_option()}: {exc}") from None
         except ImplementationError as exc:
             raise pytest.UsageError(f"kvconform could not load the implementation:\n{exc}") from None
+
+    def _configuration_names(self) -> list[str] | None:
+        """The ``--impl-config`` names; ``None`` when absent (every declared configuration)."""
+        raw = self.config.getoption("kvconform_config")
+        if raw is None:
+            return None
+        names = [name.strip() for name in raw.split(",")]
+        if not all(names):
+            raise pytest.UsageError(f"{self._configuration_option()}: an empty configuration name; "
+                                    "pass names separated by commas, e.g. pull,push")
+        return names
+
+    def _configuration_option(self) -> str:
+        """``--config=VALUE`` (the CLI's spelling) or ``--impl-config=VALUE``, for one-line usage errors."""
+        option = "--config" if self.config.getoption("kvconform_prog") else "--impl-config"
+        return f"{option}={self.config.getoption('kvconform_config')}"
 
     def devices(self) -> tuple[tuple[str, ...], str | None]:
         if self._devices is None:
@@ -318,6 +369,19 @@ class ConformanceRun:
 
     # -- collection ------------------------------------------------------------------------
 
+    @pytest.hookimpl(trylast=True)  # after the device parametrization: ids read [cpu-pull]
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """One instance per selected configuration of every test that uses the implementation."""
+        if "impl_configuration" not in metafunc.fixturenames:
+            return
+        try:
+            loaded = self.ensure_loaded()
+        except ImplementationError:
+            return  # reported at collection (controller) or by the loaded_impl fixture (worker)
+        if loaded.declared:
+            names = [c.configuration for c in loaded.selected]
+            metafunc.parametrize("impl_configuration", [pytest.param(n, id=n) for n in names], scope="session")
+
     def pytest_report_header(self, config: pytest.Config) -> list[str] | None:
         if self.loaded is None:
             return None
@@ -325,6 +389,8 @@ class ConformanceRun:
         lines = [
             f"kvconform: impl {self.loaded.name} ({self.loaded.spec}), capabilities: "
             + (", ".join(sorted(self.loaded.capabilities)) or "(none)"),
+            *([f"kvconform: configurations {', '.join(c.configuration or '' for c in self.loaded.selected)} "
+               f"(declared: {', '.join(self.loaded.declared)})"] if self.loaded.declared else []),
             f"kvconform: hypothesis profile {profiles.current_profile_name()}, devices: "
             + (", ".join(selected) or "(none)") + (f" ({note})" if note else ""),
         ]
@@ -342,7 +408,7 @@ class ConformanceRun:
             return
         if self.is_worker:  # a usage error on a worker crashes it; let the impl fixture fail each test instead
             try:
-                loaded: LoadedImplementation | None = self.ensure_loaded()
+                loaded: LoadedConfigurations | None = self.ensure_loaded()
             except ImplementationError:
                 loaded = None
         else:
@@ -358,19 +424,35 @@ class ConformanceRun:
             item.user_properties.append((PROP_INVARIANT, invariant))
             if loaded is None:
                 continue
-            missing = [cap for cap in requires if cap not in loaded.capabilities]
+            configuration = _configuration_of(item)
+            tested = loaded.get(configuration) if configuration else None
+            if configuration:
+                item.user_properties.append((PROP_CONFIGURATION, configuration))
+            capabilities = tested.capabilities if tested else loaded.capabilities
+            missing = [cap for cap in requires if cap not in capabilities]
             if missing:
                 item.user_properties.append((PROP_MISSING, ",".join(missing)))
                 item.add_marker(pytest.mark.skip(
-                    reason=f"not implemented: {loaded.name} lacks capability '{missing[0]}'"))
+                    reason=f"not implemented: {(tested or loaded).name} lacks capability '{missing[0]}'"))
                 continue
             fit_to_declared_scope(getattr(item, "obj", None))
             entry = first_match(self.xfails, item.nodeid, invariant)
             if entry is not None:
                 item.user_properties.append((PROP_XFAIL, entry.source))
                 item.add_marker(pytest.mark.xfail(reason=f"{entry.reason} ({entry.source})", strict=False))
+                continue
+            self._mark_if_new_since_target(item, marker, tested or loaded.get(None))
         if problems and not self.is_worker:  # on a worker, pytest_runtest_setup fails each such test instead
             raise pytest.UsageError("invalid @pytest.mark.invariant markers:\n  " + "\n  ".join(problems))
+
+    @staticmethod
+    def _mark_if_new_since_target(item: pytest.Item, marker: pytest.Mark, tested: LoadedImplementation) -> None:
+        """A test newer than the catalogue version ``tested`` targets: a failure is "new since your version"."""
+        since = since_of(marker)
+        if tested.catalogue_version is not None and newer_than(since, tested.catalogue_version):
+            item.user_properties.append((PROP_NEW_SINCE, since))
+            item.add_marker(pytest.mark.xfail(strict=False, reason=(
+                f"new since your version: added in catalogue {since}, {tested.name} targets {tested.catalogue_version}")))
 
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if _MARKER_ERROR in item.stash:
@@ -420,6 +502,8 @@ class ConformanceRun:
         if invariant is None:
             return
         record = self.records.setdefault(report.nodeid, TestRecord(report.nodeid, invariant, report.location[0]))
+        record.configuration = props.get(PROP_CONFIGURATION)
+        record.new_since = props.get(PROP_NEW_SINCE)
         if PROP_MISSING in props:
             record.missing_capabilities = tuple(props[PROP_MISSING].split(","))
         if PROP_EXAMPLES in props:
@@ -428,7 +512,7 @@ class ConformanceRun:
         if PROP_CLASSES in props:
             record.classes = json.loads(props[PROP_CLASSES])
         failures: tuple[FailureDetail, ...] = ()
-        if report.failed:
+        if report.failed or (record.new_since and report.skipped and hasattr(report, "wasxfail")):  # a new check's failure is kept
             found = json.loads(props[PROP_FAILURES]) if report.when == "call" and PROP_FAILURES in props else [{}]
             scripts = json.loads(props.get(PROP_REPRO_SCRIPTS, "[]")) if report.when == "call" else []
             scripts += [{}] * (len(found) - len(scripts))
@@ -534,11 +618,18 @@ class ConformanceRun:
         except ImplementationError as exc:
             loaded, error = None, str(exc)
         selected, note = self.devices()
-        limits = tuple(sorted(scope.declared_limits(loaded.implementation))) if loaded else ()
+        plain = loaded.selected[0] if loaded and not loaded.declared else None  # no configurations declared
+        limits = tuple(sorted(scope.declared_limits(plain.implementation))) if plain else ()
+        configurations = tuple(RunConfiguration(
+            c.configuration or "", c.name, tuple(sorted(c.capabilities)),
+            tuple(sorted(scope.declared_limits(c.implementation))), c.catalogue_version)
+            for c in (loaded.selected if loaded and loaded.declared else ()))
         configuration = {"impl_spec": self.spec, "profile": profiles.current_profile_name(),
                          "device_option": self.device_option, "devices": list(selected),
                          "xfails": [entry.pattern for entry in self.xfails], "limits": list(limits),
                          "environment": runinfo.environment()}
+        if configurations:
+            configuration["configurations"] = [c.name for c in configurations]
         return RunContext(
             impl_spec=self.spec,
             impl_name=loaded.name if loaded else self.spec,
@@ -546,6 +637,8 @@ class ConformanceRun:
             capabilities=tuple(sorted(loaded.capabilities)) if loaded else (),
             limits=limits,
             impl_error=error,
+            catalogue_target=plain.catalogue_version if plain else None,
+            configurations=configurations,
             profile=profiles.current_profile_name(),
             devices_requested=self.device_option,
             devices_selected=selected,
@@ -558,6 +651,12 @@ class ConformanceRun:
             run_info=runinfo.collect(loaded.implementation if loaded else None, loaded.name if loaded else self.spec,
                                      loaded.target if loaded else None, configuration, selected),
         )
+
+
+def _configuration_of(item: pytest.Item) -> str | None:
+    """The configuration an item was instantiated for (its ``impl_configuration`` parameter), if any."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("impl_configuration") if callspec is not None else None
 
 
 #: Fixtures that start processes (distributed mode's rank pool): seconds of fixed cost before the first example.

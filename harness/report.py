@@ -17,7 +17,10 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
     {
       "schema_version": 1,
       "impl": {"spec": str, "name": str, "target": str | null,
-               "capabilities": [str], "limits": [str], "error": str | null},
+               "capabilities": [str], "limits": [str], "error": str | null,
+               "catalogue_version": str | null},   # the catalogue version it targets, if it declares one
+      "configurations": [{"name": str, "impl_name": str, "capabilities": [str], "limits": [str],
+                          "catalogue_version": str | null}],   # selected ones; [] for an implementation without
       "versions": {"python": str, "torch": str, "triton": str, "hypothesis": str,
                    "pytest": str, "kvconform": str},   # "not installed" when absent
       "run": {                         # run info (harness.runinfo); absent in reports of older versions
@@ -28,7 +31,8 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                            "version_from": str},   # attribute | name | distribution DIST | unknown
         "configuration": {"impl_spec": str, "profile": str, "device_option": str,
                           "devices": [str], "xfails": [str], "limits": [str],
-                          "environment": {str: str}},   # set TRITON_INTERPRET, CUDA_VISIBLE_DEVICES, KVCONFORM_*
+                          "environment": {str: str},    # set TRITON_INTERPRET, CUDA_VISIBLE_DEVICES, KVCONFORM_*
+                          "configurations": [str]},     # only when the implementation declares configurations
         "device_names": [str],         # CUDA device names when CUDA is used, the CPU model for cpu
         "driver": str,                 # NVIDIA driver (nvidia-smi), else CUDA driver API; "n/a" on CPU
         "platform": str},
@@ -38,10 +42,11 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
       "completion": {"state": "incomplete" | "complete" | "interrupted",
                      "exit_status": int | null,   # the command's exit status once the session ended
                      "note": str | null},         # why a run is interrupted or nothing ran
-      "summary": {"pass": int, "fail": int, "interrupted": int, "xfail": int,
+      "summary": {"pass": int, "fail": int, "interrupted": int, "xfail": int, "new-since-target": int,
                   "not-implemented": int, "not-run": int,      # rows per status
                   "tests": int, "failed_tests": int, "examples": int,
                   "failures": int,                             # distinct failures (>= failed_tests)
+                  "new_checks": int,                           # entries of "new_checks"
                   "failure_statuses": {"fail": int, "timeout": int, "crash": int, "out-of-bounds": int}},
       "rows": [{"invariant": str, "title": str, "status": str, "tests": int,
                 "passed": int, "failed": int, "interrupted": int, "xfailed": int, "xpassed": int,
@@ -50,13 +55,15 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                 "shrinks": int,        # test cases run while shrinking failures
                 "missing_capabilities": [str],
                 "failure_statuses": [str],     # statuses of its failures, legend order
-                "classes": {str: {str: int}}}],  # case class -> value -> cases (harness.case_classes);
+                "classes": {str: {str: int}},  # case class -> value -> cases (harness.case_classes);
                                                  # values expected for the invariant are listed with 0 cases
+                "configurations": {str: {...}}}],   # per configuration name: the same fields over its tests
       "class_coverage": {"enforced": bool,     # the profile fails the run on a gap (thorough)
                          "gaps": [{"invariant": str, "class": str, "value": str,
                                    "limit": str | null,    # declared limit excluding it: reported, never a failure
                                    "message": str}]},
       "failures": [{"invariant": str, "test": str,    # pytest node id; one entry per distinct failure
+                    "configuration": str | null,      # the configuration it failed in
                     "index": int, "test_failures": int,   # this is failure INDEX of TEST_FAILURES of the test
                     "status": "fail" | "timeout" | "crash" | "out-of-bounds",   # see FAILURE_STATUSES
                     "phase": "setup" | "call" | "teardown",
@@ -69,11 +76,17 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                     "repro_script": str | null,       # repro_<test>_<n>.py next to the report: runs
                                                       # without kvconform (harness.repro)
                     "repro_script_note": str | null}] # why there is no script, when there is none
-    }
+      "new_checks": [{..., "since": str}]   # failures of tests newer than the targeted catalogue version,
+    }                                       # as in "failures", plus the version that added the test
+
+Configurations (``harness.loading``): an implementation declaring several is reported with one
+column per selected configuration (``rows[].configurations``); a row's own status is over all of
+them.  Without configurations there is no column and ``configurations`` is empty.
 
 Row status, in order of precedence: ``fail`` (a test failed or errored),
 ``interrupted`` (the session was interrupted, e.g. by Ctrl-C or by a
-``KeyboardInterrupt`` out of the implementation, while a test of it ran), ``xfail`` (a failure listed in the xfails file), ``pass``, ``not-implemented``
+``KeyboardInterrupt`` out of the implementation, while a test of it ran),
+``new-since-target`` (see :data:`NEW_SINCE_TARGET`; does not fail the run), ``xfail`` (a failure listed in the xfails file), ``pass``, ``not-implemented``
 (every test needs a capability the implementation lacks), ``not-run`` (no test
 ran: none exists, all deselected, or skipped for another reason).
 
@@ -101,7 +114,12 @@ from harness.profiles import CLASS_COVERAGE_PROFILES
 from harness.scope import LIMITS
 
 SCHEMA_VERSION = 1
-ROW_STATUSES = ("pass", "fail", "interrupted", "xfail", "not-implemented", "not-run")
+#: Status of a failing test newer than the catalogue version the implementation targets.
+NEW_SINCE_TARGET = "new-since-target"
+#: Its legend line; such a failure is an expected failure to pytest: it does not change the exit status.
+NEW_SINCE_TARGET_MEANING = ("new since your version: a test added to the catalogue after the version the "
+                            "implementation targets (its catalogue_version) failed; it does not fail the run")
+ROW_STATUSES = ("pass", "fail", "interrupted", "xfail", NEW_SINCE_TARGET, "not-implemented", "not-run")
 COMPLETION_STATES = ("incomplete", "complete", "interrupted")
 REPORT_BASENAME = "kvconform-report"
 
@@ -162,7 +180,8 @@ class TestRecord:
     invariant: str
     #: The test file relative to the rootdir (pytest's ``report.location[0]``); may start with ``..``.
     path: str | None = None
-    status: str = "not-run"  # pass | fail | interrupted | xfail | xpass | not-implemented | skipped | not-run
+    #: pass | fail | interrupted | xfail | new-since-target | xpass | not-implemented | skipped | not-run
+    status: str = "not-run"
     examples: int | None = None
     shrinks: int = 0
     missing_capabilities: tuple[str, ...] = ()
@@ -170,6 +189,10 @@ class TestRecord:
     failures: tuple[FailureDetail, ...] = ()
     #: Cases per case-class value (``harness.case_classes``); empty for plain tests.
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: The configuration it ran in (``None`` for an implementation without configurations).
+    configuration: str | None = None
+    #: The catalogue version that added the test, when newer than the one its implementation targets.
+    new_since: str | None = None
 
     def add_phase(self, when: str, outcome: str, xfailed: bool, failures: tuple[FailureDetail, ...]) -> None:
         """Fold one phase report in; a failure in any phase makes the test fail."""
@@ -179,10 +202,12 @@ class TestRecord:
             self.status, self.failures = "fail", failures
         elif when == "setup" and outcome == "skipped":
             self.status = "not-implemented" if self.missing_capabilities else ("xfail" if xfailed else "skipped")
+        elif when == "call" and outcome == "skipped" and xfailed and self.new_since:
+            self.status, self.failures = NEW_SINCE_TARGET, failures
         elif when == "call" and outcome == "skipped":
             self.status = "xfail" if xfailed else "skipped"
         elif when == "call" and outcome == "passed":
-            self.status = "xpass" if xfailed else "pass"
+            self.status = "xpass" if xfailed and not self.new_since else "pass"
 
     def interrupt(self) -> None:
         """The session stopped while this test ran: it neither passed nor was skipped."""
@@ -191,7 +216,18 @@ class TestRecord:
 
     @property
     def ran(self) -> bool:
-        return self.status in ("pass", "fail", "xfail", "xpass")
+        return self.status in ("pass", "fail", "xfail", "xpass", NEW_SINCE_TARGET)
+
+
+@dataclass(frozen=True)
+class RunConfiguration:
+    """One selected configuration of an implementation that declares several: one report column."""
+
+    name: str
+    impl_name: str
+    capabilities: tuple[str, ...]
+    limits: tuple[str, ...]
+    catalogue_version: str | None  #: the catalogue version it targets, if declared
 
 
 @dataclass(frozen=True)
@@ -216,10 +252,15 @@ class RunContext:
     invocation_dir: str = "."
     #: The report's ``"run"`` object (``harness.runinfo.collect``); ``None`` leaves it out.
     run_info: dict[str, Any] | None = None
+    #: The catalogue version an implementation without configurations targets, if declared.
+    catalogue_target: str | None = None
+    #: The selected configurations; ``()`` for an implementation without configurations.
+    configurations: tuple[RunConfiguration, ...] = ()
 
 
-def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str | None = None) -> str:
-    """One shell line rerunning ``nodeid`` with the same implementation, profile and device.
+def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str | None = None,
+                  configuration: str | None = None) -> str:
+    """One shell line rerunning ``nodeid`` with the same implementation, profile, device and configuration.
 
     ``path`` is the test file relative to the rootdir (node ids of files
     outside the rootdir, e.g. with ``--pyargs``, are not).  Without a seed the
@@ -230,6 +271,8 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
     path = path or node_path
     if context.cli_prog:
         words = [*shlex.split(context.cli_prog), "--impl", context.impl_spec]
+        if configuration:
+            words += ["--config", configuration]
         if context.profile != "default":
             words += ["--profile", context.profile]
         if context.devices_requested != "all":
@@ -240,6 +283,8 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
         return shlex.join(words)
     target = os.path.relpath(os.path.join(context.rootdir, path), context.invocation_dir) + sep + rest
     options = ["python", "-m", "pytest", "-p", "harness.pytest_plugin", "--impl", context.impl_spec]
+    if configuration:
+        options += ["--impl-config", configuration]
     if context.profile != "default":
         options.append(f"--hypothesis-profile={context.profile}")
     if context.devices_requested != "all":
@@ -265,19 +310,19 @@ def build_report(context: RunContext, records: list[TestRecord],
     by_invariant: dict[str, list[TestRecord]] = {}
     for record in records:
         by_invariant.setdefault(record.invariant, []).append(record)
-    rows = [_row(inv.id, inv.title, by_invariant.get(inv.id, [])) for inv in INVARIANTS]
-    failures = [
-        entry
-        for inv in INVARIANTS
-        for record in sorted(by_invariant.get(inv.id, []), key=lambda r: r.nodeid)
-        if record.status == "fail"
-        for entry in _failure_entries(context, record)
-    ]
+    names = [c.name for c in context.configurations]
+    rows = [_row(inv.id, inv.title, by_invariant.get(inv.id, []), names) for inv in INVARIANTS]
+    ordered = [record for inv in INVARIANTS for record in sorted(by_invariant.get(inv.id, []), key=lambda r: r.nodeid)]
+    failures = [entry for record in ordered if record.status == "fail" for entry in _failure_entries(context, record)]
+    new_checks = [{**entry, "since": record.new_since}
+                  for record in ordered if record.status == NEW_SINCE_TARGET
+                  for entry in _failure_entries(context, record)]
     summary: dict[str, Any] = {status: sum(r["status"] == status for r in rows) for status in ROW_STATUSES}
     summary["tests"] = sum(r["tests"] for r in rows)
     summary["failed_tests"] = len({f["test"] for f in failures})
     summary["examples"] = sum(r["examples"] for r in rows)
     summary["failures"] = len(failures)
+    summary["new_checks"] = len(new_checks)
     summary["failure_statuses"] = {status: sum(f["status"] == status for f in failures) for status in FAILURE_STATUSES}
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -288,7 +333,11 @@ def build_report(context: RunContext, records: list[TestRecord],
             "capabilities": sorted(context.capabilities),
             "limits": sorted(context.limits),
             "error": context.impl_error,
+            "catalogue_version": context.catalogue_target,
         },
+        "configurations": [{"name": c.name, "impl_name": c.impl_name, "capabilities": list(c.capabilities),
+                            "limits": list(c.limits), "catalogue_version": c.catalogue_version}
+                           for c in context.configurations],
         "versions": dict(context.versions),
         "profile": context.profile,
         "devices": {
@@ -302,14 +351,16 @@ def build_report(context: RunContext, records: list[TestRecord],
         "rows": rows,
         "failures": failures,
         "class_coverage": _class_coverage(context, by_invariant),
+        "new_checks": new_checks,
     }
     if context.run_info is not None:
         report["run"] = context.run_info
     return report
 
 
-def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any]:
-    """Aggregate one invariant's tests; status precedence fail > xfail > pass > not-implemented > not-run."""
+def _row(invariant: str, title: str, records: list[TestRecord], configurations: list[str] | None = None) -> dict[str, Any]:
+    """Aggregate one invariant's tests; status precedence fail > interrupted > new-since-target > xfail > pass >
+    not-implemented > not-run.  With ``configurations``, the same per configuration under ``"configurations"``."""
     count = lambda status: sum(r.status == status for r in records)  # noqa: E731
     counts = {
         "passed": count("pass"),
@@ -324,6 +375,8 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
         status = "fail"
     elif counts["interrupted"]:
         status = "interrupted"
+    elif any(r.status == NEW_SINCE_TARGET for r in records):
+        status = NEW_SINCE_TARGET
     elif counts["xfailed"]:
         status = "xfail"
     elif counts["passed"] or counts["xpassed"]:
@@ -347,6 +400,9 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
         "failure_statuses": [status for status in FAILURE_STATUSES if status in statuses],
         "classes": {name: dict(values) for name, values in case_classes.ordered(class_counts, invariant)}
                     if class_counts else {},
+        # a test that uses no implementation (configuration None) ran once for every column
+        "configurations": {name: _row(invariant, title, [r for r in records if r.configuration in (name, None)])
+                           for name in configurations or ()},
     }
 
 
@@ -399,7 +455,8 @@ def _failure_entries(context: RunContext, record: TestRecord) -> list[dict[str, 
         "counterexample": detail.counterexample,
         "reproduce_failure": detail.reproduce_failure,
         "seed": detail.seed,
-        "repro": repro_command(context, record.nodeid, detail.seed, record.path),
+        "repro": repro_command(context, record.nodeid, detail.seed, record.path, record.configuration),
+        "configuration": record.configuration,
         "repro_script": detail.repro_script,
         "repro_script_note": detail.repro_note,
     } for index, detail in enumerate(details, 1)]
@@ -430,6 +487,7 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
         "capabilities: " + (", ".join(impl["capabilities"]) or "(none)"),
         *(["declared limits (cases generated within them): " + "; ".join(
             f"{name} ({LIMITS[name]})" for name in impl["limits"])] if impl.get("limits") else []),
+        *_configuration_lines(report),
         f"profile: {report['profile']}; devices: {', '.join(devices['selected']) or '(none)'}"
         + (f" ({devices['note']})" if devices["note"] else ""),
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
@@ -441,13 +499,32 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"xfails file: {report['xfails_file']}")
     summary = report["summary"]
     lines.append(
-        "result: " + ", ".join(f"{summary[s]} {s}" for s in ROW_STATUSES)
+        "result: " + ", ".join(f"{summary[s]} {s}" for s in ROW_STATUSES if s != NEW_SINCE_TARGET or summary.get(s))
         + f" ({summary['tests']} tests, {summary['examples']} examples, {summary['failed_tests']} failed)"
     )
     completion = report["completion"]
     if completion["state"] != "complete" or completion["note"]:
         lines.insert(0, _completion_line(completion))
     return lines
+
+
+def _configuration_lines(report: dict[str, Any]) -> list[str]:
+    """The targeted catalogue version and, for an implementation with configurations, one line each."""
+    target = report["impl"].get("catalogue_version")
+    lines = [f"targets catalogue {target}"] if target else []
+    for config in report.get("configurations") or ():
+        words = [config["impl_name"]]
+        if config["limits"]:
+            words.append("limits " + ", ".join(config["limits"]))
+        if config["catalogue_version"]:
+            words.append(f"targets catalogue {config['catalogue_version']}")
+        lines.append(f"configuration {config['name']}: " + "; ".join(words))
+    return lines
+
+
+def _columns(report: dict[str, Any]) -> list[str]:
+    """Configuration names, one status column each; none for an implementation without configurations."""
+    return [config["name"] for config in report.get("configurations") or ()]
 
 
 def _run_info_lines(run: dict[str, Any] | None) -> list[str]:
@@ -463,16 +540,24 @@ def _run_info_lines(run: dict[str, Any] | None) -> list[str]:
 
 
 def _failure_title(failure: dict[str, Any]) -> str:
-    """``STATUS [invariant] test`` plus ``(failure i of n)`` when the test failed in several ways."""
+    """``STATUS [invariant] test`` plus ``(failure i of n)`` when the test failed in several ways; a new
+    check's reads ``NEW-SINCE-TARGET (catalogue V) STATUS ...``."""
     count = failure["test_failures"]
-    return (f"{failure['status'].upper()} [{failure['invariant']}] {failure['test']}"
+    new = f"{NEW_SINCE_TARGET.upper()} (catalogue {failure['since']}) " if failure.get("since") else ""
+    return (f"{new}{failure['status'].upper()} [{failure['invariant']}] {failure['test']}"
             + (f" (failure {failure['index']} of {count})" if count > 1 else ""))
+
+
+def _column_status(row: dict[str, Any], configuration: str) -> str:
+    column = (row.get("configurations") or {}).get(configuration)
+    return column["status"] if column else "not-run"
 
 
 def _legend_lines(report: dict[str, Any]) -> list[str]:
     """The failure-status legend, for the statuses that occur in ``report``."""
-    present = {f["status"] for f in report["failures"]}
-    return [f"{status}: {meaning}" for status, meaning in FAILURE_STATUSES.items() if status in present]
+    present = {f["status"] for f in report["failures"] + report.get("new_checks", [])}
+    lines = [f"{status}: {meaning}" for status, meaning in FAILURE_STATUSES.items() if status in present]
+    return lines + ([f"{NEW_SINCE_TARGET}: {NEW_SINCE_TARGET_MEANING}"] if report.get("new_checks") else [])
 
 
 def _completion_line(completion: dict[str, Any]) -> str:
@@ -493,14 +578,19 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
     """A plain-text table and failure list for the end of a pytest run."""
     lines = _header_lines(report)
     width = max(len(r["invariant"]) for r in report["rows"])
+    columns = _columns(report)
+    status_width = 16 if any(r["status"] == NEW_SINCE_TARGET for r in report["rows"]) or columns else 15
     lines.append("")
-    lines.append(f"{'invariant':<{width}}  {'status':<15}  {'tests':>5}  {'examples':>8}  notes")
+    lines.append(f"{'invariant':<{width}}  {'status':<{status_width}}  "
+                 + "".join(f"{name:<16}  " for name in columns) + f"{'tests':>5}  {'examples':>8}  notes")
     for row in report["rows"]:
         lines.append(
-            f"{row['invariant']:<{width}}  {row['status']:<15}  {row['tests']:>5}  {row['examples']:>8}  {_row_notes(row)}"
+            f"{row['invariant']:<{width}}  {row['status']:<{status_width}}  "
+            + "".join(f"{_column_status(row, name):<16}  " for name in columns)
+            + f"{row['tests']:>5}  {row['examples']:>8}  {_row_notes(row)}"
         )
     lines += _class_lines(report)
-    for failure in report["failures"]:
+    for failure in report["failures"] + report.get("new_checks", []):
         lines.append("")
         lines.append(_failure_title(failure))
         lines.append(f"  error: {failure['error']}")
@@ -517,7 +607,7 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  repro: {failure['repro']}")
         if failure.get("repro_script"):
             lines.append(f"  repro script (no kvconform needed): {failure['repro_script']}")
-    if report["failures"]:
+    if report["failures"] or report.get("new_checks"):
         lines += ["", "failure statuses:", *("  " + line for line in _legend_lines(report))]
     return lines
 
@@ -572,18 +662,37 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown document."""
     out = ["# kvconform conformance report", ""]
     out += [f"- {line}" for line in _header_lines(report)]
-    out += ["", "| invariant | status | tests | examples | notes |", "|---|---|---:|---:|---|"]
+    columns = _columns(report)
+    out += ["", "| invariant | status | " + "".join(f"{name} | " for name in columns) + "tests | examples | notes |",
+            "|---|---|" + "---|" * len(columns) + "---:|---:|---|"]
     for row in report["rows"]:
         out.append(
-            f"| `{row['invariant']}` {row['title']} | **{row['status']}** | {row['tests']} | "
-            f"{row['examples']} | {_row_notes(row)} |"
+            f"| `{row['invariant']}` {row['title']} | **{row['status']}** | "
+            + "".join(f"{_column_status(row, name)} | " for name in columns)
+            + f"{row['tests']} | {row['examples']} | {_row_notes(row)} |"
         )
-    if report["failures"]:
-        out += ["", "## Failures"]
-    for failure in report["failures"]:
+    new_checks = report.get("new_checks", [])
+    for heading, entries in (("Failures", report["failures"]), (f"New since your version ({NEW_SINCE_TARGET})", new_checks)):
+        if entries:
+            out += ["", f"## {heading}"]
+            out += _markdown_failures(entries)
+    if report["failures"] or new_checks:
+        out += ["", "## Legend", "", "Row statuses: " + ", ".join(ROW_STATUSES) + " (see `kvconform --help`).",
+                "Failure statuses:", ""]
+        out += [f"- **{status}**: {meaning}" for status, meaning in FAILURE_STATUSES.items()]
+        if new_checks:
+            out += [f"- **{NEW_SINCE_TARGET}** (row status): {NEW_SINCE_TARGET_MEANING}"]
+    out += _markdown_classes(report)
+    return "\n".join(out) + "\n"
+
+
+def _markdown_failures(entries: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for failure in entries:
         count = failure["test_failures"]
         out += ["", f"### `{failure['invariant']}`: `{failure['test']}`"
                 + (f" (failure {failure['index']} of {count})" if count > 1 else ""), "",
+                *([f"- added in catalogue {failure['since']}"] if failure.get("since") else []),
                 f"- status: **{failure['status']}**", f"- phase: {failure['phase']}",
                 f"- error: `{failure['error']}`"]
         if failure["reproduce_failure"]:
@@ -600,12 +709,7 @@ def markdown(report: dict[str, Any]) -> str:
             out += ["", "```text", failure["counterexample"], "```"]
         if failure["explanation"]:
             out += ["", "Explanation (Hypothesis's explain phase):", "", "```text", *failure["explanation"], "```"]
-    if report["failures"]:
-        out += ["", "## Legend", "", "Row statuses: " + ", ".join(ROW_STATUSES) + " (see `kvconform --help`).",
-                "Failure statuses:", ""]
-        out += [f"- **{status}**: {meaning}" for status, meaning in FAILURE_STATUSES.items()]
-    out += _markdown_classes(report)
-    return "\n".join(out) + "\n"
+    return out
 
 
 class ReportDirectoryError(ValueError):

@@ -106,12 +106,14 @@ def test_xfails_file_turns_listed_failures_into_xfail_rows(suite):
 def test_json_schema_and_markdown(suite):
     _, report = run_plugin(suite)
     assert set(report) == {"schema_version", "impl", "versions", "profile", "devices", "xfails_file", "completion",
-                           "summary", "rows", "failures", "run", "class_coverage"}
+                           "summary", "rows", "failures", "run", "configurations", "new_checks", "class_coverage"}
+    assert report["configurations"] == [] and report["new_checks"] == []  # no configurations, no target declared
     assert report["completion"] == {"state": "complete", "exit_status": 1, "note": None}
     # "ci" when Hypothesis detected a CI environment when it was imported (the plugin keeps that choice)
     assert report["schema_version"] == 1 and report["profile"] in ("default", "ci")
     assert report["impl"] == {"spec": FAKE, "name": "fake", "target": FAKE,
-                              "capabilities": ["head_mapping", "layout"], "limits": [], "error": None}
+                              "capabilities": ["head_mapping", "layout"], "limits": [], "error": None,
+                              "catalogue_version": None}
     assert set(report["versions"]) == {"python", "torch", "triton", "hypothesis", "pytest", "kvconform"}
     assert set(report["run"]) == {"suite", "catalogue_version", "implementation", "configuration", "device_names",
                                   "driver", "platform"}
@@ -119,12 +121,13 @@ def test_json_schema_and_markdown(suite):
     assert [row["invariant"] for row in report["rows"]] == [inv.id for inv in INVARIANTS]
     row_keys = {"invariant", "title", "status", "tests", "passed", "failed", "interrupted", "xfailed", "xpassed",
                 "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities", "failure_statuses",
-                "classes"}
-    assert all(set(row) == row_keys for row in report["rows"])
+                "configurations", "classes"}
+    assert all(set(row) == row_keys and row["configurations"] == {} for row in report["rows"])
     assert {f["invariant"] for f in report["failures"]} == {"layout", "isolation"}
     assert all(set(f) == {"invariant", "test", "index", "test_failures", "status", "phase", "error", "explanation",
-                          "counterexample", "reproduce_failure", "seed", "repro", "repro_script",
-                          "repro_script_note"} for f in report["failures"])
+                          "counterexample", "reproduce_failure", "seed", "repro", "configuration", "repro_script",
+                          "repro_script_note"}
+               and f["configuration"] is None for f in report["failures"])
     assert all(f["repro_script"] == f"repro_{f['test'].rpartition('::')[2]}_1.py" for f in report["failures"])
     assert report["summary"]["fail"] == 2 and report["summary"]["failed_tests"] == 2
     assert report["summary"]["failures"] == 2

@@ -33,7 +33,7 @@ def code():
 
 @pytest.fixture(scope="module")
 def impl():
-    return adapter.make_implementation()
+    return adapter.make_default_implementation()
 
 
 # ---------------------------------------------------------------- the API pin
@@ -88,8 +88,17 @@ def test_entry_points_name_the_adapters_factories():
     if "sglang" not in names:
         pytest.fail("no 'sglang' entry point in kvconform.implementations: install kvconform (pip install -e .)")
     assert names["sglang"] == "adapters.sglang:make_implementation"
-    assert names["sglang-torch"] == "adapters.sglang:make_torch_implementation"
-    assert names["sglang-triton"] == "adapters.sglang:make_triton_implementation"
+
+
+def test_sglang_declares_its_kernel_paths_as_configurations():
+    """``--impl sglang`` runs the triton and torch kernel paths, each its own implementation (one report column)."""
+    from harness.loading import load_configurations
+
+    loaded = load_configurations("adapters.sglang:make_implementation")  # the entry point's target
+    assert loaded.declared == ("triton", "torch") and loaded.name == "sglang 0.5.23"
+    assert [(c.spec, c.implementation.kernel_path) for c in loaded.selected] == [
+        ("adapters.sglang:make_implementation#triton", "triton"), ("adapters.sglang:make_implementation#torch", "torch")]
+    assert all(c.implementation.limits == {"whole_pages", "no_pipeline_fan_in"} for c in loaded.selected)
 
 
 # ---------------------------------------------------------------- head_mapping (docs/domain.md#who-writes-to-whom)
@@ -179,7 +188,7 @@ def _pools(tokens, heads, dim, layers, dtype, device, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("factory", ["make_implementation", "make_torch_implementation"])
+@pytest.mark.parametrize("factory", ["make_default_implementation", "make_torch_implementation"])
 def test_kv_copy_round_trip_is_bit_exact(device, factory):
     impl = getattr(adapter, factory)()
     H, P, D, L, dim, page = 4, 4, 2, 2, 3, 2

@@ -1,8 +1,9 @@
 """SGLang 0.5.23's decode-side KV staging, plugged into kvconform.
 
-Load with ``--impl sglang`` (the ``kvconform.implementations`` entry point;
-``sglang-torch`` / ``sglang-triton`` force one kernel path) or
-``--impl adapters.sglang:make_implementation``.  Needs
+Load with ``--impl sglang`` (the ``kvconform.implementations`` entry point) or
+``--impl adapters.sglang:make_implementation``: two configurations, SGLang's
+``triton`` and ``torch`` kernel paths, one report column each (``--config torch``
+selects one; ``sglang#torch`` names one wherever a spec is expected).  Needs
 ``pip install --no-deps sglang==0.5.23`` plus ``triton`` and ``numpy``
 (SGLang's staging modules import both), none of SGLang's other dependencies:
 the adapter loads the staging modules without running SGLang's package
@@ -29,7 +30,9 @@ from kvconform's harness (a standalone repro script runs it without kvconform).
 from adapters.sglang.implementation import (
     KERNEL_PATHS,
     SglangAllocator,
+    SglangConfigurations,
     SglangImplementation,
+    make_default_implementation,
     make_implementation,
     make_torch_implementation,
     make_triton_implementation,
@@ -54,9 +57,11 @@ __all__ = [
     "SglangAllocator",
     "SglangApiMismatch",
     "SglangCode",
+    "SglangConfigurations",
     "SglangImplementation",
     "SglangUnavailable",
     "load_sglang",
+    "make_default_implementation",
     "make_implementation",
     "make_torch_implementation",
     "make_triton_implementation",

@@ -19,7 +19,8 @@ Capabilities and what runs (all SGLang code is the installed 0.5.23 code):
   ``StagingBuffer``, then a byte copy into ``out`` (the bulk RDMA);
   ``scatter_staging_to_kv``.  SGLang's default Triton kernels (compiled on
   CUDA; on a machine without CUDA run by the Triton interpreter, shim 8);
-  ``make_torch_implementation`` selects its torch variants instead.
+  ``make_torch_implementation`` selects its torch variants instead; ``--impl sglang`` runs both, the
+  ``triton`` and ``torch`` configurations, one report column each.
 * ``decode_handler``: ``DecodeStagingHandler``, see ``decode_handler``.
 * Not claimed: ``direct_copy`` and ``end_to_end`` (SGLang has no in-process
   equivalent: its non-staged path is per-page RDMA by the backend).
@@ -193,11 +194,6 @@ def _make(kernel_path: str) -> SglangImplementation:
     return SglangImplementation(code, kernel_path)
 
 
-def make_implementation() -> SglangImplementation:
-    """SGLang's staging as it runs by default: Triton kernels (torch for CPU tensors on a CUDA machine)."""
-    return _make("auto")
-
-
 def make_torch_implementation() -> SglangImplementation:
     """SGLang's torch staging kernels, as with ``SGLANG_STAGING_USE_TORCH=1``."""
     return _make("torch")
@@ -206,3 +202,21 @@ def make_torch_implementation() -> SglangImplementation:
 def make_triton_implementation() -> SglangImplementation:
     """SGLang's Triton staging kernels (compiled on CUDA, interpreted on a machine without CUDA)."""
     return _make("triton")
+
+
+def make_default_implementation() -> SglangImplementation:
+    """SGLang's staging as it runs by default: Triton kernels (torch for CPU tensors on a CUDA machine)."""
+    return _make("auto")
+
+
+class SglangConfigurations:
+    """``--impl sglang``: SGLang's two kernel paths, one column of one report each (``--config torch``
+    selects one); each is built only when selected."""
+
+    name = f"sglang {SGLANG_VERSION}"
+    configurations = {"triton": make_triton_implementation, "torch": make_torch_implementation}
+
+
+def make_implementation() -> SglangConfigurations:
+    """``--impl sglang``: the Triton and the torch kernel paths (``sglang#torch`` is one of them alone)."""
+    return SglangConfigurations()

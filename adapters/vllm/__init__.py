@@ -1,5 +1,9 @@
 """vLLM 0.33.0's NIXL KV connector, plugged into kvconform (``--impl vllm``).
 
+``--impl vllm`` declares three configurations, each a column of the report: ``pull``
+(the default connector), ``push`` and ``permute`` (pull with permute-on-receive);
+``--config push`` selects one, ``vllm#push`` names one wherever a spec is expected.
+
 Layout: :mod:`adapters.vllm.pin` (the vLLM release, pinned signatures and
 attributes, the globals the stand-ins replace), :mod:`adapters.vllm.loader`
 (imports vLLM once, installs the stand-ins), :mod:`adapters.vllm.nixl_standin`
@@ -15,8 +19,8 @@ from __future__ import annotations
 from adapters.vllm.loader import load_vllm
 from adapters.vllm.pin import VLLM_VERSION, VllmApiMismatch, VllmUnavailable, require_matching_api
 
-__all__ = ["VLLM_VERSION", "VllmApiMismatch", "VllmUnavailable", "make_implementation", "make_push_implementation",
-           "make_permute_implementation"]
+__all__ = ["VLLM_VERSION", "VllmApiMismatch", "VllmConfigurations", "VllmUnavailable", "make_implementation",
+           "make_pull_implementation", "make_push_implementation", "make_permute_implementation"]
 
 
 def _make(mode: str, decode_layout: str = "LBHNC"):
@@ -27,8 +31,8 @@ def _make(mode: str, decode_layout: str = "LBHNC"):
     return VllmImplementation(code, mode=mode, decode_layout=decode_layout)
 
 
-def make_implementation():
-    """vLLM's pull mode (``NixlConnector``: decode ranks READ head slices from prefill ranks), the default."""
+def make_pull_implementation():
+    """vLLM's pull mode (``NixlConnector``: decode ranks READ head slices from prefill ranks)."""
     return _make("pull")
 
 
@@ -42,3 +46,17 @@ def make_permute_implementation():
     ``enable_permute_local_kv``: blocks arrive head-major and vLLM rearranges them after the transfer
     (``kv_postprocess_blksize_and_layout_on_receive``)."""
     return _make("pull", decode_layout="LBNHC")
+
+
+class VllmConfigurations:
+    """``--impl vllm``: the connector in each configuration it supports, one column of one report each
+    (``--config pull,push`` selects).  Each is built (vLLM imported) only when selected."""
+
+    name = f"vllm {VLLM_VERSION}"
+    configurations = {"pull": make_pull_implementation, "push": make_push_implementation,
+                      "permute": make_permute_implementation}
+
+
+def make_implementation() -> VllmConfigurations:
+    """``--impl vllm``: pull, push and permute-on-receive (``vllm#push`` is one of them alone)."""
+    return VllmConfigurations()

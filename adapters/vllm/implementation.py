@@ -52,9 +52,21 @@ class VllmTransferFailed(RuntimeError):
 
 # ===================================================================== environment installation
 class _Environment:
-    """The stand-ins, installed once per process into vLLM's worker module."""
+    """The stand-ins, installed once per process into vLLM's worker module: shared by every implementation
+    (configuration) built in the process, since installing them again would point vLLM at another's."""
+
+    _shared: dict[int, "_Environment"] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def of(cls, code: VllmCode) -> "_Environment":
+        with cls._shared_lock:
+            if id(code) not in cls._shared:
+                cls._shared[id(code)] = cls(code)
+            return cls._shared[id(code)]
 
     def __init__(self, code: VllmCode) -> None:
+        self.move_lock = threading.Lock()  # one move at a time per process: the installed globals are shared
         self.ranks = env.RankContext()
         self.listeners = env.HandshakeListeners(code)
         self.backend = env.attention_backend(code)
@@ -152,8 +164,7 @@ class VllmImplementation:
         self.limits = self.LIMITS_BY_MODE[mode]
         permute = "" if decode_layout == "LBHNC" else f", decode {decode_layout} permuted on receive"
         self.name = f"vllm {code.version} (NIXL {mode}{permute})"
-        self._env = _Environment(code)
-        self._move_lock = threading.Lock()
+        self._env = _Environment.of(code)
 
     # -- head_mapping -------------------------------------------------------------------
     def _topology(self, total_kv_heads: int, tp_size: int, tp_rank: int) -> Any:
@@ -250,7 +261,7 @@ class VllmImplementation:
         """One request through vLLM's pull or push path (``staged`` and ``chunk_pages`` have no vLLM counterpart:
         NIXL moves the request's blocks directly, all at once).  Each engine's block size is its page size;
         the decode's prefix hit is ``prefix_len // decode_page_size`` whole blocks."""
-        with self._move_lock:
+        with self._env.move_lock:
             fabric = Fabric()
             with self._env.fabric(fabric), LogCapture().attached("vllm.distributed.kv_transfer") as log:
                 move = _Move(self, fabric, log, total_kv_heads=total_kv_heads, prefill_tp=prefill_tp,

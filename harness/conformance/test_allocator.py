@@ -39,7 +39,7 @@ def _programs(draw):
     return capacity, draw(kst.allocator_programs(capacity))
 
 
-@pytest.mark.invariant("allocator", requires=("allocator",))
+@pytest.mark.invariant("allocator", requires=("allocator",), since="1.0")
 @given(program=_programs())
 @example(program=(8, [("assign", 4), ("assign", 4), ("free", 1)]))  # out-of-order free
 @example(program=(8, [("assign", 6), ("assign", 6)]))  # wrap onto a live older region

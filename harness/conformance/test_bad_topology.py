@@ -27,7 +27,7 @@ def _expect_refusal(call, bad, what: str) -> None:
     raise InvariantViolation(f"{what} accepted {bad.topology}, which is invalid ({bad.reason})")
 
 
-@pytest.mark.invariant("bad_topology", requires=("head_mapping",))
+@pytest.mark.invariant("bad_topology", requires=("head_mapping",), since="1.0")
 @given(bad=kst.invalid_topologies(reasons=_MAPPING_REASONS))
 def test_bad_topology_head_mapping(impl, bad):
     t = bad.topology
@@ -39,7 +39,7 @@ def test_bad_topology_head_mapping(impl, bad):
     _expect_refusal(lambda: impl.head_slice(t.total_kv_heads, t.prefill_tp, t.decode_tp, 0, 0), bad, "head_slice")
 
 
-@pytest.mark.invariant("bad_topology", requires=("end_to_end",))
+@pytest.mark.invariant("bad_topology", requires=("end_to_end",), since="1.0")
 @given(bad=kst.invalid_topologies(reasons=_ALL_REASONS))
 def test_bad_topology_end_to_end(impl, bad):
     t = bad.topology

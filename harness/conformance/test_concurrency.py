@@ -201,7 +201,7 @@ def run_concurrently(impl, device: str, seed: int, requests: Optional[int] = Non
         raise
 
 
-@pytest.mark.invariant("concurrency", requires=("allocator", "decode_handler"))
+@pytest.mark.invariant("concurrency", requires=("allocator", "decode_handler"), since="1.0")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_concurrency_transfer_and_scheduler_threads(impl, device, seed):
     run_concurrently(impl, device, seed)

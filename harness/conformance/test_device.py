@@ -36,7 +36,7 @@ def no_host_sync(what: str):
 
 
 @needs_cuda
-@pytest.mark.invariant("device", requires=("kv_copy",))
+@pytest.mark.invariant("device", requires=("kv_copy",), since="1.0")
 @given(case=kst.transfer_cases())
 def test_device_cuda_matches_cpu(impl, case):
     worlds = {}
@@ -51,7 +51,7 @@ def test_device_cuda_matches_cpu(impl, case):
 
 
 @needs_cuda
-@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"))
+@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"), since="1.0")
 @given(case=kst.transfer_cases(max_tokens=32))
 def test_device_no_host_sync_in_hot_path(impl, case):
     """Gather and chunk arrival (which submits the scatter) never wait for the GPU."""
@@ -87,7 +87,7 @@ def test_device_no_host_sync_in_hot_path(impl, case):
 
 
 @needs_cuda
-@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"))
+@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"), since="1.0")
 @given(case=kst.transfer_cases(max_tokens=32))
 def test_device_scatter_on_its_own_stream(impl, case):
     """The handler's scatters run on a stream other than the caller's (the transfer thread's),
@@ -123,7 +123,7 @@ def test_device_scatter_on_its_own_stream(impl, case):
 
 
 @needs_cuda
-@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"))
+@pytest.mark.invariant("device", requires=("allocator", "kv_copy", "decode_handler"), since="1.0")
 @given(case=kst.transfer_cases(max_tokens=32))
 def test_device_buffers_outlive_their_side_stream_work(impl, case):
     """Memory the handler frees while a kernel on another stream still uses it goes to its next user at once:

@@ -56,7 +56,7 @@ def worker_group():
         group.close()
 
 
-@pytest.mark.invariant("round_trip", requires=_NEEDS)
+@pytest.mark.invariant("round_trip", requires=_NEEDS, since="1.0")
 @_SETTINGS
 @given(case=kst.transfer_cases(topologies=_topologies(), max_tokens=32), slack=st.integers(1, 3))
 def test_distributed_round_trip(worker_group, loaded_impl, case, slack):
@@ -65,7 +65,7 @@ def test_distributed_round_trip(worker_group, loaded_impl, case, slack):
     worker_group.run(CaseJob(case, loaded_impl.spec, slack=slack)).raise_if_failed()
 
 
-@pytest.mark.invariant("lifecycle", requires=_NEEDS)
+@pytest.mark.invariant("lifecycle", requires=_NEEDS, since="1.0")
 @_SETTINGS
 @given(case=kst.transfer_cases(topologies=_topologies(), max_tokens=24), data=st.data())
 def test_distributed_arrival_orders(worker_group, loaded_impl, case, data):

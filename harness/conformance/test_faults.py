@@ -124,7 +124,7 @@ def register_bystander(rank: Rank, plan: RequestPlan) -> int:
     return rank.register(plan, StagedReceiver())
 
 
-@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES, since="1.0")
 @given(scenario=scenarios())
 def test_lifecycle_faults_writer_never_arrives(impl, device, scenario):
     """The victim's last writer never reports: the victim times out, fails, and frees everything on release."""
@@ -142,7 +142,7 @@ def test_lifecycle_faults_writer_never_arrives(impl, device, scenario):
     run_bystander(rank, bystander, scenario[3], fault)
 
 
-@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES, since="1.0")
 @given(scenario=scenarios(), how=st.sampled_from(("abort", "timeout")))
 def test_lifecycle_faults_partial_write_never_lands(impl, device, scenario, how):
     """Writer 0 writes half its part and dies; the others write and arrive.  The transfer error aborts the
@@ -164,7 +164,7 @@ def test_lifecycle_faults_partial_write_never_lands(impl, device, scenario, how)
     run_bystander(rank, bystander, scenario[3], fault)
 
 
-@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES, since="1.0")
 @given(scenario=scenarios())
 def test_lifecycle_faults_duplicate_completion(impl, device, scenario):
     """A finished victim's every "chunk ready" and "prefill done" arrive again while the bystander reuses its
@@ -196,7 +196,7 @@ def test_lifecycle_faults_duplicate_completion(impl, device, scenario):
     rank.check_all()
 
 
-@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES, since="1.0")
 @given(scenario=scenarios(), arrived=st.integers(0, 4))
 def test_lifecycle_faults_release_mid_scatter(impl, device, scenario, arrived):
     """The victim is released after ``arrived`` of its chunk's writers reported (all of them: its scatter was
@@ -223,7 +223,7 @@ def test_lifecycle_faults_release_mid_scatter(impl, device, scenario, arrived):
     run_bystander(rank, bystander, fault_at, lambda: None)
 
 
-@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES, since="1.0")
 @given(scenario=scenarios())
 def test_lifecycle_faults_oversized_chunk(impl, device, scenario):
     """The victim asks for a chunk one byte larger than the ring: refused; the victim alone fails."""
@@ -239,7 +239,7 @@ def test_lifecycle_faults_oversized_chunk(impl, device, scenario):
     run_bystander(rank, bystander, scenario[3], fault)
 
 
-@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES, since="1.0")
 @given(scenario=scenarios(misaligned_victim=True))
 def test_lifecycle_faults_misaligned_prefix(impl, device, scenario):
     """A staged victim whose cached prefix is not page-aligned registers mid-transfer: it fails; if the
@@ -292,7 +292,7 @@ def send_chunk_late(rank: Rank, rid: int, chunk: int) -> None:
         rank.arrive(rid, chunk, slot)
 
 
-@pytest.mark.invariant("lifecycle", requires=_REQUIRES)
+@pytest.mark.invariant("lifecycle", requires=_REQUIRES, since="1.0")
 def test_lifecycle_faults_regions_outlive_their_scatters(impl, device):
     """A ring of one chunk, so each region is reused as soon as it is freed.  Request 1 moves chunk after chunk;
     request 2 is released right after its first chunk's last writer reported; request 3 then reuses the region.

@@ -47,14 +47,14 @@ def check_head_mapping(impl, topo) -> None:
             raise InvariantViolation(f"decode rank {d} must hold {dst_heads}; writers cover {sorted(covered)}")
 
 
-@pytest.mark.invariant("head_coverage", requires=("head_mapping",))
+@pytest.mark.invariant("head_coverage", requires=("head_mapping",), since="1.0")
 @given(topo=kst.topologies())
 @example(topo=_REPLICATED.topology)
 def test_head_coverage_mapping(impl, topo):
     check_head_mapping(impl, topo)
 
 
-@pytest.mark.invariant("head_coverage", requires=("kv_copy",))
+@pytest.mark.invariant("head_coverage", requires=("kv_copy",), since="1.0")
 @given(case=kst.transfer_cases(max_tokens=8, max_layers_per_stage=1))
 @example(case=_REPLICATED)
 def test_head_coverage_data(impl, device, case):

@@ -29,7 +29,7 @@ def check_layout(impl, geometry) -> None:
             f"(each writer 2*layers*tokens*heads*dim*esize bytes, back to back in slot order)")
 
 
-@pytest.mark.invariant("layout", requires=("layout",))
+@pytest.mark.invariant("layout", requires=("layout",), since="1.0")
 @given(geometry=_geometry)
 def test_layout_spans(impl, geometry):
     check_layout(impl, geometry)

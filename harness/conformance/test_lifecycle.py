@@ -20,7 +20,7 @@ _TWO_WRITERS = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 2, torch.float32, 2),
                             RequestSpec(4, 0, 1, (0, 1), 3, (2, 0), 3), seed=0, nan_payloads=False)
 
 
-@pytest.mark.invariant("lifecycle", requires=_LIFECYCLE)
+@pytest.mark.invariant("lifecycle", requires=_LIFECYCLE, since="1.0")
 @given(case=kst.transfer_cases(max_tokens=24), data=st.data())
 @example(case=_TWO_WRITERS, data=[(0, 0), (0, 0), (1, 1), (0, 1), (1, 0)])  # duplicate before fan-in
 def test_lifecycle_arrival_orders(impl, device, case, data):
@@ -38,7 +38,7 @@ def test_lifecycle_arrival_orders(impl, device, case, data):
 _FAULTS = ("abort", "timeout", "oversized", "misaligned_prefix")
 
 
-@pytest.mark.invariant("lifecycle", requires=_LIFECYCLE)
+@pytest.mark.invariant("lifecycle", requires=_LIFECYCLE, since="1.0")
 @given(case=kst.transfer_cases(max_tokens=16), fault=st.sampled_from(_FAULTS), when=st.integers(0, 64))
 @example(case=_TWO_WRITERS, fault="abort", when=1)
 @example(case=_TWO_WRITERS, fault="misaligned_prefix", when=2)

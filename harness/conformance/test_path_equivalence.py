@@ -28,7 +28,7 @@ def _paths(impl):
     return paths
 
 
-@pytest.mark.invariant("path_equivalence", requires=("kv_copy", "direct_copy"))
+@pytest.mark.invariant("path_equivalence", requires=("kv_copy", "direct_copy"), since="1.0")
 @given(case=kst.transfer_cases())
 def test_path_equivalence(impl, device, case):
     results = {}

@@ -31,7 +31,7 @@ def _lifecycle(impl, world: World, receiver) -> None:
     world.check_decode(part="request", indices=[0])
 
 
-@pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"))
+@pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"), since="1.0")
 @given(case=kst.transfer_cases(max_tokens=16), receiver=kst.receivers())
 @example(case=TransferCase(TpTopology(1, 1, 1), KvSpec(1, 1, torch.float32, 1), RequestSpec(1, 0, 1, (0,), 2, (0,), 2),
                            seed=0, nan_payloads=False),
@@ -40,7 +40,7 @@ def test_receivers_lifecycle(impl, device, case, receiver):
     _lifecycle(impl, World.build(case, device), receiver)
 
 
-@pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"))
+@pytest.mark.invariant("receivers", requires=("allocator", "kv_copy", "decode_handler"), since="1.0")
 @given(receiver=kst.receivers())
 def test_receivers_registration(impl, receiver):
     """Register, abort and release: the minimal lifecycle of every receiver kind, fast."""

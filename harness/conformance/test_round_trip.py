@@ -24,7 +24,7 @@ PREFILL_PAGES_LARGER = TransferCase(TpTopology(2, 2, 1), KvSpec(1, 2, torch.bflo
                                     RequestSpec(13, 4, 2, (1, 0), 3, (3, 1, 4, 0), 5), seed=5, nan_payloads=True)
 
 
-@pytest.mark.invariant("round_trip", requires=("kv_copy",))
+@pytest.mark.invariant("round_trip", requires=("kv_copy",), since="1.0")
 @given(case=kst.transfer_cases())
 @example(case=_NAN_PAYLOADS)
 def test_round_trip_kv_copy(impl, device, case):
@@ -33,7 +33,7 @@ def test_round_trip_kv_copy(impl, device, case):
     world.check_decode(part="request")
 
 
-@pytest.mark.invariant("round_trip", requires=("allocator", "kv_copy", "decode_handler"))
+@pytest.mark.invariant("round_trip", requires=("allocator", "kv_copy", "decode_handler"), since="1.0")
 @given(case=kst.transfer_cases(), slack=st.integers(1, 3))
 def test_round_trip_decode_handler(impl, device, case, slack):
     """Through the decode handler and a ring that holds ``slack`` chunks (1: every chunk wraps)."""
@@ -43,11 +43,19 @@ def test_round_trip_decode_handler(impl, device, case, slack):
     world.check_decode(part="request")
 
 
-@pytest.mark.invariant("round_trip", requires=("end_to_end",))
+@pytest.mark.invariant("round_trip", requires=("end_to_end",), since="1.0")
+@given(case=kst.transfer_cases())
+def test_round_trip_end_to_end(impl, device, case):
+    world = World.build(case, device)
+    move_end_to_end(impl, world, staged=True)
+    world.check_decode(part="request")
+
+
+@pytest.mark.invariant("round_trip", requires=("end_to_end",), since="1.1")
 @given(case=kst.transfer_cases(aligned_prefix=None, page_size_pairs=kst.page_size_pairs()))
 @example(case=DECODE_PAGES_LARGER)
 @example(case=PREFILL_PAGES_LARGER)
-def test_round_trip_end_to_end(impl, device, case):
+def test_round_trip_end_to_end_page_sizes_and_prefix_hits(impl, device, case):
     """Prefill and decode page sizes may differ; the decode's prefix-hit pages keep its own KV, a partially
     cached page is re-read."""
     world = World.build(case, device)

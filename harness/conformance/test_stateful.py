@@ -130,7 +130,7 @@ def allocator_machine(impl) -> type[RuleBasedStateMachine]:
     return type("AllocatorMachine", (AllocatorRules,), {"impl": guard(impl)})
 
 
-@pytest.mark.invariant("allocator", requires=("allocator",))
+@pytest.mark.invariant("allocator", requires=("allocator",), since="1.0")
 def test_allocator_state_machine(impl):
     run_state_machine_as_test(allocator_machine(impl), settings=machine_settings())
 
@@ -333,6 +333,6 @@ def handler_machine(impl, device: str = "cpu") -> type[RuleBasedStateMachine]:
     return type("HandlerMachine", (HandlerRules,), {"impl": guard(impl), "device": device})
 
 
-@pytest.mark.invariant("lifecycle", requires=("allocator", "decode_handler"))
+@pytest.mark.invariant("lifecycle", requires=("allocator", "decode_handler"), since="1.0")
 def test_lifecycle_handler_state_machine(impl, device):
     run_state_machine_as_test(handler_machine(impl, device), settings=machine_settings())

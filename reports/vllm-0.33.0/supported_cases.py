@@ -3,7 +3,7 @@
 The conformance run stops each test at its first failing example, so the report shows few passing
 ones; this script gives the evidence for the rest.  Usage (from the repository root, vLLM installed):
 
-    python reports/vllm-0.33.0/supported_cases.py make_implementation 150
+    python reports/vllm-0.33.0/supported_cases.py make_pull_implementation 150
     python reports/vllm-0.33.0/supported_cases.py make_push_implementation 150
     python reports/vllm-0.33.0/supported_cases.py make_permute_implementation 150 --no-fp8
 
