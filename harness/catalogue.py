@@ -26,7 +26,8 @@ from dataclasses import dataclass
 #: removed or renamed, so reports made against different catalogues are not compared silently.
 CATALOGUE_VERSION = "1.1"
 #: The first catalogue version; no conformance test is older.
-FIRST__VERSION = re.compile(r"^(\d+)\.(\d+)$")
+FIRST_CATALOGUE_VERSION = "1.0"
+_VERSION = re.compile(r"^(\d+)\.(\d+)$")
 
 
 @dataclass(frozen=True)
