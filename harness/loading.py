@@ -72,6 +72,9 @@ class LoadedImplementation:
     implementation: Implementation  #: the object conformance tests call
     capabilities: frozenset[str]  #: validated capability names it claims
     target: str  #: the ``module:attribute`` the spec resolved to
+    #: ``"process"``: ``implementation`` is the guarded proxy of one running in a worker process
+    #: (``harness.isolation``); ``"in-process"``: the object itself, in this process.
+    isolation: str = "in-process"
 
 
 def resolve_spec(spec: str | None) -> str:
@@ -93,14 +96,18 @@ def available_implementations() -> dict[str, str]:
     return dict(sorted(names.items()))
 
 
-def load_implementation(spec: str | None = None) -> LoadedImplementation:
+def load_implementation(spec: str | None = None, *, isolated: bool = False) -> LoadedImplementation:
     """Load, build and validate the implementation ``spec`` names.
 
     Raises :class:`ImplementationError` with an actionable message when the
     module or attribute is missing, the factory raises, or the object does not
-    provide every method of every capability it claims.
+    provide every method of every capability it claims.  ``isolated``: load it
+    in a worker process (the same resolution, run there; the factory under the
+    call deadline) and answer its guarded proxy.
     """
     resolved = resolve_spec(spec)
+    if isolated:
+        return _load_isolated(resolved)
     target, display_name = _target_of(resolved)
     module_name, _, attribute = target.partition(":")
     module = _import_module(module_name, resolved)
@@ -111,6 +118,23 @@ def load_implementation(spec: str | None = None) -> LoadedImplementation:
     if not isinstance(name, str) or not name.strip():
         name = display_name
     return LoadedImplementation(resolved, name, implementation, capabilities, f"{module_name}:{attribute or DEFAULT_FACTORY}")
+
+
+def _load_isolated(spec: str) -> LoadedImplementation:
+    from harness import isolation
+    from harness.guard import call_timeout_s, guard
+
+    timeout = call_timeout_s(after_hang=False)
+    try:
+        supervisor = isolation.start(spec, timeout)
+    except isolation.LoadRefused as refused:
+        raise ImplementationError(str(refused)) from None
+    except Exception as exc:  # WorkerHung, WorkerDied: the factory hung or ended the worker's process
+        raise ImplementationError(f"--impl {spec!r}: loading it in a worker process failed: "
+                                  f"{type(exc).__name__}: {exc}") from None
+    root, info = supervisor.root, supervisor.loaded
+    capabilities = validate_implementation(root, spec)  # the judge's own check of what crossed
+    return LoadedImplementation(spec, info["name"], guard(root), capabilities, info["target"], "process")
 
 
 def validate_implementation(implementation: Any, spec: str) -> frozenset[str]:
