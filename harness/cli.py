@@ -117,6 +117,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--xfails", metavar="FILE",
                         help="expected-failure list: invariant ids or node-id substrings, one per line, '#' comments; "
                         "a bare name reads harness/xfails/NAME.txt")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the implementation inside the judge's process instead of a worker process, for "
+                        "debugging (breakpoints, profilers). Not for verdicts: there, an implementation that "
+                        "crashes ends the run, and one that patches harness modules (oracles, pytest hooks, the "
+                        "report) can turn its failures into passes; the default worker process keeps both out")
     parser.add_argument("-x", "--exitfirst", action="store_true",
                         help="stop at the first failing invariant test; the report is still written, with that "
                         "failure, its counterexample and repro (the invariants not reached read not-run)")
@@ -223,6 +228,7 @@ def _pytest_arguments(args: argparse.Namespace, passthrough: list[str], prog: st
         "--device", args.device,
         "--kvconform-report", str(Path(args.report_dir).resolve()),
         "--kvconform-prog", prog,
+        "--isolation", "in-process" if args.in_process else "process",
     ]
     if args.exitfirst:
         result.append("--exitfirst")

@@ -65,7 +65,10 @@ from harness.hypothesis_records import (
 )
 from harness.markers import attribute_to_marker, fail_fast_order, fit_to_declared_scope, parse_invariant_marker
 from harness.devices import require_devices, select_devices
+from harness.guard import guard
 from harness.interface import Implementation
+from harness.isolation import MODES as ISOLATION_MODES
+from harness.isolation import retire_workers
 from harness.loading import ImplementationError, LoadedImplementation, load_implementation, resolve_spec
 from harness.report import (
     Completion,
@@ -86,6 +89,10 @@ PROP_MISSING = "kvconform.missing_capabilities"
 PROP_XFAIL = "kvconform.xfail"
 
 DEVICE_CHOICES = ("cpu", "cuda", "all")
+#: Isolation of plain pytest runs (the kvconform command passes its own, process by default).  In-process:
+#: the project's CI runs the suite under pytest-xdist on 2 cores, and process isolation costs a round trip per
+#: call (bench/isolation_overhead.py); CI exercises isolation through the CLI tests (tests/test_hostile.py).
+DEFAULT_PYTEST_ISOLATION = "in-process"
 CONFORMANCE_DIR = Path(__file__).resolve().parent / "conformance"
 _STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
 _MARKER_ERROR: pytest.StashKey[str] = pytest.StashKey()
@@ -125,6 +132,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--device", dest="kvconform_device", default="all", choices=DEVICE_CHOICES,
         help="devices conformance tests use: cpu, cuda, or all available (default).",
+    )
+    group.addoption(
+        "--isolation", dest="kvconform_isolation", default=None, metavar="MODE",
+        help="where the implementation runs: 'process' (a worker process; a crash, hang or patched harness module "
+        "there cannot end or fool the judge) or 'in-process' (inside pytest's process, for debugging). "
+        f"Default for plain pytest: {DEFAULT_PYTEST_ISOLATION}; the kvconform command defaults to process.",
     )
     # Set by the kvconform CLI so repro lines use the CLI instead of pytest.
     group.addoption("--kvconform-prog", dest="kvconform_prog", default=None, help=argparse.SUPPRESS)
@@ -167,8 +180,21 @@ def loaded_impl(pytestconfig: pytest.Config) -> LoadedImplementation:
 
 @pytest.fixture(scope="session")
 def impl(loaded_impl: LoadedImplementation) -> Implementation:
-    """The implementation object conformance tests call (typed with every capability's Protocol)."""
-    return loaded_impl.implementation
+    """The implementation conformance tests call (typed with every capability's Protocol), behind
+    ``harness.guard``: every call has a deadline and its return checked, in a worker process or in this one."""
+    return guard(loaded_impl.implementation)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def impl_in_process(pytestconfig: pytest.Config) -> Implementation:
+    """The implementation loaded in this process whatever ``--isolation`` says, guarded: for tests that
+    observe the implementation's own process (CUDA sync-debug mode, the freed-memory probe)."""
+    run = pytestconfig.stash[_STASH]
+    try:
+        loaded = run.ensure_loaded() if run.isolation == "in-process" else load_implementation(run.spec)
+    except ImplementationError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return guard(loaded.implementation)  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")
@@ -210,6 +236,10 @@ class ConformanceRun:
         return resolve_spec(self.config.getoption("kvconform_impl"))
 
     @property
+    def isolation(self) -> str:
+        return self.config.getoption("kvconform_isolation") or DEFAULT_PYTEST_ISOLATION
+
+    @property
     def device_option(self) -> str:
         return self.config.getoption("kvconform_device")
 
@@ -220,6 +250,9 @@ class ConformanceRun:
     def configure(self) -> None:
         """Check the inputs, select the Hypothesis profile, read the xfails file and, when wanted, load the implementation."""
         self._load_hypothesis_profile()
+        if self.isolation not in ISOLATION_MODES:
+            raise pytest.UsageError(f"--isolation={self.isolation}: not a mode; use one of "
+                                    f"{', '.join(ISOLATION_MODES)}")
         try:
             require_devices(self.device_option)
         except ValueError as exc:
@@ -291,7 +324,7 @@ class ConformanceRun:
 
     def ensure_loaded(self) -> LoadedImplementation:
         if self.loaded is None:
-            self.loaded = load_implementation(self.spec)
+            self.loaded = load_implementation(self.spec, isolated=self.isolation == "process")
         return self.loaded
 
     def load_or_usage_error(self) -> LoadedImplementation:
@@ -382,6 +415,12 @@ class ConformanceRun:
                 raise
             finally:
                 item.user_properties.extend(example_properties(item, statistics))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        """A fresh worker per test: whatever the implementation left running cannot reach the next test."""
+        if self.loaded is not None and self.loaded.isolation == "process":
+            retire_workers()
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
         self.running.add(nodeid)
@@ -510,6 +549,7 @@ class ConformanceRun:
         configuration = {"impl_spec": self.spec, "profile": profiles.current_profile_name(),
                          "device_option": self.device_option, "devices": list(selected),
                          "xfails": [entry.pattern for entry in self.xfails], "limits": list(limits),
+                         "isolation": self.isolation,
                          "environment": runinfo.environment()}
         return RunContext(
             impl_spec=self.spec,
@@ -527,6 +567,7 @@ class ConformanceRun:
             cli_prog=self.config.getoption("kvconform_prog"),
             rootdir=str(self.config.rootpath),
             invocation_dir=str(self.config.invocation_params.dir),
+            isolation=self.isolation,
             run_info=runinfo.collect(loaded.implementation if loaded else None, loaded.name if loaded else self.spec,
                                      loaded.target if loaded else None, configuration, selected),
         )
