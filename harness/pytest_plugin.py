@@ -187,14 +187,15 @@ def impl(loaded_impl: LoadedImplementation) -> Implementation:
 
 @pytest.fixture(scope="session")
 def impl_in_process(pytestconfig: pytest.Config) -> Implementation:
-    """The implementation loaded in this process whatever ``--isolation`` says, guarded: for tests that
-    observe the implementation's own process (CUDA sync-debug mode, the freed-memory probe)."""
+    """The implementation object itself, loaded in this process whatever ``--isolation`` says, unguarded: for
+    the device tests, which observe the implementation's own process (CUDA sync-debug mode, the freed-memory
+    probe) and patch its methods."""
     run = pytestconfig.stash[_STASH]
     try:
         loaded = run.ensure_loaded() if run.isolation == "in-process" else load_implementation(run.spec)
     except ImplementationError as exc:
         pytest.fail(str(exc), pytrace=False)
-    return guard(loaded.implementation)  # type: ignore[return-value]
+    return loaded.implementation
 
 
 @pytest.fixture(scope="session")
