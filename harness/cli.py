@@ -33,7 +33,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 #: Exit statuses (pytest's codes, with kvconform's meaning).
 EXIT_OK = 0            # at least one invariant test ran and none failed
 EXIT_FAILED = 1        # some test failed
-EXIT_INTERRUPTED = 2   # interrupted: Ctrl-C, or KeyboardInterrupt out of the implementation
+EXIT_INTERRUPTED = 2   # interrupted: Ctrl-C (a KeyboardInterrupt out of the implementation is a crash of it)
 EXIT_INTERNAL = 3      # internal error of pytest or the harness
 EXIT_USAGE = 4         # usage error: a bad option, environment variable, directory, device or implementation
 EXIT_NOTHING_CHECKED = 5  # no invariant test ran: none collected, all deselected or skipped, or no capabilities
@@ -57,6 +57,13 @@ from outside leaves its results so far; an interrupted run is marked INTERRUPTED
 cannot be written at the end, the report goes to $TMPDIR/kvconform-report-PID/ instead (the
 line saying so and the table are printed either way).
 
+The implementation runs in a worker process (process isolation): a crash, a hang or a
+patched harness module there cannot end the run or change a verdict.  A worker that dies
+under a call is a "crash" failure, a call past KVCONFORM_CALL_TIMEOUT_S a "timeout" (the
+worker is killed); either way a fresh worker continues the run.  Tensors cross by shared
+memory (CPU) or CUDA IPC, so the judge checks the bytes the implementation wrote.
+--in-process runs it inside the judge's process, for debugging only (see --in-process).
+
 `%(prog)s matrix REPORT.json ... [--markdown OUT.md] [--json OUT.json]` merges reports into
 one table across implementations, versions, configurations and devices (see its --help)."""
 
@@ -64,8 +71,9 @@ EPILOG = """\
 exit status:
   0  at least one invariant test ran and none failed
   1  some test failed
-  2  interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation);
-     the report is marked INTERRUPTED and the test that was running reads "interrupted"
+  2  interrupted (Ctrl-C); the report is marked INTERRUPTED and the test that was
+     running reads "interrupted" (KeyboardInterrupt or SystemExit raised inside the
+     implementation is a crash of the test it happens in, and the run goes on)
   3  internal error
   4  usage error, reported before any test runs: a bad option, KVCONFORM_* variable,
      report directory or Hypothesis profile, --device cuda without CUDA, or an

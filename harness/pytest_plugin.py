@@ -482,7 +482,7 @@ class ConformanceRun:
                     self.records[nodeid].interrupt()
         note = None
         if interrupted:
-            note = "interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation) during " + (
+            note = "interrupted (Ctrl-C) during " + (
                 ", ".join(sorted(self.running)) or "the run")
         elif stopped_first:
             note = "stopped at the first failure (--exitfirst): tests after it did not run" + (

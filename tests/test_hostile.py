@@ -119,8 +119,8 @@ def test_os_exit_in_a_method_is_a_crash_and_a_fresh_worker_goes_on(tmp_path):
     done, report = run(tmp_path, "ExitsInMethod")
     failure = assert_failed_and_went_on(done, report, "head_coverage", "crash")
     assert "the worker process died (exit status 0)" in failure["error"], failure["error"]
-    # Found and shrunk across worker deaths (a fresh worker per example): the minimal topology with 3 heads.
-    assert "total_kv_heads=3" in failure["counterexample"], failure["counterexample"]
+    # Found and shrunk across worker deaths (a fresh worker per example) to the simplest topology with > 2 heads.
+    assert "total_kv_heads=4,\n     prefill_tp=1,\n     decode_tp=1" in failure["counterexample"], failure["counterexample"]
     assert failure["reproduce_failure"] and "test_head_coverage_mapping" in failure["repro"]
 
 
