@@ -65,7 +65,7 @@ from harness.hypothesis_records import (
 )
 from harness.markers import attribute_to_marker, fail_fast_order, fit_to_declared_scope, parse_invariant_marker
 from harness.devices import require_devices, select_devices
-from harness.guard import guard
+from harness.guard import forget_hangs, guard
 from harness.interface import Implementation
 from harness.isolation import MODES as ISOLATION_MODES
 from harness.isolation import retire_workers
@@ -182,7 +182,7 @@ def loaded_impl(pytestconfig: pytest.Config) -> LoadedImplementation:
 def impl(loaded_impl: LoadedImplementation) -> Implementation:
     """The implementation conformance tests call (typed with every capability's Protocol), behind
     ``harness.guard``: every call has a deadline and its return checked, in a worker process or in this one."""
-    return guard(loaded_impl.implementation)  # type: ignore[return-value]
+    return guard(loaded_impl.implementation)
 
 
 @pytest.fixture(scope="session")
@@ -422,6 +422,7 @@ class ConformanceRun:
         """A fresh worker per test: whatever the implementation left running cannot reach the next test."""
         if self.loaded is not None and self.loaded.isolation == "process":
             retire_workers()
+            forget_hangs()  # the hung worker is gone: the next test's calls get the full deadline
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
         self.running.add(nodeid)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -22,8 +23,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 
-from harness import cli, settings
+from harness import cli
+from harness import settings as kvsettings
+from strategies import receivers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = "tests.fakes.hostile_impls"
@@ -33,7 +37,7 @@ COPY_THEN_LAYOUT = "test_isolation_kv_copy or test_layout_spans"
 
 def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVCONFORM_") and k != "CI"}
-    env.update(PYTHONPATH=str(REPO_ROOT), **{settings.HYPOTHESIS_DB: str(tmp_path / "db")}, **extra)
+    env.update(PYTHONPATH=str(REPO_ROOT), **{kvsettings.HYPOTHESIS_DB: str(tmp_path / "db")}, **extra)
     return env
 
 
@@ -131,7 +135,7 @@ def test_segfault_is_a_crash_and_a_fresh_worker_goes_on(tmp_path):
 
 
 def test_hang_in_c_is_a_timeout_and_a_fresh_worker_goes_on(tmp_path):
-    done, report = run(tmp_path, "HangsInC", **{settings.CALL_TIMEOUT: "2"})
+    done, report = run(tmp_path, "HangsInC", **{kvsettings.CALL_TIMEOUT: "2"})
     failure = assert_failed_and_went_on(done, report, "head_coverage", "timeout")
     assert "impl.heads_of_rank(" in failure["error"] and "hung: no return within 2s" in failure["error"]
 
@@ -215,3 +219,45 @@ def test_run_killed_from_outside_keeps_its_results_so_far(tmp_path):
     assert statuses(report)["head_coverage"] == "pass" and statuses(report)["layout"] == "not-run"
     assert (tmp_path / "kvconform-report.md").read_text().splitlines()[2].startswith("- INCOMPLETE: results so far")
     assert not list(tmp_path.glob(".kvconform-report.*.partial"))
+
+
+# -- what crosses the boundary (in this process, no CLI) ------------------------------------------
+class _RunsCode:
+    """What a hostile worker could send: a pickle that calls a function when the judge reads it."""
+
+    def __reduce__(self):
+        return os.system, ("echo pwned",)
+
+
+def test_the_judge_reads_no_pickle_that_would_run_code():
+    from harness.isolation import crossing
+
+    with pytest.raises(pickle.UnpicklingError, match="does not rebuild posix.system"):
+        crossing.judge_loads(pickle.dumps(_RunsCode()))
+    with pytest.raises(pickle.UnpicklingError, match="does not rebuild builtins.eval"):
+        crossing.judge_loads(pickle.dumps(eval))
+
+
+def test_what_the_judge_does_read_comes_back_whole():
+    import torch
+
+    from harness.isolation import crossing
+
+    crossing.share_by_name()  # as the supervisor does
+    value = (3, "done", [1, 2], {"a": None}, ValueError("bad topology"), torch.tensor([1, 2], dtype=torch.int64))
+    back = crossing.judge_loads(crossing.dumps(value))
+    assert back[:4] == value[:4] and isinstance(back[4], ValueError) and torch.equal(back[5], value[5])
+
+
+@given(receiver=receivers())
+@settings(max_examples=60, derandomize=True, database=None, deadline=None)
+def test_every_receiver_crosses_and_reads_the_same(receiver):
+    """Receivers cross by value, mocks and classes made at run time included, and read as they did."""
+    from harness.isolation import crossing
+    from harness.oracles import expects_staging
+
+    rebuilt = crossing.worker_loads(crossing.dumps(receiver))
+    assert expects_staging(rebuilt) == expects_staging(receiver)
+    assert type(rebuilt).__name__ == type(receiver).__name__
+    if " at 0x" not in repr(receiver):  # a default repr names the address
+        assert repr(rebuilt) == repr(receiver)

@@ -32,13 +32,19 @@ import torch.multiprocessing  # noqa: F401  (registers the tensor reductions wit
 
 #: Modules whose named classes and functions the judge may rebuild from a worker's pickle.
 _TORCH_REBUILDERS = ("torch.multiprocessing.reductions", "torch._utils")
-_TORCH_NAMES = frozenset({"Size", "device", "UntypedStorage", "TypedStorage", "dtype"})
+_TORCH_NAMES = frozenset({"Tensor", "Size", "device", "UntypedStorage", "TypedStorage", "dtype"})
 _NUMPY_NAMES = frozenset({"scalar", "dtype", "_reconstruct", "ndarray"})
 _MESSAGES = frozenset({("harness.isolation.channel", "Call"), ("harness.isolation.channel", "Raised"),
                        ("harness.isolation.proxy", "Handle"), ("harness.isolation.proxy", "Unpicklable")})
 _INSPECT_NAMES = frozenset({"Signature", "Parameter", "_empty", "_ParameterKind"})
 _BUILTIN_DATA = frozenset({"int", "float", "complex", "bool", "str", "bytes", "bytearray", "tuple", "list", "dict",
                            "set", "frozenset", "slice", "range", "NoneType", "object"})
+
+
+def share_by_name() -> None:
+    """Share CPU tensors by shm file name rather than by passing a file descriptor per tensor per call: a name
+    is a few bytes, and the other side finds a storage it has seen in torch's cache.  Set on both sides."""
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 class CrossingPickler(ForkingPickler):
@@ -71,7 +77,7 @@ class JudgeUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         elif module in _TORCH_REBUILDERS and name.startswith(("rebuild_", "_rebuild_")):
             return super().find_class(module, name)
-        elif module == "torch" and (name in _TORCH_NAMES or isinstance(getattr(torch, name, None), torch.dtype)):
+        elif module in ("torch", "torch.storage") and (name in _TORCH_NAMES or isinstance(getattr(torch, name, None), torch.dtype)):
             return super().find_class(module, name)
         elif module.split(".")[0] == "numpy" and name in _NUMPY_NAMES:
             return super().find_class(module, name)
@@ -137,7 +143,7 @@ def _rebuild_instance(made: tuple, state: tuple[dict, str]) -> Any:
     if "__repr__" in attributes and attributes["__repr__"] is None:
         attributes["__repr__"] = lambda self: text
     cls = type(name, bases, attributes)
-    obj = cls.__new__(cls)
+    obj: Any = object.__new__(cls) if cls.__new__ is object.__new__ else cls.__new__(cls)  # type: ignore[call-overload]
     if hasattr(obj, "__dict__"):
         obj.__dict__.update(state[0])
     return obj

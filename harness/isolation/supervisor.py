@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import collections.abc
 import contextlib
+import functools
 import signal
 import sys
 import threading
@@ -46,7 +47,7 @@ def _main_module_hidden() -> Iterator[None]:
     """Start a process without it importing the judge's ``__main__`` (pytest, the CLI or a user's script: the
     worker needs none of it, and a script without a ``__main__`` guard would run again there)."""
     main = sys.modules["__main__"]
-    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    saved: dict[str, Any] = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
     main.__dict__.pop("__file__", None)
     main.__dict__["__spec__"] = None
     try:
@@ -62,6 +63,7 @@ class LoadRefused(Exception):
 
 
 def _context() -> Any:
+    crossing.share_by_name()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "harness.isolation.worker"])
     return context
@@ -251,17 +253,28 @@ class Supervisor:
 
     def _crossing_arguments(self, worker: WorkerProcess, method: str, args: tuple, kwargs: dict) -> tuple:
         """``(args, kwargs)`` with the judge objects the interface documents as Protocols or callables served."""
-        owner = method_owners().get(method)
-        if owner is None:
+        served = _served_parameters(method)
+        if not served:
             return args, kwargs
+        owner = method_owners()[method]
         try:
             bound = documented_signature(owner[1], method).bind_partial(*args, **kwargs)
         except TypeError:  # not the documented call: sent as it is, the implementation answers it
             return args, kwargs
-        for name, parameter in documented_signature(owner[1], method).parameters.items():
-            if name in bound.arguments and _is_served(parameter.annotation):
+        for name in served:
+            if name in bound.arguments:
                 bound.arguments[name] = worker.serve(bound.arguments[name])
         return tuple(bound.args), dict(bound.kwargs)
+
+
+@functools.cache
+def _served_parameters(method: str) -> tuple[str, ...]:
+    """Parameters of interface method ``method`` that the judge serves rather than sends."""
+    owner = method_owners().get(method)
+    if owner is None:
+        return ()
+    return tuple(name for name, parameter in documented_signature(owner[1], method).parameters.items()
+                 if _is_served(parameter.annotation))
 
 
 def _is_served(annotation: Any) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, method_owners, protocol_methods
+from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, protocol_methods
 from harness.isolation import crossing
 from harness.isolation.channel import Call, Lane, Raised, describe
 from harness.isolation.proxy import ROOT, Unpicklable, describe_object
@@ -184,7 +184,7 @@ _WORKER = Worker()
 def main(connections: list[Connection]) -> None:
     """Process entry point: serve every lane until the judge closes them, then leave at once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the judge's to handle; it ends this process
-    torch.multiprocessing.set_sharing_strategy("file_system")
+    crossing.share_by_name()
     threads = [threading.Thread(target=_WORKER.run_lane, args=(c,), daemon=True, name=f"kvconform-lane-{i}")
                for i, c in enumerate(connections)]
     for thread in threads:
