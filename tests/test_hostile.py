@@ -143,12 +143,14 @@ def test_hang_in_c_is_a_timeout_and_a_fresh_worker_goes_on(tmp_path):
 def test_garbage_that_cannot_leave_the_worker_is_reported_as_garbage(tmp_path):
     done, report = run(tmp_path, "ReturnsGarbage")
     failure = assert_failed_and_went_on(done, report, "head_coverage", "fail")
-    assert "returned garbage" in failure["error"] and "cannot leave the worker" in failure["error"], failure["error"]
+    assert "heads_of_rank(2, 2, 0) returned garbage: <function" in failure["error"], failure["error"]
+    assert "is not a sequence of integers" in failure["error"], failure["error"]
 
 
 def test_runaway_thread_is_caught_and_cannot_stall_the_run(tmp_path):
-    """A thread left scribbling on a staging buffer after ``gather`` returned: the judge's oracles see the stray
-    bytes (the buffer is the judge's own memory, shared), and retiring the worker ends the thread with its test."""
+    """A thread left scribbling on the decode pool after ``scatter`` returned: the judge's pool oracle sees the
+    stray bytes (the pool is the judge's own memory, shared), and retiring the worker ends the thread with its
+    test, so the run goes on and ends."""
     done, report = run(tmp_path, "RunawayWriter", tests=COPY_THEN_LAYOUT)
     assert_failed_and_went_on(done, report, "isolation", "fail")
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 from reference.plugin import ReferenceImplementation
@@ -147,18 +148,27 @@ class _CopiesToo(_MappingAndLayout):
 
 
 class RunawayWriter(_CopiesToo):
-    """``gather`` is right, but leaves a thread behind that keeps scribbling on ``out`` after it returned."""
+    """``scatter`` is right, but its first call leaves a thread behind that keeps scribbling on the decode pool
+    it was given (and on every later one) after it returned."""
 
     name = "runaway-writer"
 
-    def gather(self, k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out):
-        super().gather(k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out)
+    def __init__(self) -> None:
+        self.targets: list = []
 
-        def scribble() -> None:
-            while True:
-                out.fill_(0x5A)
+    def scatter(self, staging, writer_destinations, heads_per_writer, layers_per_writer, k_layers, v_layers,
+                page_table, page_size, num_tokens):
+        super().scatter(staging, writer_destinations, heads_per_writer, layers_per_writer, k_layers, v_layers,
+                        page_table, page_size, num_tokens)
+        self.targets.append(k_layers[0])
+        if len(self.targets) == 1:
+            threading.Thread(target=self._scribble, daemon=True).start()
 
-        threading.Thread(target=scribble, daemon=True).start()
+    def _scribble(self) -> None:
+        while True:
+            for target in list(self.targets):
+                target.fill_(0x5A)
+            time.sleep(0.001)
 
 
 class WritesFarOutOfBounds(_CopiesToo):
