@@ -24,12 +24,20 @@ the allocators and handlers it makes:
   it appears instead of as a confusing failure later.  A returned generator is
   materialized once and that list is passed on: checking never consumes it.
 
+The transport under the deadline is either a helper thread in this process
+(``--in-process``) or the worker process of ``harness.isolation``: a method of
+a worker object (:class:`~harness.isolation.proxy.RemoteMethod`) is called
+there with the same deadline, and a worker that dies under the call is a
+"crashed: the worker process died (...)" fault, a worker that does not answer
+in time is killed and the call "hung".  Either way every call goes through
+``_Guarded._call``, the one place that labels, times and checks calls.
+
 A fault is reported on the invariant of the test it happens in: the test's
 ``invariant`` marker decides (``oracles.attribute``), as for every violation.
 
 Calls made by an implementation into harness objects it was given (the
-engine's ledger) run inline on the same helper thread, under the outer
-deadline.
+engine's ledger) run inline on the same helper thread (in-process) or on the
+waiting judge thread (isolated), under the outer deadline.
 """
 
 from __future__ import annotations
