@@ -108,7 +108,7 @@ FAILURE_STATUSES: dict[str, str] = {
 }
 #: Where the implementation ran (the run info's ``configuration.isolation``), in words.
 ISOLATION_MEANING = {"process": "the implementation ran in a worker process; the judge in its own",
-                     "in-process": "the implementation ran inside the judge's process (--in-process, for debugging)"}
+                     "in-process": "the implementation ran inside the judge's process (--in-process; --isolation=in-process)"}
 _ASSERTION_TYPES = re.compile(r"^([\w.]*\.)?(AssertionError|\w*Violation|ImplementationFault|Failed|"
                               r"Flaky\w*|FailedHealthCheck|Unsatisfiable|DistributedFailure)\b")
 
