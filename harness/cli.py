@@ -33,7 +33,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 #: Exit statuses (pytest's codes, with kvconform's meaning).
 EXIT_OK = 0            # at least one invariant test ran and none failed
 EXIT_FAILED = 1        # some test failed
-EXIT_INTERRUPTED = 2   # interrupted: Ctrl-C, or KeyboardInterrupt out of the implementation
+EXIT_INTERRUPTED = 2   # interrupted: Ctrl-C (a KeyboardInterrupt out of the implementation is a crash of it)
 EXIT_INTERNAL = 3      # internal error of pytest or the harness
 EXIT_USAGE = 4         # usage error: a bad option, environment variable, directory, device or implementation
 EXIT_NOTHING_CHECKED = 5  # no invariant test ran: none collected, all deselected or skipped, or no capabilities
@@ -65,6 +65,13 @@ from outside leaves its results so far; an interrupted run is marked INTERRUPTED
 cannot be written at the end, the report goes to $TMPDIR/kvconform-report-PID/ instead (the
 line saying so and the table are printed either way).
 
+The implementation runs in a worker process (process isolation): a crash, a hang or a
+patched harness module there cannot end the run or change a verdict.  A worker that dies
+under a call is a "crash" failure, a call past KVCONFORM_CALL_TIMEOUT_S a "timeout" (the
+worker is killed); either way a fresh worker continues the run.  Tensors cross by shared
+memory (CPU) or CUDA IPC, so the judge checks the bytes the implementation wrote.
+--in-process runs it inside the judge's process, for debugging only (see --in-process).
+
 `%(prog)s matrix REPORT.json ... [--markdown OUT.md] [--json OUT.json]` merges reports into
 one table across implementations, versions, configurations and devices (see its --help)."""
 
@@ -74,8 +81,9 @@ exit status:
      do not count: the implementation targets an older catalogue version)
   1  some test failed; or, under --profile thorough, a case class expected for an
      invariant got no case (the report's case-class table names it)
-  2  interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation);
-     the report is marked INTERRUPTED and the test that was running reads "interrupted"
+  2  interrupted (Ctrl-C); the report is marked INTERRUPTED and the test that was
+     running reads "interrupted" (KeyboardInterrupt or SystemExit raised inside the
+     implementation is a crash of the test it happens in, and the run goes on)
   3  internal error
   4  usage error, reported before any test runs: a bad option, KVCONFORM_* variable,
      report directory or Hypothesis profile, --device cuda without CUDA, an
@@ -134,6 +142,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--xfails", metavar="FILE",
                         help="expected-failure list: invariant ids or node-id substrings, one per line, '#' comments; "
                         "a bare name reads harness/xfails/NAME.txt")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the implementation inside the judge's process instead of a worker process, for "
+                        "debugging (breakpoints, profilers). Not for verdicts: there, an implementation that "
+                        "crashes ends the run, and one that patches harness modules (oracles, pytest hooks, the "
+                        "report) can turn its failures into passes; the default worker process keeps both out")
     parser.add_argument("-x", "--exitfirst", action="store_true",
                         help="stop at the first failing invariant test; the report is still written, with that "
                         "failure, its counterexample and repro (the invariants not reached read not-run)")
@@ -240,6 +253,7 @@ def _pytest_arguments(args: argparse.Namespace, passthrough: list[str], prog: st
         "--device", args.device,
         "--kvconform-report", str(Path(args.report_dir).resolve()),
         "--kvconform-prog", prog,
+        "--isolation", "in-process" if args.in_process else "process",
     ]
     if args.exitfirst:
         result.append("--exitfirst")

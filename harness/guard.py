@@ -30,12 +30,20 @@ the allocators and handlers it makes:
   through: the plugin's ``impl`` fixture, so every call of every test crosses
   this one boundary.
 
+The transport under the deadline is either a helper thread in this process
+(``--in-process``) or the worker process of ``harness.isolation``: a method of
+a worker object (:class:`~harness.isolation.proxy.RemoteMethod`) is called
+there with the same deadline, and a worker that dies under the call is a
+"crashed: the worker process died (...)" fault, a worker that does not answer
+in time is killed and the call "hung".  Either way every call goes through
+``_Guarded._call``, the one place that labels, times and checks calls.
+
 A fault is reported on the invariant of the test it happens in: the test's
 ``invariant`` marker decides (``oracles.attribute``), as for every violation.
 
 Calls made by an implementation into harness objects it was given (the
-engine's ledger) run inline on the same helper thread, under the outer
-deadline.
+engine's ledger) run inline on the same helper thread (in-process) or on the
+waiting judge thread (isolated), under the outer deadline.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from harness import settings
+from harness.isolation.channel import RemoteRaised, WorkerDied, WorkerHung
+from harness.isolation.proxy import RemoteMethod
 from harness.interface import CAPABILITY_TABLE, OPTIONAL_EXTRAS, Allocator, DecodeHandler, method_owners, protocol_methods
 from harness.oracles import InvariantViolation
 from harness.repro import recorder
@@ -347,6 +357,8 @@ class _Guarded:
     def _with_deadline(self, label: "_CallLabel", fn, args, kwargs) -> Any:
         hung_before = self._context.root in _hung
         timeout = call_timeout_s(after_hang=hung_before)
+        if isinstance(fn, RemoteMethod):
+            return self._in_worker(label, fn, args, kwargs, timeout, hung_before)
         job = _Job(fn, args, kwargs, _current_stream(), pending=[label])
         helper = _helper()
         helper.submit(job)
@@ -365,6 +377,36 @@ class _Guarded:
                 raise converted
             raise converted from job.error
         return job.result
+
+    def _in_worker(self, label: "_CallLabel", fn: RemoteMethod, args, kwargs, timeout: float,
+                   hung_before: bool) -> Any:
+        """The call made in the worker process (``harness.isolation``): the same faults as on a helper thread,
+        plus a worker that died under the call."""
+        try:
+            return fn.call_with_deadline(args, kwargs, timeout)
+        except WorkerHung as hung:
+            _hung.add(self._context.root)
+            raise ImplementationFault(
+                f"{label} hung: {hung} "
+                f"({'already hung before, short deadline' if hung_before else f'${TIMEOUT_ENV_VAR}'}); the worker "
+                f"process was killed and a fresh one continues; calls so far: {self._context.describe_trail()}"
+            ) from None
+        except WorkerDied as died:
+            raise ImplementationFault(f"{label} crashed: {died}; a fresh worker process continues; "
+                                      f"calls so far: {self._context.describe_trail()}") from None
+        except RemoteRaised as raised:
+            if not self._context.convert_errors:
+                raise
+            where = f" (raised at {raised.raised.where})" if raised.raised.where else ""
+            raise ImplementationFault(f"{label} raised {raised.type_name}: {raised}{where}; "
+                                      f"calls so far: {self._context.describe_trail()}") from None
+        except InvariantViolation:
+            raise
+        except Exception as exc:  # a builtin exception the implementation raised, crossed as itself
+            converted = self._raised(label, exc)
+            if converted is exc:
+                raise
+            raise converted from exc
 
     def _raised(self, label: "_CallLabel", exc: BaseException) -> BaseException:
         """What to raise for an exception out of the implementation (harness violations pass through)."""
@@ -429,9 +471,10 @@ def guard(impl: Any, convert_errors: bool = True, checked: bool = True) -> Guard
     fixture hands every test; ``guard(...)`` of it adds the checks.
     """
     if isinstance(impl, GuardedImplementation):
-        if impl._context.checked or not checked:
+        context = impl._context
+        if (context.checked or not checked) and context.convert_errors == convert_errors:
             return impl
-        impl = impl.unguarded
+        return GuardedImplementation(impl.unguarded, _Context(context.root, convert_errors, checked or context.checked))
     return GuardedImplementation(impl, _Context(impl, convert_errors, checked))
 
 

@@ -94,6 +94,10 @@ class LoadedImplementation:
     configuration: str | None = None  #: the configuration's name; ``None`` for an implementation without
     catalogue_version: str | None = None  #: the catalogue version it targets (validated); ``None``: the current one
 
+    #: ``"process"``: ``implementation`` is the guarded proxy of one running in a worker process
+    #: (``harness.isolation``); ``"in-process"``: the object itself, in this process.
+    isolation: str = "in-process"
+
 
 @dataclass(frozen=True)
 class LoadedConfigurations:
@@ -144,21 +148,25 @@ def available_implementations() -> dict[str, str]:
     return dict(sorted(names.items()))
 
 
-def load_implementation(spec: str | None = None) -> LoadedImplementation:
+def load_implementation(spec: str | None = None, *, isolated: bool = False) -> LoadedImplementation:
     """Load, build and validate the implementation ``spec`` names (``SPEC#NAME``: that configuration of it;
     an implementation with configurations and no ``#NAME``: its first).
 
     Raises :class:`ImplementationError` with an actionable message when the
     module or attribute is missing, the factory raises, or the object does not
-    provide every method of every capability it claims.
+    provide every method of every capability it claims.  ``isolated``: load it
+    in a worker process (the same resolution, run there; the factory under the
+    call deadline) and answer its guarded proxy.
     """
-    return load_configurations(spec, first_only=True).selected[0]
+    return load_configurations(spec, first_only=True, isolated=isolated).selected[0]
 
 
 def load_configurations(spec: str | None = None, names: Sequence[str] | None = None, *,
-                        first_only: bool = False) -> LoadedConfigurations:
+                        first_only: bool = False, isolated: bool = False) -> LoadedConfigurations:
     """Load the implementation ``spec`` names with the configurations ``names`` (default: the one ``SPEC#NAME``
     names, else every declared one, or with ``first_only`` the first), each built and validated.
+    ``isolated``: each configuration is loaded in a worker process of its own (``harness.isolation``; the
+    factory runs there, under the call deadline) and answered as its guarded proxy.
 
     Raises :class:`UnknownConfiguration` for a name it does not declare (or any name when it declares none),
     :class:`ImplementationError` for everything else.
@@ -166,6 +174,8 @@ def load_configurations(spec: str | None = None, names: Sequence[str] | None = N
     resolved, separator, named = resolve_spec(spec).partition(CONFIGURATION_SEPARATOR)
     if separator and not names:
         names = [named]
+    if isolated:
+        return _load_isolated(resolved, names, first_only)
     target, display_name = _target_of(resolved)
     module_name, _, attribute = target.partition(":")
     module = _import_module(module_name, resolved)
@@ -227,6 +237,51 @@ def _declared_configurations(obj: Any, spec: str) -> dict[str, Any]:
         raise ImplementationError(f"{what}: configuration names {bad!r} must be letters, digits and '_.+-', "
                                   "starting with a letter or digit")
     return dict(raw)
+
+
+def _load_isolated(resolved: str, names: Sequence[str] | None, first_only: bool) -> LoadedConfigurations:
+    """Each selected configuration loaded in a worker process of its own; the judge learns the declared
+    configurations from the first worker (the factory never runs in the judge's process)."""
+    first, info = _start_worker(resolved)
+    declared: tuple[str, ...] = tuple(info["declared"])
+    if not declared:
+        if names:
+            raise UnknownConfiguration(f"{resolved!r} declares no configurations (no 'configurations' attribute); "
+                                       "leave the configuration out")
+        return LoadedConfigurations(resolved, info["display_name"], info["target"], (), (first,),
+                                    first.implementation)
+    unknown = [n for n in names or () if n not in declared]
+    if unknown:
+        raise UnknownConfiguration(f"{', '.join(map(repr, unknown))} is not a configuration of {resolved!r}; "
+                                   f"valid: {', '.join(declared)}")
+    chosen = list(dict.fromkeys(names)) if names else list(declared)[:1 if first_only else None]
+    selected = [first if config == first.configuration else
+                _start_worker(f"{resolved}{CONFIGURATION_SEPARATOR}{config}")[0] for config in chosen]
+    return LoadedConfigurations(resolved, info["display_name"], info["target"], declared, tuple(selected),
+                                first.implementation)
+
+
+def _start_worker(spec: str) -> tuple[LoadedImplementation, dict]:
+    """``spec`` loaded in a worker process (``harness.isolation``), as its guarded proxy, and what the worker
+    said of it."""
+    from harness import isolation
+    from harness.guard import call_timeout_s, guard
+
+    timeout = call_timeout_s(after_hang=False)
+    try:
+        supervisor = isolation.start(spec, timeout)
+    except isolation.LoadRefused as refused:
+        raise ImplementationError(str(refused)) from None
+    except Exception as exc:  # WorkerHung, WorkerDied: the factory hung or ended the worker's process
+        raise ImplementationError(f"--impl {spec!r}: loading it in a worker process failed: "
+                                  f"{type(exc).__name__}: {exc}") from None
+    root, info = supervisor.root, supervisor.loaded
+    capabilities = validate_implementation(root, spec)  # the judge's own check of what crossed
+    configuration = info["configuration"]
+    own_spec = spec if configuration is None or CONFIGURATION_SEPARATOR in spec else \
+        f"{spec}{CONFIGURATION_SEPARATOR}{configuration}"
+    return LoadedImplementation(own_spec, info["name"], guard(root), capabilities, info["target"], configuration,
+                                info["catalogue_version"], isolation="process"), info
 
 
 def validate_implementation(implementation: Any, spec: str) -> frozenset[str]:

@@ -81,8 +81,10 @@ from harness.hypothesis_records import (
 from harness.catalogue import newer_than
 from harness.markers import attribute_to_marker, fail_fast_order, fit_to_declared_scope, parse_invariant_marker, since_of
 from harness.devices import require_devices, select_devices
-from harness.guard import guard
+from harness.guard import forget_hangs, guard
 from harness.interface import Implementation
+from harness.isolation import MODES as ISOLATION_MODES
+from harness.isolation import retire_workers
 from harness.loading import (
     ImplementationError,
     LoadedConfigurations,
@@ -117,6 +119,10 @@ PROP_CONFIGURATION = "kvconform.configuration"
 PROP_NEW_SINCE = "kvconform.new_since"  #: the test's ``since`` when newer than its configuration's target
 
 DEVICE_CHOICES = ("cpu", "cuda", "all")
+#: Isolation of plain pytest runs (the kvconform command passes its own, process by default).  In-process:
+#: the project's CI runs the suite under pytest-xdist on 2 cores, and process isolation costs a round trip per
+#: call (bench/isolation_overhead.py); CI exercises isolation through the CLI tests (tests/test_hostile.py).
+DEFAULT_PYTEST_ISOLATION = "in-process"
 CONFORMANCE_DIR = Path(__file__).resolve().parent / "conformance"
 _STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
 _MARKER_ERROR: pytest.StashKey[str] = pytest.StashKey()
@@ -161,6 +167,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--impl-config", dest="kvconform_config", default=None, metavar="NAME[,NAME]",
         help="configurations to test of an implementation that declares several (e.g. vllm: pull,push); "
         "default: all it declares.",
+    )
+    group.addoption(
+        "--isolation", dest="kvconform_isolation", default=None, metavar="MODE",
+        help="where the implementation runs: 'process' (a worker process; a crash, hang or patched harness module "
+        "there cannot end or fool the judge) or 'in-process' (inside pytest's process, for debugging). "
+        f"Default for plain pytest: {DEFAULT_PYTEST_ISOLATION}; the kvconform command defaults to process.",
     )
     # Set by the kvconform CLI so repro lines use the CLI instead of pytest.
     group.addoption("--kvconform-prog", dest="kvconform_prog", default=None, help=argparse.SUPPRESS)
@@ -210,9 +222,24 @@ def loaded_impl(pytestconfig: pytest.Config, impl_configuration: str | None) -> 
 
 @pytest.fixture(scope="session")
 def impl(loaded_impl: LoadedImplementation) -> Implementation:
-    """The implementation object conformance tests call (typed with every capability's Protocol), behind the
-    guard's choke point unchecked: calls go straight through, recorded when a failing example is replayed."""
-    return guard(loaded_impl.implementation, checked=False)
+    """The implementation conformance tests call (typed with every capability's Protocol), behind
+    ``harness.guard``: every call has a deadline and its return checked, in a worker process or in this one."""
+    return guard(loaded_impl.implementation)
+
+
+@pytest.fixture(scope="session")
+def impl_in_process(pytestconfig: pytest.Config, impl_configuration: str | None) -> Implementation:
+    """The implementation object itself (the configuration's), loaded in this process whatever ``--isolation``
+    says, unguarded: for the device tests, which observe the implementation's own process (CUDA sync-debug
+    mode, the freed-memory probe) and patch its methods."""
+    run = pytestconfig.stash[_STASH]
+    try:
+        if run.isolation == "in-process":
+            return run.ensure_loaded().get(impl_configuration).implementation
+        names = [impl_configuration] if impl_configuration is not None else None
+        return load_configurations(run.spec, names, first_only=True).selected[0].implementation
+    except ImplementationError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -254,6 +281,10 @@ class ConformanceRun:
         return resolve_spec(self.config.getoption("kvconform_impl"))
 
     @property
+    def isolation(self) -> str:
+        return self.config.getoption("kvconform_isolation") or DEFAULT_PYTEST_ISOLATION
+
+    @property
     def device_option(self) -> str:
         return self.config.getoption("kvconform_device")
 
@@ -264,6 +295,9 @@ class ConformanceRun:
     def configure(self) -> None:
         """Check the inputs, select the Hypothesis profile, read the xfails file and, when wanted, load the implementation."""
         self._load_hypothesis_profile()
+        if self.isolation not in ISOLATION_MODES:
+            raise pytest.UsageError(f"--isolation={self.isolation}: not a mode; use one of "
+                                    f"{', '.join(ISOLATION_MODES)}")
         try:
             require_devices(self.device_option)
         except ValueError as exc:
@@ -335,7 +369,8 @@ class ConformanceRun:
 
     def ensure_loaded(self) -> LoadedConfigurations:
         if self.loaded is None:
-            self.loaded = load_configurations(self.spec, self._configuration_names())
+            self.loaded = load_configurations(self.spec, self._configuration_names(),
+                                              isolated=self.isolation == "process")
         return self.loaded
 
     def load_or_usage_error(self) -> LoadedConfigurations:
@@ -479,6 +514,13 @@ class ConformanceRun:
                 item.user_properties.extend(example_properties(item, statistics))
                 item.user_properties.extend(class_properties(statistics))
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        """A fresh worker per test: whatever the implementation left running cannot reach the next test."""
+        if self.loaded is not None and self.isolation == "process":
+            retire_workers()
+            forget_hangs()  # the hung worker is gone: the next test's calls get the full deadline
+
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
         self.running.add(nodeid)
 
@@ -547,7 +589,7 @@ class ConformanceRun:
                     self.records[nodeid].interrupt()
         note = None
         if interrupted:
-            note = "interrupted (Ctrl-C, or KeyboardInterrupt raised inside the implementation) during " + (
+            note = "interrupted (Ctrl-C) during " + (
                 ", ".join(sorted(self.running)) or "the run")
         elif stopped_first:
             note = "stopped at the first failure (--exitfirst): tests after it did not run" + (
@@ -627,6 +669,7 @@ class ConformanceRun:
         configuration = {"impl_spec": self.spec, "profile": profiles.current_profile_name(),
                          "device_option": self.device_option, "devices": list(selected),
                          "xfails": [entry.pattern for entry in self.xfails], "limits": list(limits),
+                         "isolation": self.isolation,
                          "environment": runinfo.environment()}
         if configurations:
             configuration["configurations"] = [c.name for c in configurations]
@@ -648,6 +691,7 @@ class ConformanceRun:
             cli_prog=self.config.getoption("kvconform_prog"),
             rootdir=str(self.config.rootpath),
             invocation_dir=str(self.config.invocation_params.dir),
+            isolation=self.isolation,
             run_info=runinfo.collect(loaded.implementation if loaded else None, loaded.name if loaded else self.spec,
                                      loaded.target if loaded else None, configuration, selected),
         )

@@ -31,6 +31,7 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                            "version_from": str},   # attribute | name | distribution DIST | unknown
         "configuration": {"impl_spec": str, "profile": str, "device_option": str,
                           "devices": [str], "xfails": [str], "limits": [str],
+                          "isolation": "process" | "in-process",   # where the implementation ran
                           "environment": {str: str},    # set TRITON_INTERPRET, CUDA_VISIBLE_DEVICES, KVCONFORM_*
                           "configurations": [str]},     # only when the implementation declares configurations
         "device_names": [str],         # CUDA device names when CUDA is used, the CPU model for cpu
@@ -129,10 +130,14 @@ FAILURE_STATUSES: dict[str, str] = {
                      "(\"wrote outside its buffer\", the canary fence of harness/engine/buffers.py)",
     "timeout": "a call into the implementation did not return in time (the guard's \"hung: no return within\") "
                "or a distributed rank operation timed out",
-    "crash": "the implementation raised an exception (the guard's \"raised\"), a rank process died, or the test "
+    "crash": "the implementation raised an exception (the guard's \"raised\"), its worker process or a rank process "
+             "died (exited, segfaulted, was killed), or the test "
              "stopped on an exception that is not an assertion",
     "fail": "an invariant violation or assertion: the implementation returned or wrote something wrong",
 }
+#: Where the implementation ran (the run info's ``configuration.isolation``), in words.
+ISOLATION_MEANING = {"process": "the implementation ran in a worker process; the judge in its own",
+                     "in-process": "the implementation ran inside the judge's process (--in-process; --isolation=in-process)"}
 _ASSERTION_TYPES = re.compile(r"^([\w.]*\.)?(AssertionError|\w*Violation|ImplementationFault|Failed|"
                               r"Flaky\w*|FailedHealthCheck|Unsatisfiable|DistributedFailure)\b")
 
@@ -163,7 +168,8 @@ def failure_status(error: str) -> str:
         return "out-of-bounds"
     if re.search(r"\bhung: no return within\b|\btimed out\b|\(timeout [\d.]+s\)|did not join", error):
         return "timeout"
-    if re.search(r"ImplementationFault: .*? raised [\w.]+: |died without a report|a rank process died", error):
+    if re.search(r"ImplementationFault: .*? raised [\w.]+: |died without a report|a rank process died|"
+                 r"the worker process died", error):
         return "crash"
     if error and not _ASSERTION_TYPES.match(error) and re.match(r"^[\w.]+(: |$)", error):
         return "crash"
@@ -250,6 +256,8 @@ class RunContext:
     cli_prog: str | None = None
     rootdir: str = "."
     invocation_dir: str = "."
+    #: Where the implementation ran: "process" (a worker process, harness.isolation) or "in-process".
+    isolation: str = "in-process"
     #: The report's ``"run"`` object (``harness.runinfo.collect``); ``None`` leaves it out.
     run_info: dict[str, Any] | None = None
     #: The catalogue version an implementation without configurations targets, if declared.
@@ -277,6 +285,8 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
             words += ["--profile", context.profile]
         if context.devices_requested != "all":
             words += ["--device", context.devices_requested]
+        if context.isolation == "in-process":
+            words.append("--in-process")
         words.append(f"{os.path.normpath(path)}{sep}{rest}")
         if seed:
             words += ["--hypothesis-seed", seed]
@@ -289,6 +299,8 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
         options.append(f"--hypothesis-profile={context.profile}")
     if context.devices_requested != "all":
         options += ["--device", context.devices_requested]
+    if context.isolation == "process":
+        options.append("--isolation=process")
     options.append(target)
     if seed:
         options.append(f"--hypothesis-seed={seed}")
@@ -536,6 +548,8 @@ def _run_info_lines(run: dict[str, Any] | None) -> list[str]:
         f"suite: kvconform {suite['version']} (commit {suite['commit']}), catalogue {run['catalogue_version']}",
         f"implementation version: {impl['project']} {impl['version']} (from {impl['version_from']})",
         f"machine: {', '.join(run['device_names']) or '(none)'}; driver {run['driver']}; {run['platform']}",
+        *([f"isolation: {run['configuration']['isolation']} ({ISOLATION_MEANING[run['configuration']['isolation']]})"]
+          if run.get("configuration", {}).get("isolation") in ISOLATION_MEANING else []),
     ]
 
 

@@ -12,6 +12,7 @@ like any plug-in.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness import settings
 from harness.engine.writers import WriterPlan
 from harness.distributed import (
     BackendUnavailable,
@@ -38,6 +40,7 @@ from harness.distributed.__main__ import fixed_case, full_topologies
 from harness.distributed.schedule import default_order, exchanges, writer_slot_counts
 from harness.loading import load_implementation
 from harness.oracles import InvariantViolation
+from harness.report import failure_status
 from strategies.cases import TpTopology
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -286,6 +289,23 @@ def test_a_hang_becomes_a_clear_failure_and_no_rank_survives():
         # The next case starts a fresh pool.
         group.run(CaseJob(case(2, 1, 1), "reference")).raise_if_failed()
         assert group.starts == 2
+    finally:
+        group.close()
+
+
+@GLOO
+def test_an_implementation_call_hanging_in_a_rank_is_a_timeout_failure_of_that_rank(monkeypatch):
+    """Ranks call the implementation through the guard: the hanging call itself is named, before any
+    collective gives up, and the report reads it as a timeout."""
+    monkeypatch.setenv(settings.CALL_TIMEOUT, "1")
+    group = WorkerGroup(DistributedConfig("gloo", "cpu", 2, op_timeout_s=60, job_timeout_s=120))
+    try:
+        group.start()
+        with pytest.raises(InvariantViolation) as failure:
+            group.run(CaseJob(case(2, 1, 1), f"{THIS}:ScatterHangs")).raise_if_failed()
+        assert re.search(r"^rank 1 \(decode 0, cpu\): handler\.\w+\(.*\) hung: no return within 1s",
+                         str(failure.value)), str(failure.value)
+        assert failure_status(f"InvariantViolation: {failure.value}") == "timeout"
     finally:
         group.close()
 

@@ -255,7 +255,7 @@ def test_run_info_of_a_cli_run_is_present_and_plausible(suite, monkeypatch):
     assert run["catalogue_version"] == CATALOGUE_VERSION
     assert run["implementation"] == {"name": "fake", "project": "fake", "version": "unknown", "version_from": "unknown"}
     assert run["configuration"] == {"impl_spec": FAKE, "profile": "default", "device_option": "cpu",
-                                    "devices": ["cpu"], "xfails": [], "limits": [],
+                                    "devices": ["cpu"], "xfails": [], "limits": [], "isolation": "process",
                                     "environment": {"TRITON_INTERPRET": "1",
                                                     cli.CONFORMANCE_DIR_ENV_VAR: str(suite.path / "conf")}}
     assert len(run["device_names"]) == 1 and run["device_names"][0] and run["driver"] == "n/a"

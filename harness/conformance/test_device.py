@@ -20,6 +20,13 @@ from harness.world import World, int_view
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 
 
+@pytest.fixture(scope="session")
+def impl(impl_in_process):
+    """These tests observe the implementation's own process (CUDA sync-debug mode, the freed-memory probe) and
+    patch its methods, so they run it in this process whatever ``--isolation`` says (unguarded, as before)."""
+    return impl_in_process
+
+
 @contextlib.contextmanager
 def no_host_sync(what: str):
     """Turn any synchronising CUDA call inside the block into an InvariantViolation."""

@@ -152,11 +152,13 @@ def _run_job(args: WorkerArgs, transport, numbered, impls: dict, results) -> Non
     from harness.distributed.ranks import describe, run_case
     from harness.distributed.results import ERROR, CaseReport, RankResult
     from harness.distributed.transport import TransportError
+    from harness.guard import guard
     from harness.loading import load_implementation
 
     def load(spec: str) -> Any:
-        if spec not in impls:
-            impls[spec] = load_implementation(spec).implementation
+        if spec not in impls:  # every call with the guard's deadline: a hang is a "hung" failure of this rank;
+            # exceptions pass unchanged (a rank reports a raising implementation as its own "error" outcome)
+            impls[spec] = guard(load_implementation(spec).implementation, convert_errors=False)
         return impls[spec]
 
     started = time.perf_counter()

@@ -3,14 +3,19 @@
 Each is the reference restricted to ``head_mapping`` and ``layout`` with one
 method turned hostile, so a run selecting ``test_head_coverage_mapping``
 (calls the head-mapping methods) and ``test_layout_spans`` (calls
-``staging_layout``), which run in that order, takes seconds.
+``staging_layout``), which run in that order, takes seconds.  Those that
+attack tensors also claim ``kv_copy`` and turn ``gather`` hostile, for a run
+of ``test_isolation_kv_copy`` followed by ``test_layout_spans``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import sys
 import threading
+import time
 from pathlib import Path
 
 from reference.plugin import ReferenceImplementation
@@ -97,3 +102,106 @@ class BreaksTheReportDirectory(_MappingAndLayout):
             shutil.rmtree(directory)
             directory.write_text("not a directory any more\n")
         return super().heads_of_rank(total_kv_heads, tp_size, rank)
+
+
+class ExitsInMethod(_MappingAndLayout):
+    """``heads_of_rank`` ends its process with ``os._exit(0)`` (no exception, no cleanup, status 0) for more than
+    two heads: the explicit example (two heads) passes and Hypothesis must find and shrink the exit."""
+
+    name = "exits-in-method"
+
+    def heads_of_rank(self, total_kv_heads, tp_size, rank):
+        if total_kv_heads > 2:
+            os._exit(0)
+        return super().heads_of_rank(total_kv_heads, tp_size, rank)
+
+
+class Segfaults(_MappingAndLayout):
+    """``heads_of_rank`` dereferences NULL: the process dies of SIGSEGV."""
+
+    name = "segfaults"
+
+    def heads_of_rank(self, *args):
+        ctypes.string_at(0)
+
+
+class HangsInC(_MappingAndLayout):
+    """``heads_of_rank`` blocks in libc ``pause()``: a hang no Python-level interrupt reaches."""
+
+    name = "hangs-in-c"
+
+    def heads_of_rank(self, *args):
+        ctypes.CDLL(None).pause()
+
+
+class ReturnsGarbage(_MappingAndLayout):
+    """``heads_of_rank`` answers a lambda, which is no sequence of heads (and cannot even leave its process)."""
+
+    name = "returns-garbage"
+
+    def heads_of_rank(self, *args):
+        return lambda: [0]
+
+
+class _CopiesToo(_MappingAndLayout):
+    capabilities = frozenset({"head_mapping", "layout", "kv_copy"})
+
+
+class RunawayWriter(_CopiesToo):
+    """``scatter`` is right, but its first call leaves a thread behind that keeps scribbling on the decode pool
+    it was given (and on every later one) after it returned."""
+
+    name = "runaway-writer"
+
+    def __init__(self) -> None:
+        self.targets: list = []
+
+    def scatter(self, staging, writer_destinations, heads_per_writer, layers_per_writer, k_layers, v_layers,
+                page_table, page_size, num_tokens):
+        super().scatter(staging, writer_destinations, heads_per_writer, layers_per_writer, k_layers, v_layers,
+                        page_table, page_size, num_tokens)
+        self.targets.append(k_layers[0])
+        if len(self.targets) == 1:
+            threading.Thread(target=self._scribble, daemon=True).start()
+
+    def _scribble(self) -> None:
+        while True:
+            for target in list(self.targets):
+                target.fill_(0x5A)
+            time.sleep(0.001)
+
+
+class WritesFarOutOfBounds(_CopiesToo):
+    """``gather`` writes 16 bytes 64 GiB past the start of ``out``: far beyond any canary margin."""
+
+    name = "writes-far-out-of-bounds"
+
+    def gather(self, k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out):
+        ctypes.memset(out.data_ptr() + (1 << 36), 0x5A, 16)
+        super().gather(k_layers, v_layers, page_table, page_size, num_tokens, head_start, head_count, out)
+
+
+class PatchesTheHarness(_MappingAndLayout):
+    """Answers a wrong staging layout and patches the harness it can reach so that the answer is judged right:
+    the layout oracle answers whatever the implementation answers, and report records turn failures into passes.
+    Under process isolation it patches only its own process's copy of the harness."""
+
+    name = "patches-the-harness"
+
+    def __init__(self) -> None:
+        from harness import oracles, report
+
+        implementation = self
+        oracles.expected_spans = lambda *geometry: [tuple(s) for s in implementation.staging_layout(*geometry)]
+        passing = report.TestRecord.add_phase
+
+        def add_phase(record, when, outcome, xfailed, failures):
+            return passing(record, when, "passed" if outcome == "failed" else outcome, xfailed, ())
+
+        report.TestRecord.add_phase = add_phase
+        self.patched = [module for module in ("harness.oracles", "harness.report") if module in sys.modules]
+
+    def staging_layout(self, num_writers, num_tokens, heads_per_writer, layers_per_writer, head_dim, element_size):
+        spans = super().staging_layout(num_writers, num_tokens, heads_per_writer, layers_per_writer, head_dim,
+                                       element_size)
+        return [(offset + 1, nbytes) for offset, nbytes in spans]  # every writer one byte off

@@ -1,0 +1,149 @@
+"""How values cross between the judge and the worker: pickling rules, in both directions.
+
+* Tensors cross through torch.multiprocessing's reductions (registered with
+  ``ForkingPickler``): a CPU tensor's storage is moved into shared memory in
+  place (views and strides survive), a CUDA tensor travels as an IPC handle,
+  so the worker writes the judge's own bytes.
+* Objects the judge sends by value that plain pickle refuses are rebuilt in
+  the worker: ``unittest.mock`` objects (each instance has a class of its own)
+  and instances of classes made at run time (``type(name, bases, dict)``), as
+  the receiver strategies draw them.  A class made at run time is rebuilt with
+  the same name and the class attributes that pickle (a ``__repr__`` that does
+  not is replaced by one answering the judge's text).
+* What the worker sends back is read with :class:`JudgeUnpickler`, which only
+  builds plain data, builtin exceptions, tensors and this package's message
+  types: a pickle from the implementation's process cannot import or run
+  anything in the judge.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import pickle
+import sys
+from typing import Any
+from unittest import mock
+
+import torch
+from multiprocessing.reduction import ForkingPickler
+
+import torch.multiprocessing  # noqa: F401  (registers the tensor reductions with ForkingPickler)
+
+#: Modules whose named classes and functions the judge may rebuild from a worker's pickle.
+_TORCH_REBUILDERS = ("torch.multiprocessing.reductions", "torch._utils")
+_TORCH_NAMES = frozenset({"Tensor", "Size", "device", "UntypedStorage", "TypedStorage", "dtype"})
+_NUMPY_NAMES = frozenset({"scalar", "dtype", "_reconstruct", "ndarray"})
+_MESSAGES = frozenset({("harness.isolation.channel", "Call"), ("harness.isolation.channel", "Raised"),
+                       ("harness.isolation.proxy", "Handle"), ("harness.isolation.proxy", "Unpicklable")})
+_INSPECT_NAMES = frozenset({"Signature", "Parameter", "_empty", "_ParameterKind"})
+_BUILTIN_DATA = frozenset({"int", "float", "complex", "bool", "str", "bytes", "bytearray", "tuple", "list", "dict",
+                           "set", "frozenset", "slice", "range", "NoneType", "object"})
+
+
+def share_by_name() -> None:
+    """Share CPU tensors by shm file name rather than by passing a file descriptor per tensor per call: a name
+    is a few bytes, and the other side finds a storage it has seen in torch's cache.  Set on both sides."""
+    torch.multiprocessing.set_sharing_strategy("file_system")
+
+
+class CrossingPickler(ForkingPickler):
+    """Pickles with torch's tensor reductions, and rebuilds mocks and run-time classes by value."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, mock.NonCallableMock):
+            return _reduce_mock(obj)
+        cls = type(obj)
+        if not isinstance(obj, type) and cls.__module__ != "builtins" and not _importable(cls):
+            return _rebuild_instance, (_class_by_value(cls), _instance_state(obj))
+        return NotImplemented
+
+
+def dumps(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    CrossingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+class JudgeUnpickler(pickle.Unpickler):
+    """Reads what the worker sent: plain data, builtin exceptions, tensors, messages; nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins":
+            found = getattr(builtins, name, None)
+            if name in _BUILTIN_DATA or (isinstance(found, type) and issubclass(found, BaseException)):
+                return found
+        elif (module, name) in _MESSAGES or (module == "inspect" and name in _INSPECT_NAMES):
+            return super().find_class(module, name)
+        elif module in _TORCH_REBUILDERS and name.startswith(("rebuild_", "_rebuild_")):
+            return super().find_class(module, name)
+        elif module in ("torch", "torch.storage") and (name in _TORCH_NAMES or isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        elif module.split(".")[0] == "numpy" and name in _NUMPY_NAMES:
+            return super().find_class(module, name)
+        elif module == "collections" and name == "OrderedDict":
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"the judge does not rebuild {module}.{name} from the worker")
+
+
+def judge_loads(data: bytes) -> Any:
+    return JudgeUnpickler(io.BytesIO(data)).load()
+
+
+def worker_loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+# -- mocks ------------------------------------------------------------------------------------
+def _reduce_mock(obj: mock.NonCallableMock) -> tuple:
+    base = next(c for c in type(obj).__mro__ if _importable(c))  # a mock's own subclass is made per instance
+    plain = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    return _rebuild_mock, (base, plain)
+
+
+def _rebuild_mock(base: type, plain: dict) -> Any:
+    obj = base()
+    for key, value in plain.items():
+        setattr(obj, key, value)
+    return obj
+
+
+# -- classes made at run time -----------------------------------------------------------------
+def _importable(cls: type) -> bool:
+    module = sys.modules.get(cls.__module__)
+    found: Any = module
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is cls
+
+
+def _class_by_value(cls: type) -> tuple:
+    attributes = {}
+    for key, value in vars(cls).items():
+        if key in ("__dict__", "__weakref__", "__module__", "__qualname__", "__doc__"):
+            continue
+        try:
+            pickle.dumps(value)
+        except Exception:
+            continue
+        attributes[key] = value
+    if "__repr__" in vars(cls) and "__repr__" not in attributes:
+        attributes["__repr__"] = None  # filled per instance from the judge's text
+    bases = tuple(b for b in cls.__bases__ if _importable(b)) or (object,)
+    return cls.__name__, bases, attributes
+
+
+def _instance_state(obj: Any) -> tuple[dict, str]:
+    return dict(getattr(obj, "__dict__", {})), repr(obj)
+
+
+def _rebuild_instance(made: tuple, state: tuple[dict, str]) -> Any:
+    name, bases, attributes = made
+    attributes, text = dict(attributes), state[1]
+    if "__repr__" in attributes and attributes["__repr__"] is None:
+        attributes["__repr__"] = lambda self: text
+    cls = type(name, bases, attributes)
+    obj: Any = object.__new__(cls) if cls.__new__ is object.__new__ else cls.__new__(cls)  # type: ignore[call-overload]
+    if hasattr(obj, "__dict__"):
+        obj.__dict__.update(state[0])
+    return obj

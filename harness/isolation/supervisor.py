@@ -1,0 +1,282 @@
+"""The judge's side of the worker: start it, call into it with a deadline, replace it when it dies or hangs.
+
+A :class:`Supervisor` owns one implementation spec and at most one live
+:class:`WorkerProcess` at a time (a *generation*).  Calls on the
+implementation object go to the current generation, starting a fresh one
+(which loads the implementation again, under the call deadline) when there is
+none; calls on an object a dead generation made fail at once.  So after a
+crash or a hang the next Hypothesis example, which starts from the
+implementation object, gets a fresh worker, and shrinking works as usual.
+
+Workers come from a *forkserver* (a clean process that imported torch and
+this package, never CUDA): forking it takes milliseconds, where spawning a
+fresh interpreter takes seconds, and a fork never inherits an initialized
+CUDA context.  Each worker has :data:`LANES` pipes; a judge thread takes a
+free lane for its outermost call and keeps it through the nested calls
+(``harness.isolation.channel``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections.abc
+import contextlib
+import functools
+import signal
+import sys
+import threading
+import time
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.multiprocessing as multiprocessing
+
+from harness.interface import documented_signature, method_owners
+from harness.isolation import crossing
+from harness.isolation.channel import Call, Lane, RemoteRaised, WorkerDied, WorkerHung
+from harness.isolation.proxy import ROOT, Handle, RemoteObject, Served
+
+LANES = 4  #: judge threads that may call into one worker at the same time
+START_TIMEOUT_S = 300.0  #: the worker process itself starting (python, torch), not the implementation
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a process without it importing the judge's ``__main__`` (pytest, the CLI or a user's script: the
+    worker needs none of it, and a script without a ``__main__`` guard would run again there)."""
+    main = sys.modules["__main__"]
+    saved: dict[str, Any] = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+        if "__spec__" not in saved:
+            main.__dict__.pop("__spec__", None)
+
+
+class LoadRefused(Exception):
+    """The worker's ``harness.loading`` refused the implementation (the message is its ImplementationError's)."""
+
+
+def _context() -> Any:
+    crossing.share_by_name()
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "harness.isolation.worker"])
+    return context
+
+
+class WorkerProcess:
+    """One worker generation: the process, its lanes, and the judge objects it may call back."""
+
+    def __init__(self, supervisor: "Supervisor") -> None:
+        self.supervisor = supervisor
+        context = _context()
+        pairs = [context.Pipe(duplex=True) for _ in range(LANES)]
+        from harness.isolation import worker
+
+        self.process = context.Process(target=worker.main, args=([child for _, child in pairs],), daemon=True,
+                                       name="kvconform-worker")
+        with _main_module_hidden():
+            self.process.start()
+        for _, child in pairs:
+            child.close()
+        self.served: dict[int, Any] = {}
+        self._released: list[int] = []
+        self._lock = threading.Lock()
+        self._free = [Lane(parent, crossing.dumps, crossing.judge_loads, self._serve, released=self._drain,
+                           on_released=self._forget_served, keep_raising=(WorkerHung, WorkerDied),
+                           remember_errors=True) for parent, _ in pairs]
+        self._lane_free = threading.Condition(self._lock)
+        self.dead: Optional[str] = None
+
+    # -- lanes ------------------------------------------------------------------------------------
+    def take_lane(self, deadline: float) -> Lane:
+        with self._lane_free:
+            while not self._free:
+                if not self._lane_free.wait(max(0.0, deadline - time.monotonic())):
+                    raise WorkerHung(f"all {LANES} lanes of the worker stayed busy")
+            return self._free.pop()
+
+    def give_lane(self, lane: Lane) -> None:
+        with self._lane_free:
+            self._free.append(lane)
+            self._lane_free.notify()
+
+    # -- what the worker calls back ---------------------------------------------------------------
+    def _serve(self, call: Call) -> Any:
+        obj = self.served[call.target]
+        return obj(*call.args, **call.kwargs) if call.method is None else getattr(obj, call.method)(*call.args,
+                                                                                                     **call.kwargs)
+
+    def serve(self, obj: Any) -> Served:
+        token = id(obj)
+        self.served[token] = obj
+        return Served(token)
+
+    def _forget_served(self, tokens: list) -> None:
+        for token in tokens:
+            self.served.pop(token, None)
+
+    def release(self, handle: int) -> None:
+        with self._lock:
+            self._released.append(handle)
+
+    def _drain(self) -> list:
+        with self._lock:
+            out, self._released = self._released, []
+        return out
+
+    # -- life and death ---------------------------------------------------------------------------
+    def kill(self, why: str) -> None:
+        if self.dead is None:
+            self.dead = why
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+
+    def death(self) -> str:
+        """How the process ended, in words (waits briefly for it to be reaped)."""
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is None:
+            return "its pipe closed while the process was still running"
+        if code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
+
+@dataclass
+class _Ongoing:
+    """The outermost call a judge thread is waiting on (its nested calls share its lane and deadline)."""
+
+    worker: WorkerProcess
+    lane: Lane
+    deadline: float
+    timeout: float
+
+
+class Supervisor:
+    """Runs the implementation ``spec`` names in worker processes (see the module docstring)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._worker: Optional[WorkerProcess] = None
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self.root: Optional[RemoteObject] = None
+        self.loaded: dict = {}
+        self.starts = 0
+        atexit.register(self.retire)
+
+    # -- loading ----------------------------------------------------------------------------------
+    def load(self, timeout: float) -> RemoteObject:
+        """Start a worker and load the implementation in it (the factory runs under ``timeout``)."""
+        self._start(timeout)
+        self.root = RemoteObject(self.loaded["root"], self, self._call, lambda generation, handle: None)
+        return self.root
+
+    def _start(self, timeout: float) -> WorkerProcess:
+        with self._lock:
+            if self._worker is not None and self._worker.dead is None:
+                return self._worker
+            worker = WorkerProcess(self)
+            self.starts += 1
+            lane = worker.take_lane(time.monotonic() + START_TIMEOUT_S)
+            try:
+                info = self._wait(worker, lane, Call(ROOT, "__load__", (self.spec,), {}),
+                                  time.monotonic() + START_TIMEOUT_S + timeout, timeout, f"loading --impl {self.spec}")
+            except RemoteRaised as refused:
+                worker.kill("the implementation could not be loaded")
+                raise LoadRefused(str(refused)) from None
+            finally:
+                worker.give_lane(lane)
+            self.loaded = info
+            self._worker = worker
+            return worker
+
+    def retire(self) -> None:
+        """End the current worker (between tests: nothing it left running reaches the next test)."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.kill("retired between tests")
+
+    # -- calls ------------------------------------------------------------------------------------
+    def _call(self, target: RemoteObject, method: str, args: tuple, kwargs: dict, timeout: float) -> Any:
+        ongoing: Optional[_Ongoing] = getattr(self._local, "ongoing", None)
+        if target.handle == ROOT:
+            worker = ongoing.worker if ongoing else self._start(timeout)
+        else:
+            worker = target.generation
+        if worker.dead is not None:
+            raise WorkerDied(f"the worker process that made {target!r} is gone ({worker.dead})")
+        call = Call(target.handle, method, *self._crossing_arguments(worker, method, args, kwargs))
+        if ongoing is not None and ongoing.worker is worker:  # called back from inside the implementation
+            return self._incoming(worker, self._wait(worker, ongoing.lane, call, ongoing.deadline, ongoing.timeout,
+                                                     method))
+        deadline = time.monotonic() + timeout
+        lane = worker.take_lane(deadline)
+        self._local.ongoing = _Ongoing(worker, lane, deadline, timeout)
+        try:
+            return self._incoming(worker, self._wait(worker, lane, call, deadline, timeout, method))
+        finally:
+            self._local.ongoing = None
+            if worker.dead is None:
+                worker.give_lane(lane)
+
+    def _wait(self, worker: WorkerProcess, lane: Lane, call: Call, deadline: float, timeout: float,
+              what: str) -> Any:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.current_stream().synchronize()  # the worker must read what the judge wrote
+        try:
+            return lane.call(call, deadline)
+        except TimeoutError:
+            worker.kill(f"it did not answer {what} within {timeout:g}s")
+            raise WorkerHung(f"no return within {timeout:g}s") from None
+        except (EOFError, OSError):
+            how = worker.death()
+            worker.kill(how)
+            raise WorkerDied(f"the worker process died ({how})") from None
+
+    def _incoming(self, worker: WorkerProcess, value: Any) -> Any:
+        """A worker's answer as the judge uses it: a made object becomes a proxy of it."""
+        if isinstance(value, Handle):
+            return RemoteObject(value, worker, self._call, lambda generation, handle: generation.release(handle))
+        return value
+
+    def _crossing_arguments(self, worker: WorkerProcess, method: str, args: tuple, kwargs: dict) -> tuple:
+        """``(args, kwargs)`` with the judge objects the interface documents as Protocols or callables served."""
+        served = _served_parameters(method)
+        if not served:
+            return args, kwargs
+        owner = method_owners()[method]
+        try:
+            bound = documented_signature(owner[1], method).bind_partial(*args, **kwargs)
+        except TypeError:  # not the documented call: sent as it is, the implementation answers it
+            return args, kwargs
+        for name in served:
+            if name in bound.arguments:
+                bound.arguments[name] = worker.serve(bound.arguments[name])
+        return tuple(bound.args), dict(bound.kwargs)
+
+
+@functools.cache
+def _served_parameters(method: str) -> tuple[str, ...]:
+    """Parameters of interface method ``method`` that the judge serves rather than sends."""
+    owner = method_owners().get(method)
+    if owner is None:
+        return ()
+    return tuple(name for name, parameter in documented_signature(owner[1], method).parameters.items()
+                 if _is_served(parameter.annotation))
+
+
+def _is_served(annotation: Any) -> bool:
+    """Whether a documented parameter is an object the judge serves rather than data it sends."""
+    return bool(getattr(annotation, "_is_protocol", False)) or typing.get_origin(annotation) is collections.abc.Callable
