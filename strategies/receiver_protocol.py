@@ -308,7 +308,31 @@ def _generated(draw: st.DrawFn, choices: tuple[tuple[_Access, tuple[_Value, ...]
     access is as common as every other in a census)."""
     access, values = choices[draw(st.integers(0, len(choices) - 1))]
     value = values[draw(st.integers(0, len(values) - 1))]
-    return access.build(value.make(), f"{access.label}, value {value.label}")
+    return rebuild_receiver(_ACCESSES.index(access), _VALUES.index(value))
+
+
+def rebuild_receiver(access: int, value: int) -> object:
+    """A fresh generated receiver from its recipe (indices into the accesses and values), remembered so that
+    :func:`receiver_recipe` can answer it: how a process that did not draw it (an isolated implementation's
+    worker) rebuilds the same receiver, closures and descriptors included, in its first-read state."""
+    made = _ACCESSES[access].build(_VALUES[value].make(), f"{_ACCESSES[access].label}, value {_VALUES[value].label}")
+    _RECIPES[id(made)] = (made, (access, value))
+    while len(_RECIPES) > _KEPT_RECIPES:
+        _RECIPES.pop(next(iter(_RECIPES)))
+    return made
+
+
+def receiver_recipe(obj: object) -> tuple[int, int] | None:
+    """The arguments of :func:`rebuild_receiver` that made ``obj``; ``None`` for anything else.  Reads no
+    attribute of ``obj`` (a receiver may raise on any)."""
+    kept = _RECIPES.get(id(obj))
+    return kept[1] if kept is not None and kept[0] is obj else None
+
+
+# id -> (receiver, recipe); the receiver is kept so its id is not reused while remembered.  Bounded: only the
+# receivers of the running example need answering.
+_RECIPES: dict[int, tuple[object, tuple[int, int]]] = {}
+_KEPT_RECIPES = 4096
 
 
 def generated_receivers(truthy: bool | None = None) -> st.SearchStrategy[object]:

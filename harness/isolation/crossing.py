@@ -28,6 +28,8 @@ from unittest import mock
 import torch
 from multiprocessing.reduction import ForkingPickler
 
+from strategies.receiver_protocol import rebuild_receiver, receiver_recipe
+
 import torch.multiprocessing  # noqa: F401  (registers the tensor reductions with ForkingPickler)
 
 #: Modules whose named classes and functions the judge may rebuild from a worker's pickle.
@@ -51,6 +53,9 @@ class CrossingPickler(ForkingPickler):
     """Pickles with torch's tensor reductions, and rebuilds mocks and run-time classes by value."""
 
     def reducer_override(self, obj: Any) -> Any:
+        recipe = receiver_recipe(obj)
+        if recipe is not None:  # a generated receiver: rebuilt there by the code that drew it, closures included
+            return rebuild_receiver, recipe
         if isinstance(obj, mock.NonCallableMock):
             return _reduce_mock(obj)
         cls = type(obj)
