@@ -98,7 +98,7 @@ def test_sglang_declares_its_kernel_paths_as_configurations():
     assert loaded.declared == ("triton", "torch") and loaded.name == "sglang 0.5.23"
     assert [(c.spec, c.implementation.kernel_path) for c in loaded.selected] == [
         ("adapters.sglang:make_implementation#triton", "triton"), ("adapters.sglang:make_implementation#torch", "torch")]
-    assert all(c.implementation.limits == {"whole_pages", "no_pipeline_fan_in"} for c in loaded.selected)
+    assert all(c.implementation.limits == {"whole_pages", "no_pipeline_fan_in", "contiguous_layers"} for c in loaded.selected)
 
 
 # ---------------------------------------------------------------- head_mapping (docs/domain.md#who-writes-to-whom)

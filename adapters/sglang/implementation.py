@@ -46,9 +46,11 @@ class SglangImplementation:
     """SGLang 0.5.23's staging primitives behind kvconform's interface."""
 
     capabilities = frozenset({"head_mapping", "layout", "allocator", "kv_copy", "decode_handler"})
-    # SGLang's design, not bugs: staging moves whole pages (STAGING_REQ counts pages) and
-    # pipeline stages share one TP writer's part.  Declared so the suite generates within them.
-    limits = frozenset({"whole_pages", "no_pipeline_fan_in"})
+    # SGLang's design, not bugs: staging moves whole pages (STAGING_REQ counts pages),
+    # pipeline stages share one TP writer's part, and its memory pool allocates every layer's K and
+    # V buffer as a contiguous tensor of its own (its kernels index them as packed).  Declared so the
+    # suite generates within them.
+    limits = frozenset({"whole_pages", "no_pipeline_fan_in", "contiguous_layers"})
 
     def __init__(self, code: SglangCode, kernel_path: str = "auto") -> None:
         if kernel_path not in KERNEL_PATHS:
