@@ -45,11 +45,15 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                   "failure_statuses": {"fail": int, "timeout": int, "crash": int, "out-of-bounds": int}},
       "rows": [{"invariant": str, "title": str, "status": str, "tests": int,
                 "passed": int, "failed": int, "interrupted": int, "xfailed": int, "xpassed": int,
+                "fixed": int,          # passed although an xfails entry lists them: remove the entry
                 "not_implemented": int, "skipped": int,
                 "examples": int,       # Hypothesis test cases run, excluding shrinking (1 per plain test)
                 "shrinks": int,        # test cases run while shrinking failures
                 "missing_capabilities": [str],
                 "failure_statuses": [str]}],   # statuses of its failures, legend order
+      "xfails": [{"entry": str,        # "file#index (test)" of an --xfails entry; absent without --xfails
+                  "state": "xfail" | "fixed" | "fail" | "not-run" | "stale",   # see XFAIL_STATES
+                  "tests": [str]}],        # node ids it matched
       "failures": [{"invariant": str, "test": str,    # pytest node id; one entry per distinct failure
                     "index": int, "test_failures": int,   # this is failure INDEX of TEST_FAILURES of the test
                     "status": "fail" | "timeout" | "crash" | "out-of-bounds",   # see FAILURE_STATUSES
@@ -59,7 +63,9 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                     "counterexample": str | null,     # Hypothesis's shrunk example
                     "reproduce_failure": str | null,  # "@reproduce_failure('6.x', b'...')"
                     "seed": str | null,               # for --hypothesis-seed
-                    "repro": str}]                    # one shell line that reruns the test
+                    "case_file": str | null,          # a failing stored case (corpus file; witness: no file)
+                    "case": str | null,               # its JSON (harness/cases.py format)
+                    "repro": str}]                    # one shell line that reruns the test (just the case)
     }
 
 Row status, in order of precedence: ``fail`` (a test failed or errored),
@@ -118,6 +124,9 @@ class FailureDetail:
     reproduce_failure: str | None = None
     seed: str | None = None
     explanation: tuple[str, ...] = ()
+    #: A stored case (corpus file or xfails witness) that failed: its file and its JSON (harness.replay).
+    case_file: str | None = None
+    case: str | None = None
 
     @property
     def status(self) -> str:
@@ -147,12 +156,16 @@ class TestRecord:
     invariant: str
     #: The test file relative to the rootdir (pytest's ``report.location[0]``); may start with ``..``.
     path: str | None = None
-    status: str = "not-run"  # pass | fail | interrupted | xfail | xpass | not-implemented | skipped | not-run
+    status: str = "not-run"  # pass | fixed | fail | interrupted | xfail | xpass | not-implemented | skipped | not-run
     examples: int | None = None
     shrinks: int = 0
     missing_capabilities: tuple[str, ...] = ()
     #: Every distinct failure of the test (the first failing phase's), in Hypothesis's order.
     failures: tuple[FailureDetail, ...] = ()
+    #: The xfails entry matching the test (its label), if any.
+    xfail_entry: str | None = None
+    #: Case files ``--corpus-out`` wrote for its failures.
+    saved_cases: tuple[str, ...] = ()
 
     def add_phase(self, when: str, outcome: str, xfailed: bool, failures: tuple[FailureDetail, ...]) -> None:
         """Fold one phase report in; a failure in any phase makes the test fail."""
@@ -174,7 +187,7 @@ class TestRecord:
 
     @property
     def ran(self) -> bool:
-        return self.status in ("pass", "fail", "xfail", "xpass")
+        return self.status in ("pass", "fixed", "fail", "xfail", "xpass")
 
 
 @dataclass(frozen=True)
@@ -201,8 +214,11 @@ class RunContext:
     run_info: dict[str, Any] | None = None
 
 
-def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str | None = None) -> str:
+def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str | None = None,
+                  case_file: str | None = None) -> str:
     """One shell line rerunning ``nodeid`` with the same implementation, profile and device.
+
+    With ``case_file`` (a failing stored case) it replays that case alone (``--replay-case``).
 
     ``path`` is the test file relative to the rootdir (node ids of files
     outside the rootdir, e.g. with ``--pyargs``, are not).  Without a seed the
@@ -218,7 +234,9 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
         if context.devices_requested != "all":
             words += ["--device", context.devices_requested]
         words.append(f"{os.path.normpath(path)}{sep}{rest}")
-        if seed:
+        if case_file and case_file.endswith(".json"):
+            words += ["--replay-case", case_file]
+        elif seed:
             words += ["--hypothesis-seed", seed]
         return shlex.join(words)
     target = os.path.relpath(os.path.join(context.rootdir, path), context.invocation_dir) + sep + rest
@@ -228,7 +246,9 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
     if context.devices_requested != "all":
         options += ["--device", context.devices_requested]
     options.append(target)
-    if seed:
+    if case_file and case_file.endswith(".json"):
+        options.append(f"--replay-case={case_file}")
+    elif seed:
         options.append(f"--hypothesis-seed={seed}")
     return shlex.join(options)
 
@@ -243,8 +263,12 @@ class Completion:
 
 
 def build_report(context: RunContext, records: list[TestRecord],
-                 completion: Completion = Completion()) -> dict[str, Any]:
-    """The report as the JSON-ready dict documented in this module's docstring."""
+                 completion: Completion = Completion(), xfail_entries: tuple[str, ...] = (),
+                 stale_xfails: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The report as the JSON-ready dict documented in this module's docstring.
+
+    ``xfail_entries``: the labels of the run's xfails entries; ``stale_xfails``: those matching no collected test.
+    """
     by_invariant: dict[str, list[TestRecord]] = {}
     for record in records:
         by_invariant.setdefault(record.invariant, []).append(record)
@@ -285,9 +309,20 @@ def build_report(context: RunContext, records: list[TestRecord],
         "rows": rows,
         "failures": failures,
     }
+    if xfail_entries:
+        report["xfails"] = [_xfail_state(label, records, label in stale_xfails) for label in xfail_entries]
     if context.run_info is not None:
         report["run"] = context.run_info
     return report
+
+
+def _xfail_state(label: str, records: list[TestRecord], stale: bool) -> dict[str, Any]:
+    """One xfails entry's state (``XFAIL_STATES``) from the outcomes of the tests it matched."""
+    matched = sorted((r for r in records if r.xfail_entry == label), key=lambda r: r.nodeid)
+    statuses = {r.status for r in matched}
+    state = ("stale" if stale else "fail" if "fail" in statuses else "xfail" if "xfail" in statuses
+             else "fixed" if "fixed" in statuses else "not-run")
+    return {"entry": label, "state": state, "tests": [r.nodeid for r in matched]}
 
 
 def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any]:
@@ -299,6 +334,7 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
         "interrupted": count("interrupted"),
         "xfailed": count("xfail"),
         "xpassed": count("xpass"),
+        "fixed": count("fixed"),
         "not_implemented": count("not-implemented"),
         "skipped": count("skipped") + count("not-run"),
     }
@@ -308,7 +344,7 @@ def _row(invariant: str, title: str, records: list[TestRecord]) -> dict[str, Any
         status = "interrupted"
     elif counts["xfailed"]:
         status = "xfail"
-    elif counts["passed"] or counts["xpassed"]:
+    elif counts["passed"] or counts["xpassed"] or counts["fixed"]:
         status = "pass"
     elif counts["not_implemented"]:
         status = "not-implemented"
@@ -347,7 +383,9 @@ def _failure_entries(context: RunContext, record: TestRecord) -> list[dict[str, 
         "counterexample": detail.counterexample,
         "reproduce_failure": detail.reproduce_failure,
         "seed": detail.seed,
-        "repro": repro_command(context, record.nodeid, detail.seed, record.path),
+        "case_file": detail.case_file,
+        "case": detail.case,
+        "repro": repro_command(context, record.nodeid, detail.seed, record.path, detail.case_file),
     } for index, detail in enumerate(details, 1)]
 
 
@@ -356,6 +394,7 @@ def _row_notes(row: dict[str, Any]) -> str:
     if row["missing_capabilities"]:
         notes.append("lacks " + ", ".join(row["missing_capabilities"]))
     for key, label in (("failed", "failed"), ("interrupted", "interrupted"), ("xfailed", "xfail"), ("xpassed", "xpass (drop from xfails?)"),
+                       ("fixed", "fixed (remove its xfails entry)"),
                        ("not_implemented", "not implemented"), ("skipped", "skipped")):
         if row[key] and not (key == "not_implemented" and row["status"] == "not-implemented"):
             notes.append(f"{row[key]} {label}")
@@ -453,10 +492,30 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"  blob: {failure['reproduce_failure']}")
         if failure["seed"]:
             lines.append(f"  seed: {failure['seed']}")
+        if failure.get("case"):
+            lines.append(f"  stored case: {failure['case_file']}")
+            lines.append(f"  case: {failure['case']}")
         lines.append(f"  repro: {failure['repro']}")
+    if report.get("xfails"):
+        lines += ["", "xfails entries:", *("  " + line for line in _xfail_lines(report))]
     if report["failures"]:
         lines += ["", "failure statuses:", *("  " + line for line in _legend_lines(report))]
     return lines
+
+
+#: States of an xfails entry in the report (its tests' outcomes; the legend).
+XFAIL_STATES: dict[str, str] = {
+    "xfail": "the known bug: the witness (or, without one, every failure) fails with the expected error",
+    "fixed": "the witness and the test pass: remove the entry (--strict-xfails makes this a failure)",
+    "fail": "a test of the entry failed otherwise (another error, the witness passing, a new case): a failure",
+    "not-run": "its tests were collected but did not run (deselected, skipped, interrupted)",
+    "stale": "it matches no collected test although its test file was collected: fix or remove it",
+}
+
+
+def _xfail_lines(report: dict[str, Any]) -> list[str]:
+    return [f"{x['state']}: {x['entry']}" + (f" ({', '.join(x['tests'])})" if x["tests"] else "")
+            for x in report["xfails"]]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -481,11 +540,16 @@ def markdown(report: dict[str, Any]) -> str:
             out.append(f"- reproduce_failure: `{failure['reproduce_failure']}`")
         if failure["seed"]:
             out.append(f"- seed: `{failure['seed']}`")
+        if failure.get("case"):
+            out += [f"- stored case: `{failure['case_file']}`", "", "```json", failure["case"], "```", ""]
         out += [f"- repro: `{failure['repro']}`"]
         if failure["counterexample"]:
             out += ["", "```text", failure["counterexample"], "```"]
         if failure["explanation"]:
             out += ["", "Explanation (Hypothesis's explain phase):", "", "```text", *failure["explanation"], "```"]
+    if report.get("xfails"):
+        out += ["", "## Expected failures (xfails entries)", "", *(f"- {line}" for line in _xfail_lines(report)), "",
+                *(f"- **{state}**: {meaning}" for state, meaning in XFAIL_STATES.items())]
     if report["failures"]:
         out += ["", "## Legend", "", "Row statuses: " + ", ".join(ROW_STATUSES) + " (see `kvconform --help`).",
                 "Failure statuses:", ""]
