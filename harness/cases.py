@@ -199,8 +199,10 @@ def receiver_kind(value: Any) -> str | None:
         return "object"
     if kind.__name__ == "ClassAttributeReceiver" and "require_staging" in kind.__dict__:
         return "class_attribute"
-    if kind is receivers.ConfiguredMock:
-        return "mock_configured"
+    if isinstance(value, mock.Mock):  # mock makes a class per instance: match the kinds' classes by isinstance
+        mocks = {"mock_configured": receivers.ConfiguredMock, "mock_spec_empty": receivers.SpecEmptyMock,
+                 "mock": receivers.AutoMock, "magic_mock": receivers.AutoMagicMock}
+        return next((name for name, cls in mocks.items() if isinstance(value, cls)), None)
     return next((name for name, (make, _) in RECEIVER_MAKERS.items() if make is kind), None)
 
 

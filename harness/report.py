@@ -514,8 +514,8 @@ XFAIL_STATES: dict[str, str] = {
 
 
 def _xfail_lines(report: dict[str, Any]) -> list[str]:
-    return [f"{x['state']}: {x['entry']}" + (f" ({', '.join(x['tests'])})" if x["tests"] else "")
-            for x in report["xfails"]]
+    return [f"{x['state']}: {x['entry']}" + (f" -> {', '.join(x['tests'])}" if x["tests"] and any(
+        f"({test})" not in x["entry"] for test in x["tests"]) else "") for x in report["xfails"]]
 
 
 def markdown(report: dict[str, Any]) -> str:
