@@ -139,7 +139,7 @@ def encode(value: Any) -> Any:
         return {TYPE: "tuple", "items": [encode(v) for v in value]}
     if isinstance(value, torch.dtype):
         return {TYPE: "dtype", "name": str(value).removeprefix("torch.")}
-    if type(value).__name__ == "bool_" and type(value).__module__ == "numpy":
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):  # numpy 1 and 2 names
         return {TYPE: "numpy.bool_", "value": bool(value)}
     if isinstance(value, (ReplayData, RecordingData)):
         return {TYPE: "data", "draws": [encode(v) for v in value.draws]}
