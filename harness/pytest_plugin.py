@@ -213,6 +213,18 @@ def devices(pytestconfig: pytest.Config) -> list[str]:
     return list(selected)
 
 
+def _examples_run(item: pytest.Item, statistics: list[dict], log: Any) -> list[tuple[str, Any]]:
+    """Example-count properties: Hypothesis's statistics (which leave explicit examples out) plus the stored
+    cases replayed; when Hypothesis reported nothing (a stored case failed, explore's budget stopped it), the
+    calls the test's case log counted."""
+    if log is None or not log.calls:
+        return example_properties(item, statistics)
+    if not statistics:
+        return [(PROP_EXAMPLES, log.calls), (PROP_SHRINKS, 0)]
+    counted = dict(example_properties(item, statistics))
+    return [(PROP_EXAMPLES, counted.get(PROP_EXAMPLES, 0) + log.replayed), (PROP_SHRINKS, counted.get(PROP_SHRINKS, 0))]
+
+
 def _leaf_failures(exc: BaseException) -> list[BaseException]:
     """The distinct failures in Hypothesis's exception group (nested groups flattened), else ``[exc]``."""
     members = getattr(exc, "exceptions", None) if type(exc).__name__ in ("ExceptionGroup", "BaseExceptionGroup") else None
@@ -544,10 +556,7 @@ class ConformanceRun:
                     pytest.xfail(f"{entry.reason} ({entry.label}: {how}; {entry.upstream})")
                 raise
             finally:
-                examples = example_properties(item, statistics)
-                if not examples and log is not None and log.calls:  # explore stopped it: Hypothesis reported nothing
-                    examples = [(PROP_EXAMPLES, log.calls), (PROP_SHRINKS, 0)]
-                item.user_properties.extend(examples)
+                item.user_properties.extend(_examples_run(item, statistics, log))
             if entry is not None:
                 item.user_properties.append((PROP_FIXED, entry.label))
                 if self.config.getoption("kvconform_strict_xfails"):

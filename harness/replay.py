@@ -11,8 +11,8 @@ and no generation or shrinking follows it.
 
 Every call of the inner test goes through :meth:`CaseLog.around`, which
 
-* recognises a stored case by the identity of its argument objects (the
-  explicit example hands the decoded objects over unchanged) and, when it
+* recognises a stored case (Hypothesis runs the explicit examples first, in
+  the order they were installed; the values are compared too) and, when it
   fails, notes the case file and its JSON on the failure (``CASE_NOTE``),
   which the report shows with a repro line replaying just that case;
 * records whether the witness passed or failed, and how;
@@ -63,6 +63,8 @@ class CaseLog:
     # -- per item, reset by start() --
     started: float = 0.0
     calls: int = 0
+    #: Stored cases (corpus, witnesses) run in this item.
+    replayed: int = 0
     saw_failure: bool = False
     #: ``id(witness)`` -> what it did in this item's run.
     witness_outcomes: dict[int, WitnessOutcome] = field(default_factory=dict)
@@ -70,17 +72,24 @@ class CaseLog:
     new_failures: list[dict[str, Any]] = field(default_factory=list)
 
     def start(self) -> None:
-        self.started, self.calls, self.saw_failure = time.monotonic(), 0, False
+        self.started, self.calls, self.replayed, self.saw_failure = time.monotonic(), 0, 0, False
         self.witness_outcomes, self.new_failures = {}, []
 
     def witness_outcome(self, witness: StoredCase) -> WitnessOutcome:
         return self.witness_outcomes.get(id(witness), WitnessOutcome())
 
     def _stored_case(self, kwargs: dict[str, Any]) -> StoredCase | None:
-        for case in self.witnesses + self.stored:
-            if case.kwargs and all(kwargs.get(name) is value for name, value in case.kwargs.items()):
-                return case
-        return None
+        """The stored case this call runs: Hypothesis runs the explicit examples first, in the order
+        :func:`install_cases` gave them, so call ``i`` of the item is case ``i`` if its values are that case's."""
+        run_order = self.witnesses + self.stored
+        if self.calls >= len(run_order):
+            return None
+        case = run_order[self.calls]
+        try:
+            same = all(encode(kwargs.get(name)) == encode(value) for name, value in case.kwargs.items())
+        except CaseFormatError:
+            same = False
+        return case if same else None
 
     def around(self, call: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         """Run ``call(**kwargs)`` (the fitted inner test) with the bookkeeping in this module's docstring."""
@@ -93,6 +102,7 @@ class CaseLog:
                 and time.monotonic() - self.started > self.budget_s:
             raise BudgetSpent(f"{self.calls} examples in {self.budget_s:g} s")
         self.calls += 1
+        self.replayed += stored is not None
         recorded = {name: RecordingData(v) if _is_data_object(v) else v for name, v in kwargs.items()}
         try:
             result = call(**recorded)
@@ -146,13 +156,13 @@ def install_cases(test: Any, log: CaseLog, stored: list[StoredCase], witnesses: 
         own = list(getattr(test, "hypothesis_explicit_examples", ()))
         setattr(test, _OWN_EXAMPLES, own)
     names = given_names(test)
-    replayed = [only] if only is not None else [*stored, *reversed(witnesses)]
+    replayed = [only] if only is not None else [*witnesses, *stored]  # the order they run in
     for case in replayed:
         if tuple(sorted(case.kwargs)) != names:
             raise CaseFormatError(f"{case.path or case.test}: arguments {sorted(case.kwargs)} are not the @given "
                                   f"arguments of {case.test} ({list(names)})")
     test.hypothesis_explicit_examples = [] if only is not None else list(own)
-    for case in replayed:
+    for case in reversed(replayed):  # Hypothesis runs the last added first
         example(**case.kwargs)(test)
     log.stored, log.witnesses, log.argument_names = list(stored), list(witnesses), names
     if only is not None:  # --replay-case: that case and nothing else (no generation)
