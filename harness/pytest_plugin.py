@@ -9,7 +9,9 @@ There is deliberately no ``pytest11`` entry point: it would add ``--impl`` and
 ``--device`` to every pytest run in the user's environment.
 
 Options: ``--impl SPEC`` (see ``harness.loading``; default ``$KVCONFORM_IMPL``
-or ``reference``), ``--xfails FILE`` (see ``harness.xfails``),
+or ``reference``), ``--xfails FILE`` and ``--strict-xfails`` (see ``harness.xfails``),
+``--corpus DIR``, ``--corpus-out DIR``, ``--replay-case FILE``, ``--explore-seconds S``
+(see ``harness.replay`` and docs/corpus.md),
 ``--kvconform-report DIR`` (default: the current directory),
 ``--device {cpu,cuda,all}``.  Inputs are checked at configure time, before
 any test, each a usage error (exit 4) naming the input: the ``KVCONFORM_*``
@@ -122,8 +124,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--xfails", dest="kvconform_xfails", default=None, metavar="FILE",
-        help="expected-failure list (invariant ids or node-id substrings, '#' comments); "
-        "a bare name reads harness/xfails/NAME.txt.",
+        help="expected-failure list (JSON: per entry a test, its expected error and a witness case replayed "
+        "first; harness/xfails/__init__.py); a bare name reads harness/xfails/NAME.json.",
     )
     group.addoption(
         "--kvconform-report", dest="kvconform_report", default=None, metavar="DIR",
@@ -488,15 +490,12 @@ class ConformanceRun:
         return tuple(e for e in self.xfails if e.applies_to_version(version))
 
     def _warn_stale(self, active: tuple[XfailEntry, ...], tagged: list[tuple[pytest.Item, pytest.Mark]]) -> None:
-        """Warn, naming it, about each entry matching no collected test although its test file (or, for an
-        invariant entry, a test of its invariant) was collected: a renamed or removed test."""
+        """Warn, naming it, about each entry whose test is not collected although its file is (a renamed or
+        removed test; ``harness.xfails.stale_entries``)."""
         import warnings
 
         tests = [(item.nodeid, dict(item.user_properties).get(PROP_INVARIANT)) for item, _ in tagged]
-        files = {nodeid.partition("::")[0] for nodeid, _ in tests}
-        invariants = {invariant for _, invariant in tests}
-        stale = [e for e in stale_entries(active, tests)
-                 if e.test.partition("::")[0] in files or (e.invariant in invariants and "::" not in e.test)]
+        stale = stale_entries(active, tests)
         self.stale_xfails = tuple(e.label for e in stale)
         for entry in stale:
             warnings.warn(pytest.PytestWarning(
