@@ -215,6 +215,11 @@ def devices(pytestconfig: pytest.Config) -> list[str]:
     return list(selected)
 
 
+def _invariant_of(item: pytest.Item) -> str | None:
+    value = dict(item.user_properties).get(PROP_INVARIANT)
+    return value if isinstance(value, str) else None
+
+
 def _examples_run(item: pytest.Item, statistics: list[dict], log: Any) -> list[tuple[str, Any]]:
     """Example-count properties: Hypothesis's statistics (which leave explicit examples out) plus the stored
     cases replayed; when Hypothesis reported nothing (a stored case failed, explore's budget stopped it), the
@@ -494,7 +499,7 @@ class ConformanceRun:
         removed test; ``harness.xfails.stale_entries``)."""
         import warnings
 
-        tests = [(item.nodeid, dict(item.user_properties).get(PROP_INVARIANT)) for item, _ in tagged]
+        tests = [(item.nodeid, _invariant_of(item)) for item, _ in tagged]
         stale = stale_entries(active, tests)
         self.stale_xfails = tuple(e.label for e in stale)
         for entry in stale:
@@ -572,7 +577,7 @@ class ConformanceRun:
 
         saved = []
         for kwargs in log.new_failures:
-            case = StoredCase(f"{item.nodeid.partition('::')[0]}::{item.obj.__name__}",
+            case = StoredCase(f"{item.nodeid.partition('::')[0]}::{getattr(item, 'originalname', item.name)}",
                               {name: decode(value) for name, value in kwargs.items()},
                               origin=f"explore run against {self.spec}", note="found by generation")
             try:
