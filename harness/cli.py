@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from harness import settings
-from harness.profiles import PROFILE_EXAMPLES
+from harness.profiles import EXPLORE, EXPLORE_SECONDS, PROFILE_EXAMPLES
 
 #: Overrides the directory of conformance test modules (for the harness's own tests).
 CONFORMANCE_DIR_ENV_VAR = settings.CONFORMANCE_DIR
@@ -96,8 +96,9 @@ environment (checked before the first test; a bad value is a usage error):
 
 examples:
   {prog} --impl mypkg.kvstaging:make_implementation
-  {prog} --impl sglang --xfails sglang --profile ci -n 4
+  {prog} --impl sglang --xfails sglang --profile gate -n 4
   {prog} --impl vllm --config pull,push --device cpu
+  {prog} --impl mypkg.kvstaging --profile explore --explore-seconds 120 --corpus-out new-cases
   {prog} --impl mypkg.kvstaging --profile gate --exitfirst
   {prog} --impl mypkg.kvstaging -k layout -- -v
   {prog} --impl reference harness/conformance/test_layout.py::test_layout_spans"""
@@ -130,7 +131,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--profile", "--hypothesis-profile", dest="profile", choices=tuple(PROFILE_EXAMPLES),
-        help="Hypothesis profile: " + ", ".join(f"{n} ({k} examples per test)" for n, k in PROFILE_EXAMPLES.items())
+        help="Hypothesis profile: " + ", ".join(f"{n} ({k} examples per test)" for n, k in PROFILE_EXAMPLES.items()
+                                                if n != EXPLORE)
+        + f", {EXPLORE} (random, example database on, each test generates for --explore-seconds; "
+        "nightly: pair it with --corpus-out)"
         + "; default: $KVCONFORM_PROFILE or 'default'",
     )
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
@@ -140,8 +144,19 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help="where kvconform-report.md and kvconform-report.json go, created if missing "
                         "(default: current directory)")
     parser.add_argument("--xfails", metavar="FILE",
-                        help="expected-failure list: invariant ids or node-id substrings, one per line, '#' comments; "
-                        "a bare name reads harness/xfails/NAME.txt")
+                        help="expected-failure list (JSON; each entry a test, its expected error and a witness case "
+                        "replayed first: harness/xfails/__init__.py); a bare name reads harness/xfails/NAME.json")
+    parser.add_argument("--strict-xfails", action="store_true",
+                        help="an xfails entry whose witness and test pass fails the run instead of reading 'fixed'")
+    parser.add_argument("--corpus", metavar="DIR",
+                        help="regression corpus replayed before generation (DIR/<test name>/*.json); default: the "
+                        "corpus shipped with kvconform; 'none' replays nothing (docs/corpus.md)")
+    parser.add_argument("--corpus-out", metavar="DIR",
+                        help="write each new failure's shrunk counterexample as a corpus case into DIR/<test name>/")
+    parser.add_argument("--replay-case", metavar="FILE",
+                        help="run the test of this stored case on this case alone, no generation (repro lines use it)")
+    parser.add_argument("--explore-seconds", metavar="S",
+                        help=f"explore profile: seconds each test generates (default {EXPLORE_SECONDS:g})")
     parser.add_argument("--in-process", action="store_true",
                         help="run the implementation inside the judge's process instead of a worker process, for "
                         "debugging (breakpoints, profilers). Not for verdicts: there, an implementation that "
@@ -257,10 +272,16 @@ def _pytest_arguments(args: argparse.Namespace, passthrough: list[str], prog: st
     ]
     if args.exitfirst:
         result.append("--exitfirst")
+    if args.strict_xfails:
+        result.append("--strict-xfails")
     for option, value in (
         ("--hypothesis-profile", args.profile),
         ("--xfails", args.xfails),
         ("--impl-config", args.config),
+        ("--corpus", args.corpus),
+        ("--corpus-out", args.corpus_out),
+        ("--replay-case", args.replay_case),
+        ("--explore-seconds", args.explore_seconds),
         ("-k", args.keyword),
         ("-n", args.numprocesses),
         ("--junitxml", args.junitxml),

@@ -25,7 +25,9 @@ PROP_CLASSES = "kvconform.classes"
 #: JSON list of the call's distinct failures: {"error", "counterexample", "reproduce_failure", "seed", "explanation"}.
 PROP_FAILURES = "kvconform.failures"
 
-_COUNTEREXAMPLE_PREFIXES = ("Falsifying", "Failing test case", "Failing example")
+_COUNTEREXAMPLE_PREFIXES = ("Falsifying", "Failing test case", "Failing example", "Failing explicit example")
+#: The note ``harness.replay`` adds to a failing stored case: ``PREFIX <file>: <one-line JSON>``.
+_STORED_CASE = re.compile(r"^kvconform stored case (.*?): (\{.*\})$", re.S)
 _BLOB = re.compile(r"@reproduce_failure\([^)]*\)")
 _PRINTED_SEED = re.compile(r"@seed\((\d+)\)|--hypothesis-seed=(\d+)")
 
@@ -102,7 +104,10 @@ def failure_properties(exc: BaseException, item: pytest.Item, statistics: list[d
         notes = _notes(failure)
         examples = [n for n in notes if n.startswith(_COUNTEREXAMPLE_PREFIXES)]
         blobs = [m.group(0) for n in notes for m in _BLOB.finditer(n)]
+        stored = next((m for m in map(_STORED_CASE.match, notes) if m), None)
         found.append({
+            "case_file": stored.group(1) if stored else None,
+            "case": stored.group(2) if stored else None,
             "error": f"{type(failure).__name__}: {message[0]}" if message else type(failure).__name__,
             "counterexample": "\n".join(examples) or None,
             "reproduce_failure": blobs[0] if blobs else None,

@@ -62,6 +62,7 @@ def attribute_to_marker(item: pytest.Item, exc: BaseException) -> None:
 
 
 _FITS_SCOPE = "_kvconform_fits_scope"
+_CASE_LOG = "_kvconform_case_log"
 
 
 def fit_to_declared_scope(test: Any) -> None:
@@ -70,18 +71,22 @@ def fit_to_declared_scope(test: Any) -> None:
     Wraps its ``inner_test`` (the function Hypothesis calls with fixtures and drawn arguments; idempotent):
     with the implementation taken from the ``impl`` or ``loaded_impl`` argument, every argument is passed
     through ``scope.fit`` (``TransferCase`` and ``RankShape`` values, inside tuples and lists too).  The
-    only place limits reach ``@given`` tests; the engine fits what state machines draw.  The arguments as
-    run then label the test case with their case classes (``harness.case_classes``).
+    only place limits reach ``@given`` tests; the engine fits what state machines draw.  Every call goes
+    through the test's :class:`harness.replay.CaseLog` (:func:`case_log`): stored cases replayed first are
+    recognised there, and generated failures kept for ``--corpus-out``.  The arguments as run then label the
+    test case with their case classes (``harness.case_classes``).
     """
     from hypothesis import note
+
+    from harness.replay import CaseLog
 
     handle = getattr(test, "hypothesis", None)
     inner = getattr(handle, "inner_test", None)
     if handle is None or inner is None or getattr(inner, _FITS_SCOPE, False):
         return
+    log = CaseLog()
 
-    @functools.wraps(inner)
-    def fitted(*args: Any, **kwargs: Any) -> Any:
+    def fit_and_call(*args: Any, **kwargs: Any) -> Any:
         impl = kwargs.get("impl", getattr(kwargs.get("loaded_impl"), "implementation", None))
         if impl is not None and scope.declared_limits(impl):
             fitted_kwargs = {name: scope.fit(impl, value) for name, value in kwargs.items()}
@@ -92,5 +97,15 @@ def fit_to_declared_scope(test: Any) -> None:
         case_classes.label_arguments(kwargs)
         return inner(*args, **kwargs)
 
+    @functools.wraps(inner)
+    def fitted(*args: Any, **kwargs: Any) -> Any:
+        return log.around(functools.partial(fit_and_call, *args), kwargs)
+
     setattr(fitted, _FITS_SCOPE, True)
+    setattr(test, _CASE_LOG, log)
     handle.inner_test = fitted
+
+
+def case_log(test: Any) -> Any:
+    """The :class:`harness.replay.CaseLog` of a test :func:`fit_to_declared_scope` wrapped, else ``None``."""
+    return getattr(test, _CASE_LOG, None)

@@ -23,6 +23,16 @@ changes no verdict).  Every profile, not only ``gate``, runs with
 :func:`pin_local_constants`, since that source of nondeterminism is
 invisible otherwise.
 
+``explore`` is the nightly lane: random (a new seed every run), the
+example database on, targeted search (``hypothesis.target()``, wherever a
+test reports a target) kept, and a *time* budget instead of an example
+count: each test generates for ``--explore-seconds`` (default
+:data:`EXPLORE_SECONDS`) and then stops, unless it found a failure, which
+is shrunk as usual (``harness.replay``).  Its failures are written as
+corpus cases into the directory named by ``--corpus-out`` (never into the
+repository unless that is the directory named).  Every profile replays the
+regression corpus (``corpus/``) before generating: see docs/corpus.md.
+
 ``thorough`` also vouches for what ran: it fails a run in which a case class
 that ``harness.case_classes.EXPECTED`` lists for an invariant got no case
 (:data:`CLASS_COVERAGE_PROFILES`); the other profiles only show the class
@@ -47,9 +57,15 @@ from typing import Any
 #: (measured with ``kvconform --profile gate -n 2``; see bench/README.md).
 GATE_EXAMPLES = 40
 GATE = "gate"
+EXPLORE = "explore"
+#: Seconds of generation per test in the ``explore`` profile unless ``--explore-seconds`` says otherwise.
+EXPLORE_SECONDS = 60.0
+#: The ``explore`` profile's example count: never reached, the time budget ends each test first.
+EXPLORE_EXAMPLES = 1_000_000
 
 #: Profile name -> max_examples.
-PROFILE_EXAMPLES: dict[str, int] = {"default": 25, "ci": 100, "thorough": 1000, GATE: GATE_EXAMPLES}
+PROFILE_EXAMPLES: dict[str, int] = {"default": 25, "ci": 100, "thorough": 1000, GATE: GATE_EXAMPLES,
+                                    EXPLORE: EXPLORE_EXAMPLES}
 #: Profiles whose verdict is a function of the commit alone (derandomized, no example database).
 DETERMINISTIC_PROFILES = frozenset({GATE})
 #: Profiles that fail a run when an expected case class got zero cases (``harness.case_classes``): only the one
@@ -65,20 +81,37 @@ def database_directory(base: Path | str | None = None) -> Path:
     return override if override is not None else database_directory_default(base)
 
 
+def shared_database() -> tuple[str, str] | None:
+    """``$KVCONFORM_SHARED_DB`` as ``(owner, repo)``: the CI artifact database ``explore`` reads, if any."""
+    from harness import settings
+
+    return settings.current().shared_db
+
+
 def database_directory_default(base: Path | str | None = None) -> Path:
     """``<base or cwd>/.hypothesis/examples``, whatever the environment says."""
     return Path(base if base is not None else os.getcwd()).resolve() / ".hypothesis" / "examples"
 
 
-def register_profiles(database_dir: Path) -> None:
+def register_profiles(database_dir: Path, shared: tuple[str, str] | None = None) -> None:
     """(Re)register the kvconform profiles with their examples saved under ``database_dir``.
 
-    Re-registering the currently loaded profile reloads it (Hypothesis does so).
+    ``shared``: ``(owner, repo)`` whose CI artifact database ``explore`` reads too, read-only
+    (``$KVCONFORM_SHARED_DB``).  Re-registering the currently loaded profile reloads it (Hypothesis does so).
     """
     from hypothesis import HealthCheck, Phase, settings
-    from hypothesis.database import DirectoryBasedExampleDatabase
+    from hypothesis.database import (
+        DirectoryBasedExampleDatabase,
+        ExampleDatabase,
+        GitHubArtifactDatabase,
+        MultiplexedDatabase,
+        ReadOnlyDatabase,
+    )
 
-    database = DirectoryBasedExampleDatabase(str(database_dir))
+    database: ExampleDatabase = DirectoryBasedExampleDatabase(str(database_dir))
+    explore_database = database
+    if shared is not None:
+        explore_database = MultiplexedDatabase(database, ReadOnlyDatabase(GitHubArtifactDatabase(*shared)))
     for name, examples in PROFILE_EXAMPLES.items():
         deterministic = name in DETERMINISTIC_PROFILES
         settings.register_profile(
@@ -88,7 +121,7 @@ def register_profiles(database_dir: Path) -> None:
             print_blob=True,
             derandomize=deterministic,
             suppress_health_check=[HealthCheck.too_slow],
-            database=None if deterministic else database,
+            database=None if deterministic else explore_database if name == EXPLORE else database,
             # One bug per test (no time-boxed search for more) and no explain phase: see the module docstring.
             report_multiple_bugs=not deterministic,
             phases=tuple(p for p in Phase if not (deterministic and p is Phase.explain)),
@@ -129,10 +162,11 @@ def pin_local_constants() -> None:
 _PINNED = "_kvconform_pinned"
 
 
-def selected_profile(command_line_profile: str | None) -> str | None:
+def selected_profile(command_line_profile: str | None, project_default: str | None = None) -> str | None:
     """The kvconform profile to load, or ``None`` when ``--hypothesis-profile`` already chose one.
 
-    ``$KVCONFORM_PROFILE`` was validated by ``harness.settings``.
+    ``$KVCONFORM_PROFILE`` was validated by ``harness.settings``; ``project_default`` (the
+    ``kvconform_profile`` ini option of the project's pytest configuration) comes next.
     """
     from hypothesis import settings
 
@@ -143,12 +177,15 @@ def selected_profile(command_line_profile: str | None) -> str | None:
     name = kvconform_settings.current().profile
     if name:
         return name
+    if project_default:
+        check_profile_name(project_default, "kvconform_profile (pytest ini option)")
+        return project_default
     # Hypothesis loads its own "ci" profile when it detects CI; keep that choice.
     return "ci" if settings.get_current_profile_name() == "ci" else "default"
 
 
-def check_profile_name(name: str) -> None:
-    """Raise ``ValueError`` naming the valid profiles when ``--hypothesis-profile NAME`` is not registered."""
+def check_profile_name(name: str, what: str = "--hypothesis-profile") -> None:
+    """Raise ``ValueError`` naming the valid profiles when profile ``name`` (given as ``what``) is not registered."""
     from hypothesis import settings
     from hypothesis.errors import InvalidArgument
 
@@ -156,7 +193,7 @@ def check_profile_name(name: str) -> None:
         settings.get_profile(name)
     except InvalidArgument:
         registered = sorted(getattr(settings, "_profiles", {}) or PROFILE_EXAMPLES)
-        raise ValueError(f"--hypothesis-profile={name!r} is not a registered Hypothesis profile; "
+        raise ValueError(f"{what}={name!r} is not a registered Hypothesis profile; "
                          f"use one of {', '.join(registered)}") from None
 
 

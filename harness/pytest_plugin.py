@@ -9,7 +9,9 @@ There is deliberately no ``pytest11`` entry point: it would add ``--impl`` and
 ``--device`` to every pytest run in the user's environment.
 
 Options: ``--impl SPEC`` (see ``harness.loading``; default ``$KVCONFORM_IMPL``
-or ``reference``), ``--xfails FILE`` (see ``harness.xfails``),
+or ``reference``), ``--xfails FILE`` and ``--strict-xfails`` (see ``harness.xfails``),
+``--corpus DIR``, ``--corpus-out DIR``, ``--replay-case FILE``, ``--explore-seconds S``
+(see ``harness.replay`` and docs/corpus.md),
 ``--kvconform-report DIR`` (default: the current directory),
 ``--device {cpu,cuda,all}``, ``--impl-config NAME[,NAME]`` (the configurations to test of an
 implementation that declares several, see ``harness.loading``; default: all).  Inputs are checked at configure time, before
@@ -79,7 +81,14 @@ from harness.hypothesis_records import (
     versions,
 )
 from harness.catalogue import newer_than
-from harness.markers import attribute_to_marker, fail_fast_order, fit_to_declared_scope, parse_invariant_marker, since_of
+from harness.markers import (
+    attribute_to_marker,
+    case_log,
+    fail_fast_order,
+    fit_to_declared_scope,
+    parse_invariant_marker,
+    since_of,
+)
 from harness.devices import require_devices, select_devices
 from harness.guard import forget_hangs, guard
 from harness.interface import Implementation
@@ -109,7 +118,7 @@ from harness.report import (
 )
 from harness.repro import recorder
 from harness.repro.script import PROP_REPRO_SCRIPTS, repro_scripts
-from harness.xfails import XfailEntry, first_match, read_xfails, resolve_xfails_path
+from harness.xfails import XfailEntry, first_match, read_xfails, resolve_xfails_path, stale_entries
 
 #: ``report.user_properties`` keys written by this plugin.
 PROP_INVARIANT = "kvconform.invariant"
@@ -117,6 +126,12 @@ PROP_MISSING = "kvconform.missing_capabilities"
 PROP_XFAIL = "kvconform.xfail"
 PROP_CONFIGURATION = "kvconform.configuration"
 PROP_NEW_SINCE = "kvconform.new_since"  #: the test's ``since`` when newer than its configuration's target
+#: The xfails entry (its label) whose witness now passes, on a test that passed: "fixed".
+PROP_FIXED = "kvconform.fixed"
+#: Where ``--corpus-out`` saved the test's new failures (a JSON list of paths).
+PROP_SAVED_CASES = "kvconform.saved_cases"
+#: The regression corpus shipped with kvconform (docs/corpus.md).
+BUNDLED_CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 
 DEVICE_CHOICES = ("cpu", "cuda", "all")
 #: Isolation of plain pytest runs (the kvconform command passes its own, process by default).  In-process:
@@ -126,6 +141,7 @@ DEFAULT_PYTEST_ISOLATION = "in-process"
 CONFORMANCE_DIR = Path(__file__).resolve().parent / "conformance"
 _STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
 _MARKER_ERROR: pytest.StashKey[str] = pytest.StashKey()
+_XFAIL_ENTRY: pytest.StashKey[XfailEntry] = pytest.StashKey()
 
 
 def _database_directory_at_import() -> Path:
@@ -152,8 +168,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--xfails", dest="kvconform_xfails", default=None, metavar="FILE",
-        help="expected-failure list (invariant ids or node-id substrings, '#' comments); "
-        "a bare name reads harness/xfails/NAME.txt.",
+        help="expected-failure list (JSON: per entry a test, its expected error and a witness case replayed "
+        "first; harness/xfails/__init__.py); a bare name reads harness/xfails/NAME.json.",
     )
     group.addoption(
         "--kvconform-report", dest="kvconform_report", default=None, metavar="DIR",
@@ -174,6 +190,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "there cannot end or fool the judge) or 'in-process' (inside pytest's process, for debugging). "
         f"Default for plain pytest: {DEFAULT_PYTEST_ISOLATION}; the kvconform command defaults to process.",
     )
+    group.addoption(
+        "--strict-xfails", dest="kvconform_strict_xfails", action="store_true",
+        help="a test whose xfails entry is fixed (its witness and the test pass) fails instead of reading 'fixed'.",
+    )
+    group.addoption(
+        "--corpus", dest="kvconform_corpus", default=None, metavar="DIR",
+        help="regression corpus replayed before generation: DIR/<test name>/*.json (docs/corpus.md); "
+        "default: the corpus shipped with kvconform; 'none' replays nothing.",
+    )
+    group.addoption(
+        "--corpus-out", dest="kvconform_corpus_out", default=None, metavar="DIR",
+        help="write each new failure (the shrunk counterexample) as a corpus case into DIR/<test name>/ "
+        "(created if missing); nothing is written without it.",
+    )
+    group.addoption(
+        "--replay-case", dest="kvconform_replay_case", default=None, metavar="FILE",
+        help="run only the test of this stored case, on this case alone (no generation); printed in repro lines.",
+    )
+    group.addoption(
+        "--explore-seconds", dest="kvconform_explore_seconds", default=None, metavar="S",
+        help=f"explore profile: seconds each test generates before it stops (default {profiles.EXPLORE_SECONDS:g}); "
+        "a test that found a failure shrinks it first.",
+    )
+    parser.addini("kvconform_profile", "Hypothesis profile of this project's own pytest runs, used when neither "
+                  "--hypothesis-profile nor $KVCONFORM_PROFILE chooses one (never for kvconform CLI runs).")
     # Set by the kvconform CLI so repro lines use the CLI instead of pytest.
     group.addoption("--kvconform-prog", dest="kvconform_prog", default=None, help=argparse.SUPPRESS)
 
@@ -252,6 +293,39 @@ def devices(pytestconfig: pytest.Config) -> list[str]:
     return list(selected)
 
 
+def _invariant_of(item: pytest.Item) -> str | None:
+    value = dict(item.user_properties).get(PROP_INVARIANT)
+    return value if isinstance(value, str) else None
+
+
+def _examples_run(item: pytest.Item, statistics: list[dict], log: Any) -> list[tuple[str, Any]]:
+    """Example-count properties: Hypothesis's statistics (which leave explicit examples out) plus the stored
+    cases replayed; when Hypothesis reported nothing (a stored case failed, explore's budget stopped it), the
+    calls the test's case log counted."""
+    if log is None or not log.calls:
+        return example_properties(item, statistics)
+    if not statistics:
+        return [(PROP_EXAMPLES, log.calls), (PROP_SHRINKS, 0)]
+    counted = dict(example_properties(item, statistics))
+    return [(PROP_EXAMPLES, counted.get(PROP_EXAMPLES, 0) + log.replayed), (PROP_SHRINKS, counted.get(PROP_SHRINKS, 0))]
+
+
+def _leaf_failures(exc: BaseException) -> list[BaseException]:
+    """The distinct failures in Hypothesis's exception group (nested groups flattened), else ``[exc]``."""
+    members = getattr(exc, "exceptions", None) if type(exc).__name__ in ("ExceptionGroup", "BaseExceptionGroup") else None
+    return [leaf for member in members for leaf in _leaf_failures(member)] if members else [exc]
+
+
+def _reproduces(entry: XfailEntry, exc: BaseException, log: Any) -> bool:
+    """Whether a failed test is the entry's known bug: its witness failed as expected (when it has one) and
+    every distinct failure of the run is the expected error."""
+    if entry.witness is not None:
+        outcome = log.witness_outcome(entry.witness) if log is not None else None
+        if outcome is None or outcome.error is None or not entry.expects(outcome.error):
+            return False
+    return all(entry.expects(failure) for failure in _leaf_failures(exc))
+
+
 @dataclass(eq=False)  # registered as a pytest plugin: must stay hashable
 class ConformanceRun:
     """Per-session state and hooks; one instance per pytest config (xdist: per process)."""
@@ -273,6 +347,12 @@ class ConformanceRun:
     _saved_profiles: dict[str, Any] = field(default_factory=dict)
     _saved_profile_name: str | None = None
     eager: bool = False
+    corpus_dir: Path | None = None
+    corpus_out: Path | None = None
+    replay_case: Any = None  #: the ``harness.cases.StoredCase`` of ``--replay-case``
+    explore_seconds: float = profiles.EXPLORE_SECONDS
+    #: Labels of xfails entries that matched no collected test (collection warns about them).
+    stale_xfails: tuple[str, ...] = ()
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -308,7 +388,11 @@ class ConformanceRun:
                 path = resolve_xfails_path(xfails_option)
             except ValueError as exc:
                 raise pytest.UsageError(str(exc)) from None
-            self.xfails, self.xfails_file = read_xfails(path), str(path)
+            try:
+                self.xfails, self.xfails_file = read_xfails(path), str(path)
+            except ValueError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        self._configure_corpus()
         self.eager = self._wants_conformance()
         if self.eager and not self.is_worker and not self.config.getoption("collectonly"):
             try:
@@ -317,6 +401,43 @@ class ConformanceRun:
                 raise pytest.UsageError(str(exc)) from None
         if self.eager:
             self.load_or_usage_error()
+
+    def _configure_corpus(self) -> None:
+        """Check ``--corpus``, ``--corpus-out``, ``--replay-case`` and ``--explore-seconds`` before any test."""
+        from harness.cases import CaseFormatError, read_case
+
+        corpus = self.config.getoption("kvconform_corpus")
+        if corpus is None:
+            self.corpus_dir = BUNDLED_CORPUS if BUNDLED_CORPUS.is_dir() else None
+        elif corpus.lower() == "none":
+            self.corpus_dir = None
+        else:
+            self.corpus_dir = Path(corpus).expanduser().resolve()
+            if not self.corpus_dir.is_dir():
+                raise pytest.UsageError(f"--corpus={corpus}: not a directory; name a corpus directory "
+                                        "(DIR/<test name>/*.json) or 'none'")
+        out = self.config.getoption("kvconform_corpus_out")
+        if out:
+            try:
+                self.corpus_out = ensure_report_directory(out, "--corpus-out")
+            except ReportDirectoryError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        replay = self.config.getoption("kvconform_replay_case")
+        if replay:
+            try:
+                self.replay_case = read_case(Path(replay).expanduser().resolve())
+            except CaseFormatError as exc:
+                raise pytest.UsageError(f"--replay-case={replay}: {exc}; pass a case file (docs/corpus.md)") from None
+        seconds = self.config.getoption("kvconform_explore_seconds")
+        if seconds is not None:
+            try:
+                value = float(seconds)
+            except ValueError:
+                value = float("nan")
+            if not (0 < value < float("inf")):
+                raise pytest.UsageError(f"--explore-seconds={seconds}: expected a positive number of seconds, "
+                                        f"e.g. --explore-seconds={profiles.EXPLORE_SECONDS:g}")
+            self.explore_seconds = value
 
     def report_directory(self) -> Path:
         return Path(self.config.getoption("kvconform_report") or self.config.invocation_params.dir)
@@ -330,12 +451,14 @@ class ConformanceRun:
                 self._saved_profiles[name] = settings.get_profile(name)
             except Exception:
                 pass
-        profiles.register_profiles(profiles.database_directory(self.config.invocation_params.dir))
+        profiles.register_profiles(profiles.database_directory(self.config.invocation_params.dir),
+                                   profiles.shared_database())
         command_line_profile = self.config.getoption("hypothesis_profile", None)
         try:
             if command_line_profile:
                 profiles.check_profile_name(command_line_profile)
-            selected = profiles.selected_profile(command_line_profile)
+            project_default = None if self.config.getoption("kvconform_prog") else self.config.getini("kvconform_profile")
+            selected = profiles.selected_profile(command_line_profile, project_default or None)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
         if selected:
@@ -448,6 +571,7 @@ class ConformanceRun:
                 loaded = None
         else:
             loaded = self.load_or_usage_error()
+        active = self._active_xfails(loaded)
         problems = []
         for item, marker in tagged:
             try:
@@ -471,14 +595,64 @@ class ConformanceRun:
                     reason=f"not implemented: {(tested or loaded).name} lacks capability '{missing[0]}'"))
                 continue
             fit_to_declared_scope(getattr(item, "obj", None))
-            entry = first_match(self.xfails, item.nodeid, invariant)
+            entry = first_match(active, item.nodeid, invariant)
             if entry is not None:
-                item.user_properties.append((PROP_XFAIL, entry.source))
-                item.add_marker(pytest.mark.xfail(reason=f"{entry.reason} ({entry.source})", strict=False))
+                item.stash[_XFAIL_ENTRY] = entry
+                item.user_properties.append((PROP_XFAIL, entry.label))
                 continue
             self._mark_if_new_since_target(item, marker, tested or loaded.get(None))
         if problems and not self.is_worker:  # on a worker, pytest_runtest_setup fails each such test instead
             raise pytest.UsageError("invalid @pytest.mark.invariant markers:\n  " + "\n  ".join(problems))
+        self._warn_stale(active, tagged)
+        try:
+            self._install_cases([item for item, _ in tagged])
+        except ValueError as exc:  # a malformed corpus file or a case of other arguments: name it, run nothing
+            raise pytest.UsageError(f"kvconform corpus: {exc}") from None
+        if self.replay_case is not None:
+            keep = [item for item in items if getattr(item, "originalname", item.name) == self.replay_case.function]
+            config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+            items[:] = keep
+
+    def _active_xfails(self, loaded: LoadedConfigurations | None) -> tuple[XfailEntry, ...]:
+        """The entries whose version condition holds for the implementation's version."""
+        if not self.xfails or loaded is None:
+            return self.xfails
+        version = runinfo.implementation_identity(loaded.implementation, loaded.name, loaded.target)["version"]
+        return tuple(e for e in self.xfails if e.applies_to_version(version))
+
+    def _warn_stale(self, active: tuple[XfailEntry, ...], tagged: list[tuple[pytest.Item, pytest.Mark]]) -> None:
+        """Warn, naming it, about each entry whose test is not collected although its file is (a renamed or
+        removed test; ``harness.xfails.stale_entries``)."""
+        import warnings
+
+        tests = [(item.nodeid, _invariant_of(item)) for item, _ in tagged]
+        stale = stale_entries(active, tests)
+        self.stale_xfails = tuple(e.label for e in stale)
+        for entry in stale:
+            warnings.warn(pytest.PytestWarning(
+                f"kvconform: xfails entry {entry.label} matches no collected test; fix its 'test' or remove it"))
+
+    def _install_cases(self, items: list[pytest.Item]) -> None:
+        """Give each Hypothesis test its corpus cases and the witnesses of its xfails entries (harness.replay)."""
+        from harness.cases import corpus_cases
+        from harness.replay import install_cases
+
+        by_test: dict[int, tuple[Any, list[XfailEntry]]] = {}
+        for item in items:
+            test = getattr(item, "obj", None)
+            if case_log(test) is None:
+                continue
+            entries = by_test.setdefault(id(test), (test, []))[1]
+            entry = item.stash.get(_XFAIL_ENTRY, None)
+            if entry is not None and entry.witness is not None and entry not in entries:
+                entries.append(entry)
+        for test, entries in by_test.values():
+            log = case_log(test)
+            log.budget_s = self.explore_seconds if profiles.current_profile_name() == profiles.EXPLORE else None
+            name = test.__name__
+            stored = corpus_cases(self.corpus_dir, name) if self.corpus_dir else []
+            only = self.replay_case if self.replay_case is not None and self.replay_case.function == name else None
+            install_cases(test, log, stored, [e.witness for e in entries if e.witness is not None], only)
 
     @staticmethod
     def _mark_if_new_since_target(item: pytest.Item, marker: pytest.Mark, tested: LoadedImplementation) -> None:
@@ -500,19 +674,37 @@ class ConformanceRun:
         """Count Hypothesis test cases and keep a failure's counterexample, for the report."""
         if item.get_closest_marker("invariant") is None:
             return (yield)
+        from harness.replay import BudgetSpent
+
         statistics: list[dict] = []
         plain = not is_hypothesis_test(getattr(item, "obj", None))
+        log = case_log(getattr(item, "obj", None))
+        entry = item.stash.get(_XFAIL_ENTRY, None)
+        if log is not None:
+            log.start()
         with collecting_statistics(statistics), recorder.enabled(plain) as plain_trace:
             try:
-                return (yield)
+                result = yield
+            except BudgetSpent:  # explore: the time budget ran out before any failure; a pass
+                return None
             except Exception as exc:
                 attribute_to_marker(item, exc)
                 item.user_properties.extend(failure_properties(exc, item, statistics))
                 item.user_properties.extend(repro_scripts(exc, plain_trace, item.nodeid, getattr(self.loaded, "target", None)))
+                self._save_new_failures(item, log)
+                if entry is not None and _reproduces(entry, exc, log):
+                    how = "its witness fails the same way" if entry.witness is not None else "the failure matches"
+                    pytest.xfail(f"{entry.reason} ({entry.label}: {how}; {entry.upstream})")
                 raise
             finally:
-                item.user_properties.extend(example_properties(item, statistics))
+                item.user_properties.extend(_examples_run(item, statistics, log))
                 item.user_properties.extend(class_properties(statistics))
+            if entry is not None:
+                item.user_properties.append((PROP_FIXED, entry.label))
+                if self.config.getoption("kvconform_strict_xfails"):
+                    pytest.fail(f"fixed: xfails entry {entry.label} no longer fails (its witness and the test pass); "
+                                "remove the entry (--strict-xfails)", pytrace=False)
+            return result
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
@@ -520,6 +712,24 @@ class ConformanceRun:
         if self.loaded is not None and self.isolation == "process":
             retire_workers()
             forget_hangs()  # the hung worker is gone: the next test's calls get the full deadline
+
+    def _save_new_failures(self, item: pytest.Item, log: Any) -> None:
+        """``--corpus-out``: each generated failure's shrunk counterexample as a case file (never lost: a file
+        that cannot be written is reported as the test's note, the run goes on)."""
+        if self.corpus_out is None or log is None or not log.new_failures:
+            return
+        from harness.cases import StoredCase, case_file_name, decode, write_case
+
+        saved = []
+        for kwargs in log.new_failures:
+            case = StoredCase(f"{item.nodeid.partition('::')[0]}::{getattr(item, 'originalname', item.name)}",
+                              {name: decode(value) for name, value in kwargs.items()},
+                              origin=f"explore run against {self.spec}", note="found by generation")
+            try:
+                saved.append(str(write_case(self.corpus_out / case.function / case_file_name(case), case)))
+            except OSError as exc:
+                item.add_report_section("call", "kvconform", f"--corpus-out: could not save a case: {exc}")
+        item.user_properties.append((PROP_SAVED_CASES, json.dumps(saved)))
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
         self.running.add(nodeid)
@@ -568,8 +778,16 @@ class ConformanceRun:
                 repro_script=script.get("name"),
                 repro_source=script.get("source"),
                 repro_note=script.get("note"),
+                case_file=found_one.get("case_file"),
+                case=found_one.get("case"),
             ) for found_one, script in zip(found, scripts))
         record.add_phase(report.when, report.outcome, hasattr(report, "wasxfail"), failures)
+        if PROP_XFAIL in props:
+            record.xfail_entry = props[PROP_XFAIL]
+        if PROP_FIXED in props and report.when == "call" and report.passed:
+            record.status = "fixed"
+        if PROP_SAVED_CASES in props and report.when == "call":
+            record.saved_cases = tuple(json.loads(props[PROP_SAVED_CASES]))
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -629,7 +847,8 @@ class ConformanceRun:
         """Build the report from the records so far and write it (falling back, never raising on I/O)."""
         if self.writer is None:
             self.writer = ReportWriter(self.report_directory())
-        self.report = build_report(self._context(), list(self.records.values()), completion)
+        self.report = build_report(self._context(), list(self.records.values()), completion,
+                                   tuple(entry.label for entry in self.xfails), self.stale_xfails)
         self.report_paths = self.writer.write(self.report, repro_sources(self.records.values()))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
@@ -668,7 +887,7 @@ class ConformanceRun:
             for c in (loaded.selected if loaded and loaded.declared else ()))
         configuration = {"impl_spec": self.spec, "profile": profiles.current_profile_name(),
                          "device_option": self.device_option, "devices": list(selected),
-                         "xfails": [entry.pattern for entry in self.xfails], "limits": list(limits),
+                         "xfails": [entry.label for entry in self.xfails], "limits": list(limits),
                          "isolation": self.isolation,
                          "environment": runinfo.environment()}
         if configurations:

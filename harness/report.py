@@ -51,6 +51,7 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                   "failure_statuses": {"fail": int, "timeout": int, "crash": int, "out-of-bounds": int}},
       "rows": [{"invariant": str, "title": str, "status": str, "tests": int,
                 "passed": int, "failed": int, "interrupted": int, "xfailed": int, "xpassed": int,
+                "fixed": int,          # passed although an xfails entry lists them: remove the entry
                 "not_implemented": int, "skipped": int,
                 "examples": int,       # Hypothesis test cases run, excluding shrinking (1 per plain test)
                 "shrinks": int,        # test cases run while shrinking failures
@@ -63,6 +64,9 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                          "gaps": [{"invariant": str, "class": str, "value": str,
                                    "limit": str | null,    # declared limit excluding it: reported, never a failure
                                    "message": str}]},
+      "xfails": [{"entry": str,        # "file#index (test)" of an --xfails entry; absent without --xfails
+                  "state": "xfail" | "fixed" | "fail" | "not-run" | "stale",   # see XFAIL_STATES
+                  "tests": [str]}],        # node ids it matched
       "failures": [{"invariant": str, "test": str,    # pytest node id; one entry per distinct failure
                     "configuration": str | null,      # the configuration it failed in
                     "index": int, "test_failures": int,   # this is failure INDEX of TEST_FAILURES of the test
@@ -73,7 +77,9 @@ JSON schema (``schema_version`` 1; fields are only ever added)::
                     "counterexample": str | null,     # Hypothesis's shrunk example
                     "reproduce_failure": str | null,  # "@reproduce_failure('6.x', b'...')"
                     "seed": str | null,               # for --hypothesis-seed
-                    "repro": str,                     # one shell line that reruns the test
+                    "case_file": str | null,          # a failing stored case (corpus file; witness: no file)
+                    "case": str | null,               # its JSON (harness/cases.py format)
+                    "repro": str,                     # one shell line that reruns the test (just the case)
                     "repro_script": str | null,       # repro_<test>_<n>.py next to the report: runs
                                                       # without kvconform (harness.repro)
                     "repro_script_note": str | null}] # why there is no script, when there is none
@@ -156,6 +162,9 @@ class FailureDetail:
     repro_script: str | None = None
     repro_source: str | None = None
     repro_note: str | None = None
+    #: A stored case (corpus file or xfails witness) that failed: its file and its JSON (harness.replay).
+    case_file: str | None = None
+    case: str | None = None
 
     @property
     def status(self) -> str:
@@ -186,7 +195,7 @@ class TestRecord:
     invariant: str
     #: The test file relative to the rootdir (pytest's ``report.location[0]``); may start with ``..``.
     path: str | None = None
-    #: pass | fail | interrupted | xfail | new-since-target | xpass | not-implemented | skipped | not-run
+    #: pass | fixed | fail | interrupted | xfail | new-since-target | xpass | not-implemented | skipped | not-run
     status: str = "not-run"
     examples: int | None = None
     shrinks: int = 0
@@ -199,6 +208,10 @@ class TestRecord:
     configuration: str | None = None
     #: The catalogue version that added the test, when newer than the one its implementation targets.
     new_since: str | None = None
+    #: The xfails entry matching the test (its label), if any.
+    xfail_entry: str | None = None
+    #: Case files ``--corpus-out`` wrote for its failures.
+    saved_cases: tuple[str, ...] = ()
 
     def add_phase(self, when: str, outcome: str, xfailed: bool, failures: tuple[FailureDetail, ...]) -> None:
         """Fold one phase report in; a failure in any phase makes the test fail."""
@@ -222,7 +235,7 @@ class TestRecord:
 
     @property
     def ran(self) -> bool:
-        return self.status in ("pass", "fail", "xfail", "xpass", NEW_SINCE_TARGET)
+        return self.status in ("pass", "fixed", "fail", "xfail", "xpass", NEW_SINCE_TARGET)
 
 
 @dataclass(frozen=True)
@@ -267,8 +280,11 @@ class RunContext:
 
 
 def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str | None = None,
-                  configuration: str | None = None) -> str:
-    """One shell line rerunning ``nodeid`` with the same implementation, profile, device and configuration.
+                  configuration: str | None = None, case_file: str | None = None) -> str:
+    """One shell line rerunning ``nodeid`` with the same implementation, profile, device and configuration
+    (``case_file``: that stored case alone).
+
+    With ``case_file`` (a failing stored case) it replays that case alone (``--replay-case``).
 
     ``path`` is the test file relative to the rootdir (node ids of files
     outside the rootdir, e.g. with ``--pyargs``, are not).  Without a seed the
@@ -288,7 +304,9 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
         if context.isolation == "in-process":
             words.append("--in-process")
         words.append(f"{os.path.normpath(path)}{sep}{rest}")
-        if seed:
+        if case_file and case_file.endswith(".json"):
+            words += ["--replay-case", case_file]
+        elif seed:
             words += ["--hypothesis-seed", seed]
         return shlex.join(words)
     target = os.path.relpath(os.path.join(context.rootdir, path), context.invocation_dir) + sep + rest
@@ -302,7 +320,9 @@ def repro_command(context: RunContext, nodeid: str, seed: str | None, path: str 
     if context.isolation == "process":
         options.append("--isolation=process")
     options.append(target)
-    if seed:
+    if case_file and case_file.endswith(".json"):
+        options.append(f"--replay-case={case_file}")
+    elif seed:
         options.append(f"--hypothesis-seed={seed}")
     return shlex.join(options)
 
@@ -317,8 +337,12 @@ class Completion:
 
 
 def build_report(context: RunContext, records: list[TestRecord],
-                 completion: Completion = Completion()) -> dict[str, Any]:
-    """The report as the JSON-ready dict documented in this module's docstring."""
+                 completion: Completion = Completion(), xfail_entries: tuple[str, ...] = (),
+                 stale_xfails: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The report as the JSON-ready dict documented in this module's docstring.
+
+    ``xfail_entries``: the labels of the run's xfails entries; ``stale_xfails``: those matching no collected test.
+    """
     by_invariant: dict[str, list[TestRecord]] = {}
     for record in records:
         by_invariant.setdefault(record.invariant, []).append(record)
@@ -365,13 +389,24 @@ def build_report(context: RunContext, records: list[TestRecord],
         "class_coverage": _class_coverage(context, by_invariant),
         "new_checks": new_checks,
     }
+    if xfail_entries:
+        report["xfails"] = [_xfail_state(label, records, label in stale_xfails) for label in xfail_entries]
     if context.run_info is not None:
         report["run"] = context.run_info
     return report
 
 
+def _xfail_state(label: str, records: list[TestRecord], stale: bool) -> dict[str, Any]:
+    """One xfails entry's state (``XFAIL_STATES``) from the outcomes of the tests it matched."""
+    matched = sorted((r for r in records if r.xfail_entry == label), key=lambda r: r.nodeid)
+    statuses = {r.status for r in matched}
+    state = ("stale" if stale else "fail" if "fail" in statuses else "xfail" if "xfail" in statuses
+             else "fixed" if "fixed" in statuses else "not-run")
+    return {"entry": label, "state": state, "tests": [r.nodeid for r in matched]}
+
+
 def _row(invariant: str, title: str, records: list[TestRecord], configurations: list[str] | None = None) -> dict[str, Any]:
-    """Aggregate one invariant's tests; status precedence fail > interrupted > new-since-target > xfail > pass >
+    """Aggregate one invariant's tests; status precedence fail > interrupted > new-since-target > xfail > pass (fixed) >
     not-implemented > not-run.  With ``configurations``, the same per configuration under ``"configurations"``."""
     count = lambda status: sum(r.status == status for r in records)  # noqa: E731
     counts = {
@@ -380,6 +415,7 @@ def _row(invariant: str, title: str, records: list[TestRecord], configurations: 
         "interrupted": count("interrupted"),
         "xfailed": count("xfail"),
         "xpassed": count("xpass"),
+        "fixed": count("fixed"),
         "not_implemented": count("not-implemented"),
         "skipped": count("skipped") + count("not-run"),
     }
@@ -391,7 +427,7 @@ def _row(invariant: str, title: str, records: list[TestRecord], configurations: 
         status = NEW_SINCE_TARGET
     elif counts["xfailed"]:
         status = "xfail"
-    elif counts["passed"] or counts["xpassed"]:
+    elif counts["passed"] or counts["xpassed"] or counts["fixed"]:
         status = "pass"
     elif counts["not_implemented"]:
         status = "not-implemented"
@@ -467,7 +503,10 @@ def _failure_entries(context: RunContext, record: TestRecord) -> list[dict[str, 
         "counterexample": detail.counterexample,
         "reproduce_failure": detail.reproduce_failure,
         "seed": detail.seed,
-        "repro": repro_command(context, record.nodeid, detail.seed, record.path, record.configuration),
+        "case_file": detail.case_file,
+        "case": detail.case,
+        "repro": repro_command(context, record.nodeid, detail.seed, record.path, record.configuration,
+                               detail.case_file),
         "configuration": record.configuration,
         "repro_script": detail.repro_script,
         "repro_script_note": detail.repro_note,
@@ -485,6 +524,7 @@ def _row_notes(row: dict[str, Any]) -> str:
     if row["missing_capabilities"]:
         notes.append("lacks " + ", ".join(row["missing_capabilities"]))
     for key, label in (("failed", "failed"), ("interrupted", "interrupted"), ("xfailed", "xfail"), ("xpassed", "xpass (drop from xfails?)"),
+                       ("fixed", "fixed (remove its xfails entry)"),
                        ("not_implemented", "not implemented"), ("skipped", "skipped")):
         if row[key] and not (key == "not_implemented" and row["status"] == "not-implemented"):
             notes.append(f"{row[key]} {label}")
@@ -618,9 +658,14 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"  blob: {failure['reproduce_failure']}")
         if failure["seed"]:
             lines.append(f"  seed: {failure['seed']}")
+        if failure.get("case"):
+            lines.append(f"  stored case: {failure['case_file']}")
+            lines.append(f"  case: {failure['case']}")
         lines.append(f"  repro: {failure['repro']}")
         if failure.get("repro_script"):
             lines.append(f"  repro script (no kvconform needed): {failure['repro_script']}")
+    if report.get("xfails"):
+        lines += ["", "xfails entries:", *("  " + line for line in _xfail_lines(report))]
     if report["failures"] or report.get("new_checks"):
         lines += ["", "failure statuses:", *("  " + line for line in _legend_lines(report))]
     return lines
@@ -672,6 +717,21 @@ def _markdown_classes(report: dict[str, Any]) -> list[str]:
     return out
 
 
+#: States of an xfails entry in the report (its tests' outcomes; the legend).
+XFAIL_STATES: dict[str, str] = {
+    "xfail": "the known bug: the witness (or, without one, every failure) fails with the expected error",
+    "fixed": "the witness and the test pass: remove the entry (--strict-xfails makes this a failure)",
+    "fail": "a test of the entry failed otherwise (another error, the witness passing, a new case): a failure",
+    "not-run": "its tests were collected but did not run (deselected, skipped, interrupted)",
+    "stale": "it matches no collected test although its test file was collected: fix or remove it",
+}
+
+
+def _xfail_lines(report: dict[str, Any]) -> list[str]:
+    return [f"{x['state']}: {x['entry']}" + (f" -> {', '.join(x['tests'])}" if x["tests"] and any(
+        f"({test})" not in x["entry"] for test in x["tests"]) else "") for x in report["xfails"]]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown document."""
     out = ["# kvconform conformance report", ""]
@@ -690,6 +750,9 @@ def markdown(report: dict[str, Any]) -> str:
         if entries:
             out += ["", f"## {heading}"]
             out += _markdown_failures(entries)
+    if report.get("xfails"):
+        out += ["", "## Expected failures (xfails entries)", "", *(f"- {line}" for line in _xfail_lines(report)), "",
+                *(f"- **{state}**: {meaning}" for state, meaning in XFAIL_STATES.items())]
     if report["failures"] or new_checks:
         out += ["", "## Legend", "", "Row statuses: " + ", ".join(ROW_STATUSES) + " (see `kvconform --help`).",
                 "Failure statuses:", ""]
@@ -713,6 +776,8 @@ def _markdown_failures(entries: list[dict[str, Any]]) -> list[str]:
             out.append(f"- reproduce_failure: `{failure['reproduce_failure']}`")
         if failure["seed"]:
             out.append(f"- seed: `{failure['seed']}`")
+        if failure.get("case"):
+            out += [f"- stored case: `{failure['case_file']}`", "", "```json", failure["case"], "```", ""]
         out += [f"- repro: `{failure['repro']}`"]
         if failure.get("repro_script"):
             out.append(f"- repro script (torch and the implementation only): [{failure['repro_script']}]"

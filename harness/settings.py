@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from harness.profiles import PROFILE_EXAMPLES
 IMPL = "KVCONFORM_IMPL"
 PROFILE = "KVCONFORM_PROFILE"
 HYPOTHESIS_DB = "KVCONFORM_HYPOTHESIS_DB"
+SHARED_DB = "KVCONFORM_SHARED_DB"
 CONFORMANCE_DIR = "KVCONFORM_CONFORMANCE_DIR"
 CALL_TIMEOUT = "KVCONFORM_CALL_TIMEOUT_S"
 CALL_TIMEOUT_AFTER_HANG = "KVCONFORM_CALL_TIMEOUT_AFTER_HANG_S"
@@ -47,6 +49,8 @@ VARIABLES: dict[str, str] = {
     PROFILE: "default for --profile (" + ", ".join(PROFILE_EXAMPLES) + ")",
     HYPOTHESIS_DB: "Hypothesis example database directory (default ./.hypothesis/examples; "
                    "failing examples saved there are replayed first on the next run; the gate profile uses none)",
+    SHARED_DB: "OWNER/REPO: the explore profile also reads (never writes) the example database the repository's "
+               "nightly CI job uploads (Hypothesis's GitHubArtifactDatabase; needs GITHUB_TOKEN to download)",
     CONFORMANCE_DIR: "another conformance test directory (for testing the harness itself)",
     CALL_TIMEOUT: "seconds one call into the implementation may take (default 30)",
     CALL_TIMEOUT_AFTER_HANG: "deadline once the implementation has hung (default 0.05)",
@@ -73,6 +77,8 @@ class Settings:
     impl: str | None = None
     profile: str | None = None
     hypothesis_db: Path | None = None
+    #: ``(owner, repo)`` whose CI artifact database the explore profile reads.
+    shared_db: tuple[str, str] | None = None
     conformance_dir: Path | None = None
     call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
     call_timeout_after_hang_s: float = DEFAULT_AFTER_HANG_TIMEOUT_S
@@ -104,6 +110,13 @@ def parse(environ: Mapping[str, str]) -> Settings:
     if database is not None and database.exists() and not database.is_dir():
         raise SettingsError(f"{HYPOTHESIS_DB}={text[HYPOTHESIS_DB]!r}: expected a directory (it is a file); "
                             "point it at a directory or unset it")
+    shared_db = None
+    if text[SHARED_DB]:
+        owner, _, repo = text[SHARED_DB].partition("/")
+        if not (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", owner) and re.fullmatch(r"[A-Za-z0-9._-]+", repo)):
+            raise SettingsError(f"{SHARED_DB}={text[SHARED_DB]!r}: expected OWNER/REPO of a GitHub repository, "
+                                f"e.g. {SHARED_DB}=acme/kvconform; unset it to use the local database only")
+        shared_db = (owner, repo)
     call_timeout = _seconds(CALL_TIMEOUT, text[CALL_TIMEOUT], DEFAULT_CALL_TIMEOUT_S)
     after_hang = _seconds(CALL_TIMEOUT_AFTER_HANG, text[CALL_TIMEOUT_AFTER_HANG], DEFAULT_AFTER_HANG_TIMEOUT_S)
     _check_distributed(environ, text)
@@ -112,6 +125,7 @@ def parse(environ: Mapping[str, str]) -> Settings:
         impl=text[IMPL] or None,
         profile=profile,
         hypothesis_db=database,
+        shared_db=shared_db,
         conformance_dir=conformance_dir,
         call_timeout_s=call_timeout,
         call_timeout_after_hang_s=min(after_hang, call_timeout),

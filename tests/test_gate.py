@@ -187,8 +187,12 @@ def test_exitfirst_stops_at_the_first_failure_and_reports_it_with_its_repro(tmp_
     assert "--exitfirst" in report["completion"]["note"]
     failures = report["failures"]
     assert [f["invariant"] for f in failures] == ["layout"], failures
-    assert failures[0]["reproduce_failure"] and failures[0]["counterexample"]
+    # The corpus holds this broken implementation's shrunk case (corpus/test_layout_spans/): it fails first, so
+    # the repro replays that case instead of a Hypothesis blob.
+    assert failures[0]["counterexample"] and (failures[0]["reproduce_failure"] or failures[0]["case_file"])
     assert failures[0]["repro"].startswith(f"python -m harness --impl {BROKEN} --profile gate ")
+    if failures[0]["case_file"]:
+        assert f"--replay-case {failures[0]['case_file']}" in failures[0]["repro"]
     rows = {r["invariant"]: r["status"] for r in report["rows"]}
     assert rows["layout"] == "fail", rows
     if not workers:  # under xdist the other worker may already have run bad_topology

@@ -229,7 +229,7 @@ def test_unknown_profile_is_a_usage_error_listing_the_valid_ones(tmp_path):
 
 def test_unknown_profile_passed_through_to_pytest_is_a_usage_error(tmp_path):
     kvconform(tmp_path, *cheap("--", "--hypothesis-profile", "fast")).assert_one_line_usage_error(
-        "--hypothesis-profile='fast' is not a registered Hypothesis profile", "ci, default, gate, thorough")
+        "--hypothesis-profile='fast' is not a registered Hypothesis profile", "ci, default, explore, gate, thorough")
 
 
 def test_hypothesis_profile_option_is_passed_through(tmp_path):

@@ -95,12 +95,20 @@ def test_missing_capability_is_a_visible_not_implemented_skip(suite):
 
 
 def test_xfails_file_turns_listed_failures_into_xfail_rows(suite):
-    (suite.path / "known.txt").write_text("# known bugs\nisolation   # replicated heads by rank % H\ntest_layout_offsets\n")
-    result, report = run_plugin(suite, "--xfails", "known.txt")
+    known = {"format": "kvconform-xfails/1", "entries": [
+        {"invariant": "isolation", "test": "test_replicated_heads", "error": "AssertionError", "match": "assert",
+         "witness": None, "reason": "replicated heads by rank % H", "upstream": "tests/fakes/fake_impl.py"},
+        {"test": "conf/test_fake_conformance.py::test_layout_offsets", "error": "AssertionError", "match": "assert",
+         "witness": {"format": "kvconform-case/1", "test": "conf/test_fake_conformance.py::test_layout_offsets",
+                     "kwargs": {"writers": 3, "tokens": 1}},
+         "reason": "slot 2 shifted", "upstream": "tests/fakes/fake_impl.py"}]}
+    (suite.path / "known.json").write_text(json.dumps(known))
+    result, report = run_plugin(suite, "--xfails", "known.json")
     assert result.ret == pytest.ExitCode.OK
     by_id = rows(report)
     assert (by_id["isolation"]["status"], by_id["layout"]["status"]) == ("xfail", "xfail")
-    assert report["failures"] == [] and report["xfails_file"].endswith("known.txt")
+    assert report["failures"] == [] and report["xfails_file"].endswith("known.json")
+    assert [x["state"] for x in report["xfails"]] == ["xfail", "xfail"]
 
 
 def test_json_schema_and_markdown(suite):
@@ -120,13 +128,13 @@ def test_json_schema_and_markdown(suite):
     assert report["devices"]["requested"] == "all" and "cpu" in report["devices"]["selected"]
     assert [row["invariant"] for row in report["rows"]] == [inv.id for inv in INVARIANTS]
     row_keys = {"invariant", "title", "status", "tests", "passed", "failed", "interrupted", "xfailed", "xpassed",
-                "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities", "failure_statuses",
+                "fixed", "not_implemented", "skipped", "examples", "shrinks", "missing_capabilities", "failure_statuses",
                 "configurations", "classes"}
     assert all(set(row) == row_keys and row["configurations"] == {} for row in report["rows"])
     assert {f["invariant"] for f in report["failures"]} == {"layout", "isolation"}
     assert all(set(f) == {"invariant", "test", "index", "test_failures", "status", "phase", "error", "explanation",
-                          "counterexample", "reproduce_failure", "seed", "repro", "configuration", "repro_script",
-                          "repro_script_note"}
+                          "counterexample", "reproduce_failure", "seed", "case_file", "case", "repro", "configuration",
+                          "repro_script", "repro_script_note"}
                and f["configuration"] is None for f in report["failures"])
     assert all(f["repro_script"] == f"repro_{f['test'].rpartition('::')[2]}_1.py" for f in report["failures"])
     assert report["summary"]["fail"] == 2 and report["summary"]["failed_tests"] == 2
@@ -348,8 +356,11 @@ def test_cli_runs_the_suite_writes_the_report_and_its_repro_reproduces(suite, mo
     rerun = suite.run(sys.executable, *words[1:], "--report-dir", "rep2")
     assert rerun.ret == 1
     rerun.stdout.fnmatch_lines(["*writers=3,*", "*1 failed*"])
-    (suite.path / "known.txt").write_text("isolation\nlayout\n")
-    passing = suite.run(sys.executable, "-m", "harness", "--impl", FAKE, "--xfails", "known.txt", "--report-dir", "rep3")
+    (suite.path / "known.json").write_text(json.dumps({"format": "kvconform-xfails/1", "entries": [
+        {"invariant": invariant, "test": name, "error": "AssertionError", "match": "assert",
+         "witness": None, "reason": "planted", "upstream": "tests/fakes/fake_impl.py"}
+        for invariant, name in (("isolation", "test_replicated_heads"), ("layout", "test_layout_offsets"))]}))
+    passing = suite.run(sys.executable, "-m", "harness", "--impl", FAKE, "--xfails", "known.json", "--report-dir", "rep3")
     assert passing.ret == 0
 
 
