@@ -1,7 +1,7 @@
 """Catalogue versioning: every conformance test says which catalogue version added it (``since=``); an
 implementation may target an older version, and a failing test newer than that reads "new since your version".
 
-The meta-test runs a miniature conformance module under a catalogue bumped to 1.1 (as a release adding
+The meta-test runs a miniature conformance module under a catalogue bumped to 1.2 (as a release adding
 checks does) against fakes targeting 1.0 (``tests/fakes/configured_impl.py``).
 """
 
@@ -31,12 +31,12 @@ def test_old_check(impl):
     assert impl.staging_layout(3, 1, 1, 1, 1, 1) == [(0, 2), (2, 2), (4, 2)]
 
 
-@pytest.mark.invariant("round_trip", since="1.1")
+@pytest.mark.invariant("round_trip", since="1.2")
 def test_new_check_fails(impl):
-    raise AssertionError("a check added in catalogue 1.1")
+    raise AssertionError("a check added in catalogue 1.2")
 
 
-@pytest.mark.invariant("isolation", since="1.1")
+@pytest.mark.invariant("isolation", since="1.2")
 def test_new_check_passes(impl):
     pass
 '''
@@ -65,11 +65,11 @@ def test_every_conformance_test_says_since_which_catalogue_version():
 
 def test_catalogue_versions_are_checked_and_compared_numerically(monkeypatch):
     assert parse_catalogue_version(catalogue.CATALOGUE_VERSION) >= (1, 0)
-    for bad in ("1.1", "0.9", "1", "v1.0", 1.0, None):
+    for bad in ("1.2", "0.9", "1", "v1.0", 1.0, None):
         with pytest.raises(ValueError, match="is not a catalogue version this kvconform knows"):
             parse_catalogue_version(bad)
     monkeypatch.setattr(catalogue, "CATALOGUE_VERSION", "1.10")  # what a bump does; nothing else changes
-    assert newer_than("1.10", "1.9") and newer_than("1.1", "1.0") and not newer_than("1.0", "1.0")
+    assert newer_than("1.10", "1.9") and newer_than("1.2", "1.0") and not newer_than("1.0", "1.0")
 
 
 def test_a_targeted_version_is_validated_at_load_time(monkeypatch):
@@ -83,12 +83,12 @@ def test_a_targeted_version_is_validated_at_load_time(monkeypatch):
 
 @pytest.fixture
 def suite_1_1(pytester, monkeypatch):
-    """A pytester directory with checks of catalogue 1.0 and 1.1, the catalogue bumped to 1.1."""
+    """A pytester directory with checks of catalogue 1.0 and 1.2, the catalogue bumped to 1.2."""
     monkeypatch.syspath_prepend(str(REPO_ROOT))
     for name in ("KVCONFORM_IMPL", "KVCONFORM_PROFILE", "KVCONFORM_HYPOTHESIS_DB", "CI"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hypothesis.core, "global_force_seed", None)
-    monkeypatch.setattr(catalogue, "CATALOGUE_VERSION", "1.1")
+    monkeypatch.setattr(catalogue, "CATALOGUE_VERSION", "1.2")
     pytester.makepyfile(test_versions=CASES_1_1)
     return pytester
 
@@ -107,14 +107,14 @@ def test_a_failing_check_newer_than_the_target_is_new_since_your_version(suite_1
     assert report["impl"]["catalogue_version"] == "1.0" and report["failures"] == []
     assert report["summary"]["new-since-target"] == 1 and report["summary"]["new_checks"] == 1
     [new] = report["new_checks"]
-    assert (new["test"], new["since"], new["status"]) == ("test_versions.py::test_new_check_fails", "1.1", "fail")
-    assert new["error"] == "AssertionError: a check added in catalogue 1.1"
+    assert (new["test"], new["since"], new["status"]) == ("test_versions.py::test_new_check_fails", "1.2", "fail")
+    assert new["error"] == "AssertionError: a check added in catalogue 1.2"
     result.stdout.fnmatch_lines(["targets catalogue 1.0", "round_trip*new-since-target*",
-                                 "NEW-SINCE-TARGET (catalogue 1.1) FAIL [[]round_trip[]] test_versions.py::test_new_check_fails",
+                                 "NEW-SINCE-TARGET (catalogue 1.2) FAIL [[]round_trip[]] test_versions.py::test_new_check_fails",
                                  "failure statuses:",
                                  "*new-since-target: new since your version: *"])
     md = (suite_1_1.path / "out" / "kvconform-report.md").read_text()
-    assert "## New since your version (new-since-target)" in md and "- added in catalogue 1.1" in md
+    assert "## New since your version (new-since-target)" in md and "- added in catalogue 1.2" in md
     assert "- **new-since-target** (row status): new since your version" in md
 
 
@@ -136,7 +136,7 @@ def test_without_a_target_or_with_configurations(suite_1_1):
 
 def test_a_since_newer_than_the_catalogue_is_a_usage_error(pytester, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT))
-    pytester.makepyfile(test_future='import pytest\n\n@pytest.mark.invariant("layout", since="1.1")\ndef test_x(impl):\n'
+    pytester.makepyfile(test_future='import pytest\n\n@pytest.mark.invariant("layout", since="1.2")\ndef test_x(impl):\n'
                                     '    pass\n')
     result = pytester.runpytest("-p", "harness.pytest_plugin", "--impl", OLD_TARGET, "test_future.py", "-p",
                                 "no:cacheprovider")

@@ -75,8 +75,18 @@ class XfailEntry:
         return nodeid == self.test or base == self.test
 
     def expects(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is the failure this entry expects: its class name and message fragment."""
-        return type(exc).__name__ == self.error and self.match in str(exc)
+        """Whether ``exc`` is the failure this entry expects: its class name (or a base class's) and message
+        fragment, on ``exc`` or on what caused it -- the guard reports an implementation's ``ValueError`` as an
+        ``ImplementationFault`` (an ``InvariantViolation``) raised from it."""
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            names = {cls.__name__ for cls in type(current).__mro__}
+            if self.error in names and self.match in str(current):
+                return True
+            current = current.__cause__
+        return False
 
     def applies_to_version(self, version: str) -> bool:
         """Whether the version condition holds (no condition, or an unknown version: it holds)."""
