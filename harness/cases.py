@@ -17,7 +17,8 @@ are themselves; everything else is an object with a ``"$type"`` tag:
 of :data:`DATACLASSES` as ``{"$type": "TransferCase", <field>: <encoded>,
 ...}``, a receiver (``strategies.receiver``) as ``{"$type": "receiver",
 "kind": <one of RECEIVER_KINDS>, "require_staging": <encoded flag>}``
-(kinds without a value omit it), and the interactive draws of
+(kinds without a value omit it; a ``generated`` receiver carries its
+``"recipe": [access, value]`` of ``strategies.receiver_protocol`` instead), and the interactive draws of
 ``st.data()`` as ``{"$type": "data", "draws": [<encoded value>, ...]}``
 (decoded to :class:`ReplayData`, which hands the recorded values back in
 order).  A dict with a ``"$type"`` key is never a plain value here.
@@ -54,15 +55,18 @@ from harness.engine.shapes import RankShape, RequestPlan
 from strategies import receiver as receivers
 from strategies.bad_topology import InvalidTopology
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
+from strategies.pool_layout import PoolLayout
+from strategies.receiver_protocol import rebuild_receiver, receiver_recipe
 
 FORMAT = "kvconform-case/1"
 TYPE = "$type"
 
 #: Frozen dataclasses conformance tests draw, by tag (the class name).
 DATACLASSES: dict[str, type] = {cls.__name__: cls for cls in (
-    TpTopology, KvSpec, RequestSpec, TransferCase, InvalidTopology, RankShape, RequestPlan)}
+    TpTopology, KvSpec, RequestSpec, TransferCase, InvalidTopology, RankShape, RequestPlan, PoolLayout)}
 
-#: Receiver kind -> (maker, takes a require_staging value); the kinds of ``strategies.receiver.RECEIVER_KINDS``.
+#: Receiver kind -> (maker, takes a require_staging value); the fixed kinds of ``strategies.receiver.RECEIVER_KINDS``
+#: (``generated`` receivers are encoded by their recipe, see ``GENERATED``).
 RECEIVER_MAKERS: dict[str, tuple[Callable[..., object], bool]] = {
     "attribute": (receivers.Receiver, True),
     "namespace": (receivers.namespace_receiver, True),
@@ -80,6 +84,10 @@ RECEIVER_MAKERS: dict[str, tuple[Callable[..., object], bool]] = {
     "mock": (receivers.AutoMock, False),
     "magic_mock": (receivers.AutoMagicMock, False),
 }
+
+
+#: The receiver kind rebuilt from a ``strategies.receiver_protocol`` recipe rather than a maker.
+GENERATED = receivers.GENERATED
 
 
 class CaseFormatError(ValueError):
@@ -129,6 +137,9 @@ class RecordingData:
 
 def encode(value: Any) -> Any:
     """``value`` as JSON-ready data (tags in the module docstring); ``CaseFormatError`` for anything else."""
+    recipe = receiver_recipe(value)
+    if recipe is not None:  # first: a generated receiver may be a tuple, a dataclass, ... of its own
+        return {TYPE: "receiver", "kind": GENERATED, "recipe": list(recipe)}
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -181,17 +192,24 @@ def decode(blob: Any) -> Any:
             return numpy.bool_(blob["value"])
         if tag == "data":
             return ReplayData([decode(v) for v in blob["draws"]])
+        if tag == "receiver" and blob["kind"] == GENERATED:
+            access, value = blob["recipe"]
+            return rebuild_receiver(access, value)
         if tag == "receiver":
             make, takes_value = RECEIVER_MAKERS[blob["kind"]]
             return make(decode(blob["require_staging"])) if takes_value else make()
         cls = DATACLASSES[tag]
-        return cls(**{k: decode(v) for k, v in blob.items() if k != TYPE})
-    except (KeyError, TypeError) as exc:
+        return cls(**{k: decode(v) for k, v in blob.items() if k != TYPE})  # absent fields (older files): defaults
+    except CaseFormatError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise CaseFormatError(f"bad {tag!r} value {blob!r}: {type(exc).__name__}: {exc}") from None
 
 
 def receiver_kind(value: Any) -> str | None:
     """The ``RECEIVER_KINDS`` name of a receiver built by ``strategies.receiver``, else ``None``."""
+    if receiver_recipe(value) is not None:  # first: a generated receiver may raise on any attribute read
+        return GENERATED
     kind = type(value)
     if kind is types.SimpleNamespace:
         return "namespace" if "require_staging" in vars(value) else "namespace_without"
