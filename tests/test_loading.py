@@ -130,5 +130,5 @@ def test_unknown_scope_limit_is_named(tmp_path, monkeypatch):
         def staging_layout(self, *args):
             return []
 
-    with pytest.raises(loading.ImplementationError, match=r"'limits' names \['no_fp8'\].*valid: \['contiguous_layers', 'no_pipeline_fan_in', 'whole_pages'\]"):
+    with pytest.raises(loading.ImplementationError, match=r"'limits' names \['no_fp8'\].*valid: \['contiguous_layers', 'no_decode_pipeline', 'no_pipeline_fan_in', 'whole_pages'\]"):
         loading.validate_implementation(Narrow(), "narrow")

@@ -141,4 +141,4 @@ def test_a_since_newer_than_the_catalogue_is_a_usage_error(pytester, monkeypatch
     result = pytester.runpytest("-p", "harness.pytest_plugin", "--impl", OLD_TARGET, "test_future.py", "-p",
                                 "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_future.py::test_x: since='1.1': '1.1' is not a catalogue version this kvconform*"])
+    result.stderr.fnmatch_lines(["*test_future.py::test_x: since='1.2': '1.2' is not a catalogue version this kvconform*"])
