@@ -180,7 +180,9 @@ def _receiver_flag(receiver: Any, kind: str) -> str:
     value = inspect.getattr_static(receiver, "require_staging")
     if type(value) is bool:
         return str(value)
-    plain = isinstance(value, _PLAIN_FLAG_TYPES) or type(value).__module__ == "numpy"
+    # numpy scalars (0-d) truth-test plainly; an array of several elements raises, its truth is computed
+    plain = isinstance(value, _PLAIN_FLAG_TYPES) or (type(value).__module__ == "numpy"
+                                                     and getattr(value, "ndim", None) == 0)
     if not plain:
         return "computed"
     return "truthy non-bool" if bool(value) else "falsy non-bool"

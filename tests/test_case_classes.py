@@ -25,7 +25,7 @@ from harness.engine.shapes import RankShape
 from harness.hypothesis_records import PROP_CLASSES, class_properties, collecting_statistics
 from harness.loading import load_implementation
 from harness.report import Completion, RunContext, TestRecord, build_report, enforced_class_gaps, markdown, terminal_lines
-from strategies import receiver as receivers
+from strategies import receiver as receivers, receiver_protocol
 from strategies.bad_topology import InvalidTopology
 from strategies.cases import KvSpec, RequestSpec, TpTopology, TransferCase
 
@@ -120,11 +120,19 @@ RECEIVER_KINDS = {
 
 
 def test_every_receiver_kind_of_the_strategies_has_a_kind_and_flag():
-    assert set(RECEIVER_KINDS) == set(receivers.RECEIVER_KINDS)
+    assert set(RECEIVER_KINDS) | {receivers.GENERATED} == set(receivers.RECEIVER_KINDS)
     made = {**{k: make(True) for k, make in receivers._VALUED.items()},
             **{k: make() for k, make in {**receivers._ABSENT, **receivers._AUTO_TRUTHY}.items()}}
     got = {kind: case_classes.receiver_facts(r) for kind, r in made.items()}
     assert got == RECEIVER_KINDS
+
+
+def test_every_generated_receiver_is_classified_within_the_classes_values():
+    kinds, flags = case_classes.BY_NAME["receiver kind"].values, case_classes.BY_NAME["receiver flag"].values
+    for access in range(len(receiver_protocol._ACCESSES)):
+        for value in range(len(receiver_protocol._VALUES)):
+            kind, flag = case_classes.receiver_facts(receiver_protocol.rebuild_receiver(access, value))
+            assert kind in kinds and flag in flags, (access, value, kind, flag)
 
 
 @pytest.mark.parametrize(("value", "flag"), [(False, "False"), (1, "truthy non-bool"), ("", "falsy non-bool"),
