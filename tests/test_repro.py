@@ -238,3 +238,15 @@ def test_a_recording_that_breaks_never_changes_what_the_test_sees(monkeypatch):
     with recorder.enabled(plain=True) as trace:
         assert guard(RightHeads(), checked=False).heads_of_rank(4, 2, 1) == [2, 3]
     assert trace is not None and trace.problem == "recording failed: RuntimeError: cannot encode"
+
+
+def test_a_storage_moved_into_shared_memory_mid_case_stays_one_storage():
+    """Process isolation shares a CPU storage in place when it first crosses: its address changes, not the storage."""
+    import torch
+
+    trace = recorder.Trace()
+    pool = torch.zeros(8)
+    before = trace._tensor(pool)
+    pool.share_memory_()
+    after = trace._tensor(pool[2:])
+    assert (after.storage, len(trace.storages)) == (before.storage, 1)

@@ -295,7 +295,7 @@ class Trace:
         return None
 
     def _tensor(self, tensor: torch.Tensor) -> TensorArg:
-        key = (str(tensor.device), tensor.untyped_storage().data_ptr())
+        key = _storage_key(tensor)
         if key not in self.storages:
             self.storages[key] = _Storage(len(self.storages), tensor)
         return TensorArg(self.storages[key].sid, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape),
@@ -303,13 +303,19 @@ class Trace:
 
     def _expected(self, expected: ExpectedBytes) -> Optional[Expected]:
         actual = expected.actual
-        key = (str(actual.device), actual.untyped_storage().data_ptr())
+        key = _storage_key(actual)
         if key not in self.storages:
             return None  # a tensor the implementation never saw
         rows = None if expected.rows is None else expected.rows.nonzero().flatten().tolist()
         data = _bytes(_host(expected.expected.contiguous().view(torch.uint8).flatten()))
         what = f"tensor of storage {self.storages[key].sid} {tuple(actual.shape)}:{str(actual.dtype).removeprefix('torch.')}"
         return Expected(what, self._tensor(actual), data, rows)
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    """Which storage ``tensor`` views, by the storage itself rather than its data address: process isolation
+    moves a CPU storage into shared memory in place when it first crosses, so its address changes mid-case."""
+    return str(tensor.device), tensor.untyped_storage()._cdata
 
 
 def _guarded_inner(value: Any) -> Any:
