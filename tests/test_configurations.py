@@ -27,7 +27,8 @@ CASES = REPO_ROOT / "tests" / "fakes" / "configured_cases.py"
 def suite(pytester, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT))
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
-    for name in ("KVCONFORM_IMPL", "KVCONFORM_PROFILE", "KVCONFORM_HYPOTHESIS_DB", "CI"):
+    # TRITON_INTERPRET: set by the Triton test modules at import; it would appear in every configuration string
+    for name in ("KVCONFORM_IMPL", "KVCONFORM_PROFILE", "KVCONFORM_HYPOTHESIS_DB", "CI", "TRITON_INTERPRET"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hypothesis.core, "global_force_seed", None)
     (pytester.path / "conf").mkdir()

@@ -48,7 +48,7 @@ CASES = [
     (broken_map.AcceptsAnyTopology, test_bad_topology.test_bad_topology_head_mapping, {}, "[bad_topology]"),
     (broken_map.AcceptsAnyTopology, test_bad_topology.test_bad_topology_end_to_end, {}, "[bad_topology]"),
     # interface 1.1: two page sizes, decode prefix hits
-    (broken_e2e.IgnoresPageSizeRatio, test_round_trip.test_round_trip_end_to_end, CPU, "[round_trip]"),
+    (broken_e2e.IgnoresPageSizeRatio, test_round_trip.test_round_trip_end_to_end_page_sizes_and_prefix_hits, CPU, "[round_trip]"),
     (broken_e2e.WritesPrefixHits, test_round_trip.test_round_trip_end_to_end, CPU, "[round_trip]"),
 ]
 

@@ -573,7 +573,7 @@ def test_capacities_reach_one_the_maximum_and_powers_of_two():
 
 
 def ring_events(program, capacity):
-    """Replay ``program`` on the ring's placement rule (docs/domain.md#staging-ring: assigns placed one after
+    """Replay ``program`` on the ring's placement rule (docs/domain.md#the-staging-ring: assigns placed one after
     another, wrapping to 0 when they do not fit before the end, an emptied ring restarting at 0) and name the
     boundaries it hits; ``most_live`` is the most allocations alive at once."""
     head, live, index, events, most_live = 0, set(), 0, set(), 0
