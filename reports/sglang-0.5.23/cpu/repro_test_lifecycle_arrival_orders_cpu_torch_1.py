@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""kvconform standalone repro: harness/conformance/test_lifecycle.py::test_lifecycle_arrival_orders[cpu-torch], failure 1 of 1.
+
+Implementation: adapters.sglang:make_implementation
+The judge said:
+    [lifecycle] request 1 chunk 0 was scattered after only writer slots [0] of 2 arrived
+
+What it does: rebuilds the 8 tensor storages the implementation was handed (their
+bytes at first use, embedded below), replays the 22 calls of the failing example in order with
+the bytes the harness wrote between them, and checks that the implementation behaves exactly as in the failing run (the judge's verdict then stands).
+Harness objects the implementation was handed are replaced: allocator1 is passed where the failing run
+passed the allocator oracle (harness.engine.ledger) wrapping it.  Their checks and side effects (the ledger
+scribbling freed staging regions) are not replayed.
+Bytes the harness wrote between calls (prefill writers filling the staging ring, cached prefix rows) are
+replayed as recorded: a script replaying a fixed gather still writes the bytes the failing gather produced,
+so it reports NOT REPRODUCED at the gather instead.
+
+Run:  python repro_test_lifecycle_arrival_orders_cpu_torch_1.py [module:factory]
+Needs only torch and the implementation (not kvconform).  The implementation is loaded as SPEC (or the
+module:factory given), its package 'adapters' found on sys.path after IMPL_PATH (the directory it was
+loaded from when recorded) or $REPRO_IMPL_PATH (directories separated by ':').  For an adapter
+of the kvconform repository, put a directory that holds only that package there:
+    mkdir only && ln -s /work/main/adapters only/adapters && REPRO_IMPL_PATH=only python repro_test_lifecycle_arrival_orders_cpu_torch_1.py
+Exit status: 1, AssertionError with the judge's message, while the failure recurs; 0 with "NOT
+REPRODUCED" once the implementation behaves differently (a fix) or every check passes.
+"""
+
+# The replay runtime of a standalone repro script (harness/repro/runtime.py, copied verbatim into every
+# generated repro_*.py).  It imports only the standard library and torch: a repro runs without kvconform.
+
+import base64
+import hashlib
+import importlib
+import os
+import sys
+import zlib
+
+import torch
+
+#: Environment variable listing directories (os.pathsep-separated) to put on sys.path instead of IMPL_PATH.
+PATH_ENV_VAR = "REPRO_IMPL_PATH"
+
+
+class NotReproduced(Exception):
+    """The implementation behaved differently from the failing run: the recorded failure did not recur."""
+
+
+def plain(value):
+    """A returned value as plain Python (what a return is compared as): tensors and numpy scalars unwrapped,
+    sequences as lists; anything else as ``<TypeName>``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item) and type(value).__module__ == "numpy":
+        return value.item()
+    if isinstance(value, (list, tuple, range)):
+        return [plain(v) for v in value]
+    return f"<{type(value).__name__}>"
+
+
+def unpack(text):
+    return zlib.decompress(base64.b64decode(text))
+
+
+def storage_bytes(raw):
+    """The bytes of a flat uint8 tensor (without numpy, which torch does not need)."""
+    return bytes(raw.cpu().tolist())
+
+
+def digest(data):
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def load_implementation(spec, paths):
+    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path)."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    module_name, _, factory = spec.partition(":")
+    return getattr(importlib.import_module(module_name), factory)()
+
+
+class Clock:
+    """The clock handed to the implementation: it reads what the harness's clock read at each call."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class FlagValue:
+    """A ``require_staging`` value that is not plain Python (a Mock, numpy.bool_): its truth and repr."""
+
+    def __init__(self, truth, text):
+        self._truth, self._text = truth, text
+
+    def __bool__(self):
+        return self._truth
+
+    def __repr__(self):
+        return self._text
+
+
+def receiver(type_name, text, require_staging=None, raises=None):
+    """A receiver like the harness's: same type name and repr; ``require_staging`` reads as recorded
+    (a value, or raising ``raises = (exception type name, message)``)."""
+    def read(self):
+        if raises is not None:
+            raise getattr(__import__("builtins"), raises[0], RuntimeError)(raises[1])
+        return require_staging
+
+    return type(type_name, (), {"require_staging": property(read), "__repr__": lambda self: text})()
+
+
+class Replay:
+    """Storages rebuilt from the recording; each step calls the implementation and compares with the failing run."""
+
+    def __init__(self, storages, message):
+        self.message = message
+        self.storages = {}
+        for sid, (device, nbytes, data) in storages.items():
+            raw = torch.frombuffer(bytearray(unpack(data)), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+            self.storages[sid] = raw.to(device)
+        self.clocks = {}
+        self.departed = ""  # the first step after which the bytes differ from the failing run's
+
+    def view(self, sid, dtype, shape, stride, offset):
+        """The tensor the implementation was given: a view of rebuilt storage ``sid``, same layout."""
+        whole = self.storages[sid]
+        dtype = getattr(torch, dtype)
+        size = torch.empty((), dtype=dtype).element_size()
+        typed = whole[: whole.numel() // size * size].view(dtype)
+        return typed.as_strided(shape, stride, offset)
+
+    def clock(self, cid, now):
+        self.clocks.setdefault(cid, Clock()).now = now
+        return self.clocks[cid]
+
+    def write(self, sid, offset, data):
+        """Bytes the harness wrote between calls (prefill writers filling the staging ring, prefix rows, ...)."""
+        chunk = torch.frombuffer(bytearray(unpack(data)), dtype=torch.uint8)
+        self.storages[sid][offset:offset + chunk.numel()] = chunk.to(self.storages[sid].device)
+
+    def step(self, index, text, call, returns=None, compare=True, raises=None, verdict=False, after=None):
+        """Call ``text`` (step ``index``); it must return ``returns`` (when ``compare``) or raise ``raises``
+        like the failing run did (else the replay stops: what the harness did next depended on it).  Storages
+        left with other bytes than the ``after`` digests are noted: the verdict says what that means."""
+        try:
+            result = call()
+        except Exception as exc:
+            got = (type(exc).__name__, str(exc))
+            if raises is None:
+                raise NotReproduced(f"step {index} {text} raised {got[0]}: {got[1]}; the failing run returned "
+                                    f"{returns!r}") from exc
+            if got != tuple(raises):
+                raise NotReproduced(f"step {index} {text} raised {got[0]}: {got[1]}; the failing run raised "
+                                    f"{raises[0]}: {raises[1]}") from exc
+            if verdict:
+                raise AssertionError(self.message) from exc
+            return None
+        if raises is not None:
+            raise NotReproduced(f"step {index} {text} returned {plain(result)!r}; the failing run raised "
+                                f"{raises[0]}: {raises[1]}")
+        if compare and plain(result) != returns:
+            raise NotReproduced(f"step {index} {text} returned {plain(result)!r}; the failing run: {returns!r}")
+        for sid, want in (after or {}).items():
+            if not self.departed and digest(storage_bytes(self.storages[sid])) != want:
+                self.departed = f"step {index} {text} left tensor storage {sid} with other bytes than the failing run"
+        return result
+
+    def judge_bytes(self, problems):
+        """The verdict of an oracle's byte check (``problems``: what ``expect_bytes`` found)."""
+        problems = [p for p in problems if p]
+        if not problems:
+            return
+        if self.departed:
+            raise NotReproduced(f"{self.departed}; the check fails afterwards ({problems[0]}), but the bytes the "
+                                f"harness wrote next were recorded from the failing run and may not fit any more")
+        print("\n".join(problems), file=sys.stderr)
+        raise AssertionError(self.message)
+
+    def judge_behaviour(self):
+        """The verdict when the judge's check is not a byte comparison: the same behaviour, the same verdict."""
+        if self.departed:
+            raise NotReproduced(self.departed)
+        print("The implementation behaved exactly as in the failing run, where the judge said:", file=sys.stderr)
+        raise AssertionError(self.message)
+
+    def expect_bytes(self, what, actual, expected, rows):
+        """The oracle's check: ``actual`` holds ``expected`` (recorded bytes, derived from ground truth) at
+        ``rows`` of dim 0 (``None``: all rows).  Returns a description of the first difference, or ``""``."""
+        want = torch.frombuffer(bytearray(unpack(expected)), dtype=torch.uint8)
+        got = actual.contiguous().view(torch.uint8).reshape(actual.shape[0] if actual.dim() else 1, -1).cpu()
+        want = want.reshape(got.shape)
+        selected = range(got.shape[0]) if rows is None else rows
+        for row in selected:
+            if not torch.equal(got[row], want[row]):
+                return f"{what} row {row}: expected bytes {want[row][:16].tolist()}, got {got[row][:16].tolist()}"
+        return ""
+
+
+def run(main, spec, paths):
+    """Run ``main(replay-ready implementation)``; exit 1 with the judge's message while the failure recurs."""
+    spec = sys.argv[1] if len(sys.argv) > 1 else spec
+    env_paths = os.environ.get(PATH_ENV_VAR)
+    paths = env_paths.split(os.pathsep) if env_paths else paths
+    impl = load_implementation(spec, paths)
+    try:
+        replay = main(impl)
+    except NotReproduced as exc:
+        print(f"NOT REPRODUCED with {spec}: {exc}")
+        print("The recorded failure did not recur; rerun kvconform to judge the implementation's new behaviour.")
+        sys.exit(0)
+    print(f"NOT REPRODUCED with {spec}: every check passed"
+          + (f" (the bytes differ from the failing run's from {replay.departed})" if replay.departed else ""))
+
+
+SPEC = 'adapters.sglang:make_implementation'
+IMPL_PATH = ['/work/main']
+MESSAGE = '[lifecycle] request 1 chunk 0 was scattered after only writer slots [0] of 2 arrived'
+STORAGES = {
+    0: ('cpu', 256, 'eNpbunRkAwDYTqUB'),
+    1: ('cpu', 224, 'eNpbunR4AwB2wZBh'),
+    2: ('cpu', 224, 'eNpbunR4AwB2wZBh'),
+    3: ('cpu', 16, 'eNpjYkAFAAAwAAM='),
+    4: ('cpu', 176, 'eNpbupQy0Co94UBXw+QDoq6RDs3qhg4WjEvtv2xZeKA8/6vd5Ox5DkupDADd/2tH'),
+    5: ('cpu', 176, 'eNpbupQycEh57QE3kZsHun0lHaJ5jx/I5nFw0H4seuDAtY0ODLynHZZSGQAAtQdqrw=='),
+    6: ('cpu', 16, 'eNpjYIAARigNAAAYAAI='),
+    7: ('cpu', 160, 'eNpbunRwAwBwEGch'),
+}
+
+
+def main(impl):
+    r = Replay(STORAGES, MESSAGE)
+    t0 = r.view(0, 'uint8', (128,), (1,), 64)
+    t1 = r.view(1, 'float32', (6, 2, 2), (4, 2, 1), 16)
+    t2 = r.view(2, 'float32', (6, 2, 2), (4, 2, 1), 16)
+    t3 = r.view(3, 'int64', (2,), (1,), 0)
+    t4 = r.view(4, 'float32', (6, 1, 2), (2, 2, 1), 16)
+    t5 = r.view(5, 'float32', (6, 1, 2), (2, 2, 1), 16)
+    t6 = r.view(6, 'int64', (2,), (1,), 0)
+    t7 = r.view(7, 'uint8', (32,), (1,), 64)
+    # step 1
+    r.step(1, 'impl.writers_of_decode_rank(2, 2, 1, 0)', lambda: impl.writers_of_decode_rank(2, 2, 1, 0), returns=[0, 1], after={})
+    # step 2
+    r.step(2, 'impl.head_slice(2, 2, 1, 0, 0)', lambda: impl.head_slice(2, 2, 1, 0, 0), returns=[0, 1, 0], after={})
+    # step 3
+    r.step(3, 'impl.head_slice(2, 2, 1, 1, 0)', lambda: impl.head_slice(2, 2, 1, 1, 0), returns=[0, 1, 1], after={})
+    # step 4
+    r.step(4, 'impl.staging_layout(2, 2, 1, 1, 2, 4)', lambda: impl.staging_layout(2, 2, 1, 1, 2, 4), returns=[[0, 32], [32, 32]], after={})
+    # step 5
+    r.step(5, 'impl.writers_of_decode_rank(2, 2, 1, 0)', lambda: impl.writers_of_decode_rank(2, 2, 1, 0), returns=[0, 1], after={})
+    # step 6
+    r.step(6, 'impl.head_slice(2, 2, 1, 0, 0)', lambda: impl.head_slice(2, 2, 1, 0, 0), returns=[0, 1, 0], after={})
+    # step 7
+    r.step(7, 'impl.head_slice(2, 2, 1, 1, 0)', lambda: impl.head_slice(2, 2, 1, 1, 0), returns=[0, 1, 1], after={})
+    # step 8
+    r.step(8, 'impl.staging_layout(2, 2, 1, 1, 2, 4)', lambda: impl.staging_layout(2, 2, 1, 1, 2, 4), returns=[[0, 32], [32, 32]], after={})
+    # step 9
+    r.step(9, 'impl.writers_of_decode_rank(2, 2, 1, 0)', lambda: impl.writers_of_decode_rank(2, 2, 1, 0), returns=[0, 1], after={})
+    # step 10
+    r.step(10, 'impl.head_slice(2, 2, 1, 0, 0)', lambda: impl.head_slice(2, 2, 1, 0, 0), returns=[0, 1, 0], after={})
+    # step 11
+    r.step(11, 'impl.head_slice(2, 2, 1, 1, 0)', lambda: impl.head_slice(2, 2, 1, 1, 0), returns=[0, 1, 1], after={})
+    # step 12
+    allocator1 = r.step(12, 'impl.make_allocator(128)', lambda: impl.make_allocator(128), compare=False, after={})
+    # step 13
+    clock0 = r.clock(0, 0.0)
+    decode_handler1 = r.step(13, 'impl.make_decode_handler(staging=t0, allocator=allocator1, k_layers=[t1], v_layers=[t2], page_size=2, num_writers=2, writer_destinations=[(0, 0), (1, 0)], he...', lambda: impl.make_decode_handler(staging=t0, allocator=allocator1, k_layers=[t1], v_layers=[t2], page_size=2, num_writers=2, writer_destinations=[(0, 0), (1, 0)], heads_per_writer=1, layers_per_writer=1, timeout_s=10.0, clock=clock0), compare=False, after={0: '2c41a1dd584e3773', 1: '9d664a75440edf66', 2: '9d664a75440edf66'})
+    # step 14
+    r.step(14, "decode_handler1.register(1, receiver('StagedReceiver', 'StagedReceiver()', require_staging=True), t3, 0, 4)", lambda: decode_handler1.register(1, receiver('StagedReceiver', 'StagedReceiver()', require_staging=True), t3, 0, 4), returns=True, after={3: 'b1535c7783ea8829'})
+    # step 15
+    r.step(15, 'impl.staging_layout(2, 2, 1, 1, 2, 4)', lambda: impl.staging_layout(2, 2, 1, 1, 2, 4), returns=[[0, 32], [32, 32]], after={})
+    # step 16
+    r.step(16, 'decode_handler1.allocate_chunk(1, 0, 64)', lambda: decode_handler1.allocate_chunk(1, 0, 64), returns=[0, 0, 64], after={})
+    #   inside it, the implementation called allocator1.assign(64) -> [0, 0, 0]
+    #   inside it, the implementation called allocator1.watermark() -> [0, 0]
+    # step 19
+    r.step(19, 'decode_handler1.allocate_chunk(1, 0, 64)', lambda: decode_handler1.allocate_chunk(1, 0, 64), returns=[0, 0, 64], after={})
+    # step 20
+    r.step(20, 'allocator1.watermark()', lambda: allocator1.watermark(), returns=[0, 0], after={})
+    # step 21
+    r.step(21, 'impl.writer_may_write(0, 64, (0, 0))', lambda: impl.writer_may_write(0, 64, (0, 0)), returns=True, after={})
+    # step 22
+    r.step(22, 'impl.gather([t4], [t5], t6, 2, 2, 0, 1, t7)', lambda: impl.gather([t4], [t5], t6, 2, 2, 0, 1, t7), returns=None, after={4: 'f8d9a6bba7cc9a3e', 5: '25660e1c34838af5', 6: '9d34149fbd1fe777', 7: 'e9990ba824770c7b'})
+    # step 23
+    # the harness wrote 32 bytes since the last call
+    r.write(0, 64, 'eNprlZ5woKth8gFR10iHZnVDh0PKaw+4idw80O0r6RDNe/wAAOO6DcE=')
+    r.step(23, 'decode_handler1.chunk_arrived(1, 0, 0, 0, 1, 2)', lambda: decode_handler1.chunk_arrived(1, 0, 0, 0, 1, 2), returns=None, after={0: 'dd45cc52fb68c1b3'})
+    # step 24
+    r.step(24, 'decode_handler1.chunk_arrived(1, 0, 0, 0, 1, 2)', lambda: decode_handler1.chunk_arrived(1, 0, 0, 0, 1, 2), returns=None, after={0: 'dd45cc52fb68c1b3', 1: '28d89b84cbbaff2c', 2: '7687a6c78dbd5fb9', 3: 'b1535c7783ea8829', 4: 'f8d9a6bba7cc9a3e', 5: '25660e1c34838af5', 6: '9d34149fbd1fe777', 7: 'e9990ba824770c7b'})
+    # the verdict
+    r.judge_behaviour()
+    return r
+
+
+if __name__ == "__main__":
+    run(main, SPEC, IMPL_PATH)
