@@ -26,9 +26,10 @@ the allocators and handlers it makes:
 
 * reports each call, during the final replay of a failing example, to the
   repro recorder (``harness.repro.recorder``), which turns it into a standalone
-  script.  ``guard(impl, checked=False)`` does only that, passing calls straight
-  through: the plugin's ``impl`` fixture, so every call of every test crosses
-  this one boundary.
+  script.  The plugin's ``impl`` fixture hands every test the implementation
+  behind this guard, so every call of every test crosses this one boundary.
+  ``guard(impl, checked=False)`` only records, passing calls straight through
+  (no deadline, no helper thread); only tests/test_repro.py uses it now.
 
 The transport under the deadline is either a helper thread in this process
 (``--in-process``) or the worker process of ``harness.isolation``: a method of
@@ -467,8 +468,8 @@ def guard(impl: Any, convert_errors: bool = True, checked: bool = True) -> Guard
     ``convert_errors=False`` lets the implementation's exceptions through
     unchanged, for tests that expect some (a ``ValueError`` for a bad topology).
     ``checked=False`` passes every call straight through, only recorded when a
-    failing example is replayed (``harness.repro``): what the plugin's ``impl``
-    fixture hands every test; ``guard(...)`` of it adds the checks.
+    failing example is replayed (``harness.repro``); ``guard(...)`` of it adds
+    the checks.  The plugin's ``impl`` fixture uses the checked guard.
     """
     if isinstance(impl, GuardedImplementation):
         context = impl._context
