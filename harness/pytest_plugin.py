@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -778,7 +779,7 @@ class ConformanceRun:
                 repro_script=script.get("name"),
                 repro_source=script.get("source"),
                 repro_note=script.get("note"),
-                case_file=found_one.get("case_file"),
+                case_file=_shown_path(found_one.get("case_file"), str(self.config.invocation_params.dir)),
                 case=found_one.get("case"),
             ) for found_one, script in zip(found, scripts))
         record.add_phase(report.when, report.outcome, hasattr(report, "wasxfail"), failures)
@@ -923,3 +924,12 @@ def _configuration_of(item: pytest.Item) -> str | None:
 
 
 #: Fixtures that start processes (distributed mode's rank pool): seconds of fixed cost before the first example.
+
+
+def _shown_path(path: str | None, invocation_dir: str) -> str | None:
+    """``path`` relative to where the run was started when it lies below it (the shipped corpus in a checkout),
+    so a repro line and a committed report name no machine's absolute paths; else unchanged."""
+    if not path:
+        return path
+    relative = os.path.relpath(os.path.abspath(path), invocation_dir)
+    return path if relative.startswith(os.pardir) else relative

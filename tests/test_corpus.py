@@ -173,7 +173,8 @@ def test_failing_stored_case_is_reported_with_its_json_and_a_repro_replaying_jus
     result, report = _run(suite, "known_bug", "--hypothesis-profile", "gate", "--corpus", str(corpus))
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     [failure] = report["failures"]
-    assert failure["case_file"] == str(failing)
+    shown = str(failing.relative_to(suite.path))  # below the run's directory: shown relative, no machine's paths
+    assert failure["case_file"] == shown
     assert json.loads(failure["case"])["kwargs"] == {"writers": 5, "tokens": 1}
     # the guarded fixture reports the implementation's error as the call that raised it
     assert failure["error"].startswith(
@@ -181,11 +182,11 @@ def test_failing_stored_case_is_reported_with_its_json_and_a_repro_replaying_jus
     assert report["rows"][1]["examples"] == 2  # the two stored cases, then the failure stops the test: no generation
     assert "stored case: " in result.stdout.str()
     words = shlex.split(failure["repro"])
-    assert f"--replay-case={failing}" in words
+    assert f"--replay-case={shown}" in words
     rerun = suite.runpytest(*words[3:], "-p", "no:cacheprovider", "--kvconform-report", "out2")
     assert rerun.ret == pytest.ExitCode.TESTS_FAILED
     replayed = json.loads((suite.path / "out2" / "kvconform-report.json").read_text())
-    assert replayed["rows"][1]["examples"] == 1 and replayed["failures"][0]["case_file"] == str(failing)
+    assert replayed["rows"][1]["examples"] == 1 and replayed["failures"][0]["case_file"] == shown
 
 
 def test_passing_corpus_cases_run_before_generation_and_count(suite):
