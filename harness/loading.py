@@ -45,6 +45,7 @@ import inspect
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -453,10 +454,32 @@ def _build(found: Any, target: str) -> Any:
         ) from None
     except ValueError:
         pass  # builtins without a signature: just call them
-    try:
-        return found()
-    except (Exception, SystemExit) as exc:  # SystemExit: a factory must not end the judge's process
+    return _call_factory(found, target)
+
+
+def _call_factory(found: Any, target: str) -> Any:
+    """``found()`` on a thread of its own under the call deadline ($KVCONFORM_CALL_TIMEOUT_S): a factory that
+    hangs, raises or exits (SystemExit, KeyboardInterrupt) is an :class:`ImplementationError`, never a stalled
+    or ended judge (in a worker process the supervisor's deadline covers the same call)."""
+    timeout = settings.current().call_timeout_s
+    outcome: dict[str, Any] = {}
+
+    def build() -> None:
+        try:
+            outcome["built"] = found()
+        except BaseException as exc:  # noqa: BLE001 -- reported below, whatever it is
+            outcome["error"] = exc
+
+    builder = threading.Thread(target=build, name=f"kvconform factory {target}", daemon=True)
+    builder.start()
+    builder.join(timeout)
+    if builder.is_alive():
+        raise ImplementationError(f"factory {target}() did not return within {timeout:g}s "
+                                  f"(${settings.CALL_TIMEOUT}); make it return, or raise the deadline")
+    if "error" in outcome:
+        exc = outcome["error"]
         raise ImplementationError(f"factory {target}() raised {_exception_summary(exc)}") from exc
+    return outcome["built"]
 
 
 def _exception_summary(exc: BaseException) -> str:

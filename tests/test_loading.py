@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,21 @@ def test_errors_name_the_problem(spec, expected):
         load_implementation(spec)
     for fragment in expected:
         assert fragment in str(caught.value)
+
+
+def test_a_hanging_factory_is_an_error_within_the_call_deadline(monkeypatch):
+    """In the judge's own process (--in-process) too: the factory runs under $KVCONFORM_CALL_TIMEOUT_S."""
+    monkeypatch.setenv("KVCONFORM_CALL_TIMEOUT_S", "0.5")
+    started = time.monotonic()
+    with pytest.raises(ImplementationError, match=r"hanging_factory\(\) did not return within 0.5s "
+                                                  r"\(\$KVCONFORM_CALL_TIMEOUT_S\)"):
+        load_implementation(f"{BROKEN}:hanging_factory")
+    assert time.monotonic() - started < 10
+
+
+def test_a_factory_raising_keyboard_interrupt_is_an_error_not_an_ended_session():
+    with pytest.raises(ImplementationError, match=r"exiting_factory\(\) raised KeyboardInterrupt"):
+        load_implementation(f"{BROKEN}:exiting_factory")
 
 
 def test_bad_impl_on_command_line_is_one_usage_error_and_runs_nothing(pytester):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 from tests.fakes.fake_impl import FakeImplementation
@@ -44,3 +45,11 @@ def returns_none():
 
 #: A ready-made (non-callable) implementation object: used as is.
 READY_MADE = SimpleNamespace(name="ready-made", capabilities=("layout",), staging_layout=lambda *a: [])
+
+
+def hanging_factory():
+    threading.Event().wait()  # never set: the factory never returns
+
+
+def exiting_factory():
+    raise KeyboardInterrupt  # a factory must not end the judge's session either
