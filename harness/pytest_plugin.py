@@ -96,6 +96,7 @@ from harness.interface import Implementation
 from harness.isolation import MODES as ISOLATION_MODES
 from harness.isolation import retire_workers
 from harness.loading import (
+    CONFIGURATION_SEPARATOR,
     ImplementationError,
     LoadedConfigurations,
     LoadedImplementation,
@@ -691,7 +692,7 @@ class ConformanceRun:
             except Exception as exc:
                 attribute_to_marker(item, exc)
                 item.user_properties.extend(failure_properties(exc, item, statistics))
-                item.user_properties.extend(repro_scripts(exc, plain_trace, item.nodeid, getattr(self.loaded, "target", None)))
+                item.user_properties.extend(repro_scripts(exc, plain_trace, item.nodeid, self._repro_spec(item)))
                 self._save_new_failures(item, log)
                 if entry is not None and _reproduces(entry, exc, log):
                     how = "its witness fails the same way" if entry.witness is not None else "the failure matches"
@@ -713,6 +714,13 @@ class ConformanceRun:
         if self.loaded is not None and self.isolation == "process":
             retire_workers()
             forget_hangs()  # the hung worker is gone: the next test's calls get the full deadline
+
+    def _repro_spec(self, item: pytest.Item) -> str | None:
+        """The factory a standalone repro builds the implementation with: ``module:factory``, plus ``#NAME`` for
+        the configuration the failing item ran (a declared configuration is what failed, not the container)."""
+        target = getattr(self.loaded, "target", None)
+        configuration = _configuration_of(item)
+        return f"{target}{CONFIGURATION_SEPARATOR}{configuration}" if target and configuration else target
 
     def _save_new_failures(self, item: pytest.Item, log: Any) -> None:
         """``--corpus-out``: each generated failure's shrunk counterexample as a case file (never lost: a file

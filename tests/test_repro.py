@@ -32,10 +32,10 @@ KVCONFORM_TOP_LEVEL = {"harness", "reference", "strategies", "adapters", "tests"
 SGLANG_INSTALL = "pip install --no-deps sglang==0.5.23 triton numpy (or: tox -e sglang)"
 
 
-def _run_suite(impl: str, test: str, report_dir: Path, python: str = sys.executable) -> dict:
+def _run_suite(impl: str, test: str, report_dir: Path, python: str = sys.executable, *options: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([python, "-m", "harness", "--impl", impl, "--profile", "gate", "--device", "cpu",
-                           "--report-dir", str(report_dir), test, "--", "-p", "no:cacheprovider"],
+                           "--report-dir", str(report_dir), *options, test, "--", "-p", "no:cacheprovider"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((report_dir / "kvconform-report.json").read_text())
@@ -70,6 +70,21 @@ def test_a_broken_scatter_repro_fails_with_the_judges_message_and_passes_on_the_
                            env=env, capture_output=True, text=True, timeout=300)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "NOT REPRODUCED" in fixed.stdout and "every check passed" in fixed.stdout
+
+
+def test_a_repro_builds_the_configuration_that_failed_not_the_declaring_object(tmp_path):
+    """``configured_impl``'s factory returns an object that only declares configurations; the failing column
+    is ``broken``, so the script must build ``configurations["broken"]`` (spec ``...:make_implementation#broken``)."""
+    report = _run_suite("tests.fakes.configured_impl:make_implementation", "test_layout.py::test_layout_spans",
+                        tmp_path, sys.executable, "--config", "broken")
+    (failure,) = report["failures"]
+    script = tmp_path / failure["repro_script"]
+    assert "make_implementation#broken" in script.read_text()
+    env = {**os.environ, "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert _last_line(done.stderr) == f"AssertionError: {_judge_message(failure)}"
 
 
 def _site_packages_without_kvconform(tmp_path: Path) -> list[str]:
@@ -107,9 +122,11 @@ finally:
 
 @pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason=f"sglang is not installed ({SGLANG_INSTALL})")
 def test_an_sglang_repro_runs_without_kvconform_and_fails_with_the_same_message(tmp_path):
-    """SGLang counts a duplicate CHUNK_READY toward the fan-in (harness/xfails/sglang.txt): the script of that
-    failure runs with torch and SGLang only, in a process where kvconform cannot be imported."""
-    report = _run_suite("sglang", "test_lifecycle.py::test_lifecycle_arrival_orders", tmp_path / "report")
+    """SGLang counts a duplicate CHUNK_READY toward the fan-in (harness/xfails/sglang.json): the script of that
+    failure (its ``torch`` configuration, the second one) runs with torch and SGLang only, in a process where
+    kvconform cannot be imported."""
+    report = _run_suite("sglang", "test_lifecycle.py::test_lifecycle_arrival_orders", tmp_path / "report",
+                        sys.executable, "--config", "torch")
     (failure,) = report["failures"]
     assert failure["repro_script"], failure
     script = tmp_path / "report" / failure["repro_script"]

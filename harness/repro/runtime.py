@@ -46,12 +46,19 @@ def digest(data):
 
 
 def load_implementation(spec, paths):
-    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path)."""
+    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path);
+    ``module:factory#NAME``: then the configuration NAME it declares (its ``configurations`` mapping holds a
+    zero-argument factory or the implementation itself), as kvconform built it for the failing column."""
     for path in reversed(paths):
         if path not in sys.path:
             sys.path.insert(0, path)
-    module_name, _, factory = spec.partition(":")
-    return getattr(importlib.import_module(module_name), factory)()
+    target, _, configuration = spec.partition("#")
+    module_name, _, factory = target.partition(":")
+    built = getattr(importlib.import_module(module_name), factory)()
+    if not configuration:
+        return built
+    chosen = built.configurations[configuration]
+    return chosen() if callable(chosen) else chosen
 
 
 class Clock:
