@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kvconform standalone repro: harness/conformance/test_distributed.py::test_distributed_arrival_orders[triton], failure 1 of 1.
 
-Implementation: adapters.sglang:make_implementation
+Implementation: adapters.sglang:make_implementation#triton
 The judge said:
     rank 0 (prefill 0, cpu): triton.compiler.errors.CompilationError: at 30:21:
         mask = offsets < per_layer_elems
@@ -85,12 +85,19 @@ def digest(data):
 
 
 def load_implementation(spec, paths):
-    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path)."""
+    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path);
+    ``module:factory#NAME``: then the configuration NAME it declares (its ``configurations`` mapping holds a
+    zero-argument factory or the implementation itself), as kvconform built it for the failing column."""
     for path in reversed(paths):
         if path not in sys.path:
             sys.path.insert(0, path)
-    module_name, _, factory = spec.partition(":")
-    return getattr(importlib.import_module(module_name), factory)()
+    target, _, configuration = spec.partition("#")
+    module_name, _, factory = target.partition(":")
+    built = getattr(importlib.import_module(module_name), factory)()
+    if not configuration:
+        return built
+    chosen = built.configurations[configuration]
+    return chosen() if callable(chosen) else chosen
 
 
 class Clock:
@@ -230,7 +237,7 @@ def run(main, spec, paths):
           + (f" (the bytes differ from the failing run's from {replay.departed})" if replay.departed else ""))
 
 
-SPEC = 'adapters.sglang:make_implementation'
+SPEC = 'adapters.sglang:make_implementation#triton'
 IMPL_PATH = ['/work/main']
 MESSAGE = 'rank 0 (prefill 0, cpu): triton.compiler.errors.CompilationError: at 30:21:\n    mask = offsets < per_layer_elems\n\n    t_idx = offsets // ELEMS_PER_TOKEN\n    e_idx = offsets % ELEMS_PER_TOKEN\n\n    page_id = t_idx // PAGE_SIZE\n    intra_page = t_idx % PAGE_SIZE\n    page_val = tl.load(page_indices + page_id, mask=mask, other=0)\n    pool_token = page_val * PAGE_SIZE + intra_page\n\n    src_offsets = (\n        pool_token * stride_pool_token.to(tl.int64) + head_offset.to(tl.int64) + e_idx\n                     ^\nAttributeError("\'int\' object has no attribute \'to\'") (at /opt/torch/.venv/lib/python3.12/site-packages/triton/compiler/compiler.py:80 in make_ir)\nother ranks: rank 2 (decode 0, cpu) peer_failed: writer on rank 0 failed at chunk 0 slot 0'
 STORAGES = {

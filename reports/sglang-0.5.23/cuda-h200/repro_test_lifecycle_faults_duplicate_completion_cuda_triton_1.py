@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kvconform standalone repro: harness/conformance/test_faults.py::test_lifecycle_faults_duplicate_completion[cuda-triton], failure 1 of 1.
 
-Implementation: adapters.sglang:make_implementation
+Implementation: adapters.sglang:make_implementation#triton
 The judge said:
     [lifecycle] handler.chunk_arrived(1, 0, 0, 0, 1, 1) raised CompilationError: at 34:21:
         offsets = block_id * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
@@ -87,12 +87,19 @@ def digest(data):
 
 
 def load_implementation(spec, paths):
-    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path)."""
+    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path);
+    ``module:factory#NAME``: then the configuration NAME it declares (its ``configurations`` mapping holds a
+    zero-argument factory or the implementation itself), as kvconform built it for the failing column."""
     for path in reversed(paths):
         if path not in sys.path:
             sys.path.insert(0, path)
-    module_name, _, factory = spec.partition(":")
-    return getattr(importlib.import_module(module_name), factory)()
+    target, _, configuration = spec.partition("#")
+    module_name, _, factory = target.partition(":")
+    built = getattr(importlib.import_module(module_name), factory)()
+    if not configuration:
+        return built
+    chosen = built.configurations[configuration]
+    return chosen() if callable(chosen) else chosen
 
 
 class Clock:
@@ -232,7 +239,7 @@ def run(main, spec, paths):
           + (f" (the bytes differ from the failing run's from {replay.departed})" if replay.departed else ""))
 
 
-SPEC = 'adapters.sglang:make_implementation'
+SPEC = 'adapters.sglang:make_implementation#triton'
 IMPL_PATH = ['/work/main']
 MESSAGE = '[lifecycle] handler.chunk_arrived(1, 0, 0, 0, 1, 1) raised CompilationError: at 34:21:\n    offsets = block_id * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)\n    mask = offsets < per_layer_elems\n\n    t_idx = offsets // ELEMS_PER_TOKEN\n    e_idx = offsets % ELEMS_PER_TOKEN\n\n    page_id = t_idx // PAGE_SIZE\n    intra_page = t_idx % PAGE_SIZE\n    page_val = tl.load(page_indices + page_id, mask=mask, other=0)\n    pool_token = page_val * PAGE_SIZE + intra_page\n\n    per_rank_elems = per_layer_elems.to(tl.int64) * NUM_LAYERS_X2\n                     ^\nAttributeError("\'int\' object has no attribute \'to\'") (raised at /opt/torch/.venv/lib/python3.12/site-packages/triton/compiler/compiler.py:80 in make_ir); calls so far: handler.register(1, StagedReceiver(), tensor([23]), 0, 1); handler.allocate_chunk(1, 0, 8); handler.allocate_chunk(1, 0, 8); handler.chunk_arrived(1, 0, 0, 0, 1, 1)'
 STORAGES = {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kvconform standalone repro: harness/conformance/test_faults.py::test_lifecycle_faults_misaligned_prefix[cuda-triton], failure 1 of 1.
 
-Implementation: adapters.sglang:make_implementation
+Implementation: adapters.sglang:make_implementation#triton
 The judge said:
     [lifecycle] handler.chunk_arrived(1, 0, 0, 0, 1, 2) raised CompilationError: at 43:21:
         pool_token = page_val * PAGE_SIZE + intra_page
@@ -87,12 +87,19 @@ def digest(data):
 
 
 def load_implementation(spec, paths):
-    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path)."""
+    """``module:factory`` called with no arguments, its package found on ``paths`` (put first on sys.path);
+    ``module:factory#NAME``: then the configuration NAME it declares (its ``configurations`` mapping holds a
+    zero-argument factory or the implementation itself), as kvconform built it for the failing column."""
     for path in reversed(paths):
         if path not in sys.path:
             sys.path.insert(0, path)
-    module_name, _, factory = spec.partition(":")
-    return getattr(importlib.import_module(module_name), factory)()
+    target, _, configuration = spec.partition("#")
+    module_name, _, factory = target.partition(":")
+    built = getattr(importlib.import_module(module_name), factory)()
+    if not configuration:
+        return built
+    chosen = built.configurations[configuration]
+    return chosen() if callable(chosen) else chosen
 
 
 class Clock:
@@ -232,7 +239,7 @@ def run(main, spec, paths):
           + (f" (the bytes differ from the failing run's from {replay.departed})" if replay.departed else ""))
 
 
-SPEC = 'adapters.sglang:make_implementation'
+SPEC = 'adapters.sglang:make_implementation#triton'
 IMPL_PATH = ['/work/main']
 MESSAGE = '[lifecycle] handler.chunk_arrived(1, 0, 0, 0, 1, 2) raised CompilationError: at 43:21:\n    pool_token = page_val * PAGE_SIZE + intra_page\n\n    per_rank_elems = per_layer_elems.to(tl.int64) * NUM_LAYERS_X2\n    src_offsets = (\n        writer_id.to(tl.int64) * per_rank_elems\n        + layer_kv_id.to(tl.int64) * per_layer_elems.to(tl.int64)\n        + offsets\n    )\n    vals = tl.load(staging + src_offsets, mask=mask)\n\n    dst_offsets = (\n        pool_token * stride_pool_token.to(tl.int64) + head_offset.to(tl.int64) + e_idx\n                     ^\nAttributeError("\'int\' object has no attribute \'to\'") (raised at /opt/torch/.venv/lib/python3.12/site-packages/triton/compiler/compiler.py:80 in make_ir); calls so far: handler.register(1, StagedReceiver(), tensor([1]), 0, 2); handler.allocate_chunk(1, 0, 16); handler.allocate_chunk(1, 0, 16); handler.chunk_arrived(1, 0, 0, 0, 1, 2)'
 STORAGES = {
