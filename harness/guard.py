@@ -399,8 +399,10 @@ class _Guarded:
             if not self._context.convert_errors:
                 raise
             where = f" (raised at {raised.raised.where})" if raised.raised.where else ""
+            # from raised: the cause names the implementation's exception (and its nearest builtin class), as
+            # in-process, for the xfail matcher and the repro recorder
             raise ImplementationFault(f"{label} raised {raised.type_name}: {raised}{where}; "
-                                      f"calls so far: {self._context.describe_trail()}") from None
+                                      f"calls so far: {self._context.describe_trail()}") from raised
         except InvariantViolation:
             raise
         except Exception as exc:  # a builtin exception the implementation raised, crossed as itself

@@ -87,6 +87,21 @@ def test_a_repro_builds_the_configuration_that_failed_not_the_declaring_object(t
     assert _last_line(done.stderr) == f"AssertionError: {_judge_message(failure)}"
 
 
+def test_an_implementations_own_exception_raised_in_its_worker_is_replayed_as_itself(tmp_path):
+    """Under process isolation (the CLI's default) an exception class of the implementation reaches the judge
+    as its name and message; the script must expect that class by name, as a one-process replay raises it."""
+    report = _run_suite("tests.fakes.xfail_impl:own_exception", "test_layout.py::test_layout_spans", tmp_path)
+    (failure,) = report["failures"]
+    assert "raised StagingRefused: more than 3 writers" in failure["error"]
+    script = tmp_path / failure["repro_script"]
+    assert "raises=('StagingRefused', 'more than 3 writers')" in script.read_text()
+    env = {**os.environ, "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert _last_line(done.stderr) == f"AssertionError: {_judge_message(failure)}"
+
+
 def _site_packages_without_kvconform(tmp_path: Path) -> list[str]:
     """This interpreter's site-packages as directories of links, without kvconform (its packages, its editable
     finder, its .pth files): with ``python -S`` and these on PYTHONPATH, ``import harness`` fails."""

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import torch
 
 from harness.engine.ledger import Ledger
+from harness.isolation.channel import RemoteRaised
 from harness.interface import documented_arguments
 from harness.oracles import ExpectedBytes, InvariantViolation
 from harness.repro.runtime import plain
@@ -219,7 +220,9 @@ class Trace:
                                                 f"raised inside it; harness objects are not replayed")
             else:
                 step.outcome = "raised"
-            step.error, step.error_object = (type(original).__name__, str(original)), original
+            # raised in a worker process: the implementation's own class name, as a replay in one process sees it
+            name = original.type_name if isinstance(original, RemoteRaised) else type(original).__name__
+            step.error, step.error_object = (name, str(original)), original
             self._settle(step)
 
     def finish(self, exc: BaseException) -> None:

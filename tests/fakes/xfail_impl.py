@@ -42,3 +42,12 @@ def other_error() -> LayoutImplementation:
 def fixed_with_new_bug() -> LayoutImplementation:
     """The listed bug is fixed; a new one (wrong offsets at 9 tokens) is there instead."""
     return LayoutImplementation(off_at_tokens=9)
+
+
+class StagingRefused(ValueError):
+    """An implementation's own exception class: under process isolation it does not cross as itself."""
+
+
+def own_exception() -> LayoutImplementation:
+    """The listed bug, raised as the implementation's own ``ValueError`` subclass."""
+    return LayoutImplementation(refuse_with=StagingRefused)
