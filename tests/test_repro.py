@@ -169,6 +169,22 @@ class RaisingLayout:
         return [(0, 2 * layers * num_tokens * heads * head_dim * element_size)]
 
 
+class RaisingLayoutOtherMessage(RaisingLayout):
+    """The same exception class at the same call, another message (messages may carry ids, timings, state)."""
+
+    def staging_layout(self, num_writers, num_tokens, heads, layers, head_dim, element_size):
+        if num_writers == 2:
+            raise IndexError(f"writer 1 has no span (request {id(self)})")
+        return super().staging_layout(num_writers, num_tokens, heads, layers, head_dim, element_size)
+
+
+class RaisingLayoutOtherClass(RaisingLayout):
+    def staging_layout(self, num_writers, num_tokens, heads, layers, head_dim, element_size):
+        if num_writers == 2:
+            raise KeyError("writer 1 has no span")
+        return super().staging_layout(num_writers, num_tokens, heads, layers, head_dim, element_size)
+
+
 class WrongHeads:
     """Rank 1 of 2 holds the heads of rank 0."""
 
@@ -213,6 +229,17 @@ def test_an_exception_recurs_at_the_same_call(tmp_path):
     assert done.returncode == 1
     assert _last_line(done.stderr) == "AssertionError: writer 1 has no span"
     assert "raises=('IndexError', 'writer 1 has no span'), verdict=True" in path.read_text()
+
+
+def test_the_same_exception_class_with_another_message_recurs_and_another_class_does_not(tmp_path):
+    path = _script_of(tmp_path, "tests.test_repro:RaisingLayout",
+                      lambda impl: [impl.staging_layout(1, 2, 1, 1, 2, 2), impl.staging_layout(2, 2, 1, 1, 2, 2)], None)
+    same_class = _run_script(path, "tests.test_repro:RaisingLayoutOtherMessage")
+    assert same_class.returncode == 1 and _last_line(same_class.stderr) == "AssertionError: writer 1 has no span"
+    assert "raised IndexError as in the failing run, with another message" in same_class.stderr
+    other_class = _run_script(path, "tests.test_repro:RaisingLayoutOtherClass")
+    assert other_class.returncode == 0 and "NOT REPRODUCED" in other_class.stdout
+    assert "raised KeyError" in other_class.stdout
 
 
 def test_a_rejected_behaviour_recurs_and_a_fix_is_not_reproduced(tmp_path):
