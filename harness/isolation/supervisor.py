@@ -87,7 +87,7 @@ class WorkerProcess:
         self.served: dict[int, Any] = {}
         self._released: list[int] = []
         self._lock = threading.Lock()
-        self._free = [Lane(parent, crossing.dumps, crossing.judge_loads, self._serve, released=self._drain,
+        self._free = [Lane(parent, crossing.StorageTable().dumps, crossing.judge_loads, self._serve, released=self._drain,
                            on_released=self._forget_served, keep_raising=(WorkerHung, WorkerDied),
                            remember_errors=True) for parent, _ in pairs]
         self._lane_free = threading.Condition(self._lock)
