@@ -110,6 +110,11 @@ class StorageTable:
     def __len__(self) -> int:
         return len(self._storages)
 
+    def clear(self) -> None:
+        """Forget every storage (the worker forgot them too: ``Worker._end_test``)."""
+        self._storages.clear()
+        self._dropped.clear()
+
     def dumps(self, message: tuple) -> bytes:
         """Pickle a lane message ``(kind, payload, released)``, adding the tokens this table dropped."""
         self._evict()

@@ -22,6 +22,7 @@ import collections.abc
 import itertools
 import os
 import signal
+import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection
@@ -49,16 +50,29 @@ class Worker:
         self._released: list[int] = []  # judge-served tokens whose JudgeObject died here
         self._released_lock = threading.Lock()
         self._local = threading.local()
+        self._lane_threads: set[int] = set()
 
     # -- what the judge calls ------------------------------------------------------------------
     def serve(self, call: Call) -> Any:
         if call.method == "__load__":
             return self._load(*call.args)
+        if call.method == "__end_test__":
+            return self._end_test()
         obj = self.objects[call.target]
         method = call.method or "__call__"
         result = getattr(obj, method)(*call.args, **call.kwargs)
         self._finish_device_work()
         return self._outgoing(method, result)
+
+    def _end_test(self) -> list[str]:
+        """Between tests (the judge keeps this worker for the next one): forget the storages the judge sent, and
+        name the threads the implementation left running (any Python thread but the lanes and the main one:
+        the judge then retires this worker, so nothing it does reaches the next test)."""
+        crossing.drop_storages(list(crossing._STORAGES))
+        ours = self._lane_threads | {threading.main_thread().ident}
+        frames = sys._current_frames()
+        return sorted(f"{_thread_name(ident)} at {frame.f_code.co_filename}:{frame.f_lineno}"
+                      for ident, frame in frames.items() if ident not in ours)
 
     def _load(self, spec: str) -> Any:
         from harness.loading import ImplementationError, load_configurations
@@ -126,6 +140,7 @@ class Worker:
         lane = Lane(connection, _dumps, crossing.worker_loads, self.serve, released=self.released,
                     on_released=self.drop)
         self._local.lane = lane
+        self._lane_threads.add(threading.get_ident())
         while True:
             try:
                 kind, payload = lane.receive(None)
@@ -167,6 +182,11 @@ def _dumps(message: Any) -> bytes:
                                                    base=payload.base),
                                    released))
         raise
+
+
+def _thread_name(ident: int) -> str:
+    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    return f"thread {thread.name!r}" if thread is not None else f"thread {ident}"
 
 
 def _safe_repr(value: Any) -> str:
