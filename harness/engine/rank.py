@@ -53,7 +53,7 @@ class Rank:
         self.impl, self.device, self.world = impl, torch.device(device), world
         self.shape = shape = scope.fit(impl, shape)
         case_classes.label_shape(shape)
-        self.plans = writer_plans(impl, shape)
+        self.plans = writer_plans(impl, shape, world)
         self.num_writers = len(self.plans)
         self.timeout_s = timeout_s
         self.clock = FakeClock()
@@ -86,7 +86,7 @@ class Rank:
     def chunk_bytes(self, tokens: int) -> tuple[int, list[tuple[int, int]]]:
         """Staging bytes of a chunk of ``tokens`` and its writer spans, asked of the implementation once."""
         if tokens not in self._layouts:
-            spans = chunk_layout(self.impl, self.shape, self.plans, tokens)
+            spans = chunk_layout(self.impl, self.shape, self.plans, tokens, self.world)
             self._layouts[tokens] = sum(n for _, n in spans), spans
         return self._layouts[tokens]
 
