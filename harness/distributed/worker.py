@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Optional
 
 from harness.distributed.config import DistributedConfig
 
@@ -59,6 +59,9 @@ class WorkerArgs:
     config: DistributedConfig
     device: str
     parent_pid: int
+    #: The parent's environment when it started the rank: a rank forked from the forkserver would otherwise see
+    #: the server's, from when it started (``None``: keep the process's own).
+    environ: Optional[dict] = None
 
 
 def main(args: WorkerArgs, jobs: Any, results: Any) -> None:
@@ -67,6 +70,9 @@ def main(args: WorkerArgs, jobs: Any, results: Any) -> None:
     _die_with_parent()
     if os.getppid() != args.parent_pid:  # the parent died before the request took effect
         os._exit(4)
+    if args.environ is not None:
+        os.environ.clear()
+        os.environ.update(args.environ)
     os.environ.update(NO_MULTICAST_ENV)
     job_id = -1
     try:

@@ -71,7 +71,8 @@ class LoadRefused(Exception):
 def _context() -> Any:
     crossing.share_by_name()
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "harness.isolation.worker"])
+    # the distributed rank processes fork from the same server (harness.distributed.group)
+    context.set_forkserver_preload(["torch", "harness.isolation.worker", "harness.distributed.worker"])
     return context
 
 
