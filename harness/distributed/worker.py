@@ -1,7 +1,7 @@
 """The rank process: join the process group once, then run every case the parent sends.
 
-Started by :class:`harness.distributed.group.WorkerGroup` (``spawn``, one
-process per rank).  Messages to the parent go through one shared queue:
+Started by :class:`harness.distributed.group.WorkerGroup` (forked from the
+forkserver, ``spawn`` where there is none; one process per rank).  Messages to the parent go through one shared queue:
 ``Ready`` once the group works (a chain of point-to-point probes has crossed
 the data plane), a ``CaseReport`` from rank 0 per case (every rank's result,
 gathered to it), and ``Fatal`` when this rank's group broke; the rank then
