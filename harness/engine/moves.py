@@ -119,7 +119,7 @@ def move_with_kv_copy(impl: Any, world: World) -> None:
             region = Guarded(sum(n for _, n in layout), world.device)
             for plan, (offset, nbytes) in zip(plans, layout):
                 buf = gather(impl, world.prefill[plan.prefill_index], plan, page_size, req.prefix_len, geometry,
-                             nbytes, world.device)
+                             nbytes, world.device, reuse=True)
                 region.inner[offset:offset + nbytes].copy_(buf.inner)
             impl.scatter(region.inner, [(p.destination_start, p.layer_start) for p in plans], plans[0].count,
                          shape.layers_per_writer, pool.k, pool.v, pool.page_table[first_page + page_start:],

@@ -339,7 +339,7 @@ class Rank:
         plan = self.plans[slot]
         if t.gathered:
             return gather(self.impl, self.require_world().prefill[plan.prefill_index], plan, self.shape.page_size,
-                          t.plan.prefix_len, t.grid[chunk], nbytes, self.device).inner
+                          t.plan.prefix_len, t.grid[chunk], nbytes, self.device, reuse=True).inner
         page_start, _, tokens = t.grid[chunk]
         first = t.plan.prefix_len + page_start * self.shape.page_size
         part = t.truth[:, plan.layer_start:plan.layer_start + self.shape.layers_per_writer, first:first + tokens,

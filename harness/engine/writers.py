@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from harness import oracles
-from harness.engine.buffers import Guarded
+from harness.engine.buffers import CANARY_BYTE, Guarded
 from harness.engine.ledger import Ledger, Placement
 from harness.engine.shapes import RankShape
 from harness.oracles import InvariantViolation
@@ -152,12 +152,33 @@ def wait_until_writable(ledger: Ledger, placement: Placement, ask: Ask, progress
         progress()
 
 
+#: Gather buffers kept for reuse, by (bytes, device): most recent last.
+_GATHER_BUFFERS: dict[tuple[int, str], Guarded] = {}
+KEPT_GATHER_BUFFERS = 32
+
+
+def _gather_buffer(nbytes: int, device: Any) -> Guarded:
+    """A canary-filled guarded buffer of ``nbytes``: a kept one refilled (as fresh as a new one; under process
+    isolation its storage already crossed to the worker, so it is not shared again), or a new one."""
+    key = (nbytes, str(device))
+    buf = _GATHER_BUFFERS.pop(key, None)
+    if buf is None:
+        buf = Guarded(nbytes, device)
+    else:
+        buf.whole.fill_(CANARY_BYTE)
+    _GATHER_BUFFERS[key] = buf
+    while len(_GATHER_BUFFERS) > KEPT_GATHER_BUFFERS:
+        _GATHER_BUFFERS.pop(next(iter(_GATHER_BUFFERS)))
+    return buf
+
+
 def gather(impl: Any, source, plan: WriterPlan, page_size: int, prefix_len: int, geometry: tuple[int, int, int],
-           nbytes: int, device) -> Guarded:
+           nbytes: int, device, reuse: bool = False) -> Guarded:
     """Writer ``plan``'s bytes of one chunk, gathered by the implementation from prefill pool ``source`` into a
-    buffer of its own whose canary margins must survive."""
+    buffer of its own whose canary margins must survive.  ``reuse``: the caller is done with the bytes before
+    its next gather (it copies them at once), so the buffer may be a kept one, refilled with canary."""
     page_start, _, tokens = geometry
-    buf = Guarded(nbytes, device)
+    buf = _gather_buffer(nbytes, device) if reuse else Guarded(nbytes, device)
     impl.gather(source.k, source.v, source.page_table[prefix_len // page_size + page_start:], page_size, tokens,
                 plan.source_start, plan.count, buf.inner)
     buf.check_margins(f"gather of writer {plan.slot}")
