@@ -106,6 +106,7 @@ class StorageTable:
         self._kept = kept
         self._storages: OrderedDict[int, tuple[int, Any]] = OrderedDict()  # storage address -> (token, storage)
         self._dropped: list[int] = []
+        self._added: list[int] = []  #: keys added by the message being pickled
 
     def __len__(self) -> int:
         return len(self._storages)
@@ -122,7 +123,13 @@ class StorageTable:
             kind, payload, released = message
             message, self._dropped = (kind, payload, list(released) + self._dropped), []
         buffer = io.BytesIO()
-        _JudgePickler(buffer, pickle.HIGHEST_PROTOCOL, self).dump(message)
+        self._added: list[int] = []
+        try:
+            _JudgePickler(buffer, pickle.HIGHEST_PROTOCOL, self).dump(message)
+        except BaseException:  # nothing was sent: the worker must not be thought to hold what this message had
+            for key in self._added:
+                self._storages.pop(key, None)
+            raise
         return buffer.getvalue()
 
     def reduce(self, tensor: torch.Tensor) -> Any:
@@ -140,6 +147,7 @@ class StorageTable:
         with _tokens_lock:
             token = next(_tokens)
         self._storages[key] = (token, storage)
+        self._added.append(key)
         whole = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage, 0, (storage.nbytes(),), (1,))
         return _new_storage_tensor, (token, whole, view)
 
