@@ -123,7 +123,7 @@ class StorageTable:
             kind, payload, released = message
             message, self._dropped = (kind, payload, list(released) + self._dropped), []
         buffer = io.BytesIO()
-        self._added: list[int] = []
+        self._added = []
         try:
             _JudgePickler(buffer, pickle.HIGHEST_PROTOCOL, self).dump(message)
         except BaseException:  # nothing was sent: the worker must not be thought to hold what this message had
