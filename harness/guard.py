@@ -92,6 +92,12 @@ _IMPLEMENTATION_METHODS = frozenset(method for cap in CAPABILITY_TABLE for metho
 class ImplementationFault(InvariantViolation):
     """The implementation raised, returned garbage or hung; the message names the call."""
 
+    made = 0  #: how many were made in this process (the plugin retires a worker after a test that saw one)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        ImplementationFault.made += 1
+
 
 class _Abandoned(BaseException):
     """Raised inside a helper thread whose call outlived its deadline (BaseException: ``except Exception`` keeps out)."""

@@ -91,10 +91,10 @@ from harness.markers import (
     since_of,
 )
 from harness.devices import require_devices, select_devices
-from harness.guard import forget_hangs, guard
+from harness.guard import ImplementationFault, forget_hangs, guard
 from harness.interface import Implementation
 from harness.isolation import MODES as ISOLATION_MODES
-from harness.isolation import retire_workers
+from harness.isolation import end_test as end_isolated_test
 from harness.loading import (
     CONFIGURATION_SEPARATOR,
     ImplementationError,
@@ -144,6 +144,8 @@ CONFORMANCE_DIR = Path(__file__).resolve().parent / "conformance"
 _STASH: pytest.StashKey["ConformanceRun"] = pytest.StashKey()
 _MARKER_ERROR: pytest.StashKey[str] = pytest.StashKey()
 _XFAIL_ENTRY: pytest.StashKey[XfailEntry] = pytest.StashKey()
+_FAULTS_BEFORE: pytest.StashKey[int] = pytest.StashKey()  #: ImplementationFault.made when the test started
+_UNCLEAN: pytest.StashKey[bool] = pytest.StashKey()  #: a phase of the test did not pass
 
 
 def _database_directory_at_import() -> Path:
@@ -666,6 +668,7 @@ class ConformanceRun:
                 f"new since your version: added in catalogue {since}, {tested.name} targets {tested.catalogue_version}")))
 
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        item.stash[_FAULTS_BEFORE] = ImplementationFault.made
         if _MARKER_ERROR in item.stash:
             pytest.fail(f"invalid @pytest.mark.invariant marker: {item.stash[_MARKER_ERROR]}", pytrace=False)
 
@@ -708,12 +711,22 @@ class ConformanceRun:
                                 "remove the entry (--strict-xfails)", pytrace=False)
             return result
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        if report.outcome != "passed":
+            item.stash[_UNCLEAN] = True
+        return report
+
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
-        """A fresh worker per test: whatever the implementation left running cannot reach the next test."""
+        """The worker goes on to the next test only when nothing abnormal happened in this one (it passed, no
+        call crashed, hung or returned garbage, no thread of the implementation is left running); otherwise it
+        is retired, so whatever the implementation left running cannot reach the next test."""
         if self.loaded is not None and self.isolation == "process":
-            retire_workers()
-            forget_hangs()  # the hung worker is gone: the next test's calls get the full deadline
+            faults = ImplementationFault.made != item.stash.get(_FAULTS_BEFORE, ImplementationFault.made)
+            end_isolated_test(abnormal=faults or item.stash.get(_UNCLEAN, False))
+            forget_hangs()  # a hung worker is gone: the next test's calls get the full deadline
 
     def _repro_spec(self, item: pytest.Item) -> str | None:
         """The factory a standalone repro builds the implementation with: ``module:factory``, plus ``#NAME`` for

@@ -135,7 +135,8 @@ def parse(environ: Mapping[str, str]) -> Settings:
 
 def current() -> Settings:
     """The settings of ``os.environ``, parsed again only when one of the known variables changed."""
-    key = tuple(os.environ.get(name) for name in VARIABLES)
+    data = getattr(os.environ, "_data", None)  # POSIX: the raw bytes mapping, read without a decode per name
+    key = tuple(map(data.get, _ENCODED)) if _ENCODED and isinstance(data, dict) else tuple(map(os.environ.get, VARIABLES))
     cached = _cache.get("settings")
     if cached is None or cached[0] != key:
         cached = (key, parse(os.environ))
@@ -143,7 +144,8 @@ def current() -> Settings:
     return cached[1]
 
 
-_cache: dict[str, tuple[tuple[str | None, ...], Settings]] = {}
+_cache: dict[str, tuple[tuple[str | bytes | None, ...], Settings]] = {}
+_ENCODED = tuple(os.fsencode(name) for name in VARIABLES) if os.name == "posix" else ()
 
 
 def _seconds(name: str, text: str, default: float) -> float:

@@ -34,6 +34,7 @@ from harness.distributed.config import (
 from harness.distributed.job import CaseJob, NumberedJob
 from harness.distributed.results import CaseReport, DistributedFailure
 from harness.distributed.roles import ranks_needed
+from harness.isolation.supervisor import _main_module_hidden
 
 STORE_HOST = "127.0.0.1"
 POLL_S = 0.2        # how often the parent checks its ranks while waiting
@@ -79,16 +80,18 @@ class WorkerGroup:
         import torch.multiprocessing as mp
 
         began = time.perf_counter()
-        ctx = mp.get_context("spawn")  # CUDA-safe, and the same on every platform
+        ctx, parent_pid = _context(mp)
         size = self.config.world_size
         self._store = dist.TCPStore(STORE_HOST, 0, None, is_master=True, wait_for_workers=False)
         self._results = ctx.Queue()
         for rank in range(size):
-            args = worker.WorkerArgs(rank, size, STORE_HOST, self._store.port, self.config, self.devices[rank], os.getpid())
+            args = worker.WorkerArgs(rank, size, STORE_HOST, self._store.port, self.config, self.devices[rank], parent_pid,
+                                     dict(os.environ))
             jobs = ctx.Queue()
             process = ctx.Process(target=worker.main, args=(args, jobs, self._results), name=f"kvconform-rank-{rank}",
                                   daemon=True)
-            process.start()
+            with _main_module_hidden():
+                process.start()
             self._job_queues.append(jobs)
             self._processes.append(process)
         self._await_ready(began)
@@ -232,6 +235,29 @@ def _exit_text(code: int | None) -> str:
 
 def _fatal_lines(fatals: list) -> str:
     return "; ".join(f"rank {f.rank}: {f.message}" for f in sorted(fatals, key=lambda f: f.rank))
+
+
+#: What the forkserver imports once (the isolation worker's modules too: one forkserver serves both).
+FORKSERVER_PRELOAD = ["torch", "harness.isolation.worker", "harness.distributed.worker"]
+
+
+def _context(mp: Any) -> tuple[Any, int]:
+    """Rank processes fork from a forkserver that imported torch once (a clean process that never initializes
+    CUDA: as safe as spawn, without every rank importing torch again); spawn where there is no forkserver.
+    Also the pid the ranks' parent will have (the forkserver's, which ends with this process; or this one's)."""
+    try:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+        from multiprocessing import forkserver
+
+        with _main_module_hidden():  # the server must not run the judge's __main__ again
+            forkserver.ensure_running()
+        server_pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    except (ValueError, OSError):
+        server_pid = None
+    if isinstance(server_pid, int) and server_pid > 0:
+        return ctx, server_pid
+    return mp.get_context("spawn"), os.getpid()
 
 
 def _quietly(action) -> None:

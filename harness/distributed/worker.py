@@ -1,7 +1,7 @@
 """The rank process: join the process group once, then run every case the parent sends.
 
-Started by :class:`harness.distributed.group.WorkerGroup` (``spawn``, one
-process per rank).  Messages to the parent go through one shared queue:
+Started by :class:`harness.distributed.group.WorkerGroup` (forked from the
+forkserver, ``spawn`` where there is none; one process per rank).  Messages to the parent go through one shared queue:
 ``Ready`` once the group works (a chain of point-to-point probes has crossed
 the data plane), a ``CaseReport`` from rank 0 per case (every rank's result,
 gathered to it), and ``Fatal`` when this rank's group broke; the rank then
@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Optional
 
 from harness.distributed.config import DistributedConfig
 
@@ -59,6 +59,9 @@ class WorkerArgs:
     config: DistributedConfig
     device: str
     parent_pid: int
+    #: The parent's environment when it started the rank: a rank forked from the forkserver would otherwise see
+    #: the server's, from when it started (``None``: keep the process's own).
+    environ: Optional[dict] = None
 
 
 def main(args: WorkerArgs, jobs: Any, results: Any) -> None:
@@ -67,6 +70,9 @@ def main(args: WorkerArgs, jobs: Any, results: Any) -> None:
     _die_with_parent()
     if os.getppid() != args.parent_pid:  # the parent died before the request took effect
         os._exit(4)
+    if args.environ is not None:
+        os.environ.clear()
+        os.environ.update(args.environ)
     os.environ.update(NO_MULTICAST_ENV)
     job_id = -1
     try:

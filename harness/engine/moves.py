@@ -50,7 +50,7 @@ def chunk_count(case) -> int:
 def chunk_bytes_for(impl: Any, world: World, tokens: int, index: int = 0) -> int:
     """Staging bytes of a chunk of ``tokens`` tokens for decode pool ``index``."""
     shape = case_shape(world, index)
-    return sum(n for _, n in chunk_layout(impl, shape, writer_plans(impl, shape), tokens))
+    return sum(n for _, n in chunk_layout(impl, shape, writer_plans(impl, shape, world), tokens, world))
 
 
 def ring_bytes_for(impl: Any, world: World, slack: int, index: int = 0) -> int:
@@ -112,14 +112,14 @@ def move_with_kv_copy(impl: Any, world: World) -> None:
     first_page = req.prefix_len // page_size
     for index, pool in enumerate(world.decode):
         shape = case_shape(world, index)
-        plans = writer_plans(impl, shape)
+        plans = writer_plans(impl, shape, world)
         for geometry in oracles.chunk_grid(req.prefix_len, req.num_tokens, page_size, req.chunk_pages):
             page_start, _, tokens = geometry
-            layout = chunk_layout(impl, shape, plans, tokens)
+            layout = chunk_layout(impl, shape, plans, tokens, world)
             region = Guarded(sum(n for _, n in layout), world.device)
             for plan, (offset, nbytes) in zip(plans, layout):
                 buf = gather(impl, world.prefill[plan.prefill_index], plan, page_size, req.prefix_len, geometry,
-                             nbytes, world.device)
+                             nbytes, world.device, reuse=True)
                 region.inner[offset:offset + nbytes].copy_(buf.inner)
             impl.scatter(region.inner, [(p.destination_start, p.layer_start) for p in plans], plans[0].count,
                          shape.layers_per_writer, pool.k, pool.v, pool.page_table[first_page + page_start:],
@@ -135,7 +135,7 @@ def move_with_direct_copy(impl: Any, world: World) -> None:
     for index, pool in enumerate(world.decode):
         shape = case_shape(world, index)
         layers = shape.layers_per_writer
-        for plan in writer_plans(impl, shape):
+        for plan in writer_plans(impl, shape, world):
             src = world.prefill[plan.prefill_index]
             span = slice(plan.layer_start, plan.layer_start + layers)
             impl.direct_copy(src.k, src.v, src.page_table[first_page:], plan.source_start,

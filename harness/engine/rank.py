@@ -53,7 +53,7 @@ class Rank:
         self.impl, self.device, self.world = impl, torch.device(device), world
         self.shape = shape = scope.fit(impl, shape)
         case_classes.label_shape(shape)
-        self.plans = writer_plans(impl, shape)
+        self.plans = writer_plans(impl, shape, world)
         self.num_writers = len(self.plans)
         self.timeout_s = timeout_s
         self.clock = FakeClock()
@@ -86,7 +86,7 @@ class Rank:
     def chunk_bytes(self, tokens: int) -> tuple[int, list[tuple[int, int]]]:
         """Staging bytes of a chunk of ``tokens`` and its writer spans, asked of the implementation once."""
         if tokens not in self._layouts:
-            spans = chunk_layout(self.impl, self.shape, self.plans, tokens)
+            spans = chunk_layout(self.impl, self.shape, self.plans, tokens, self.world)
             self._layouts[tokens] = sum(n for _, n in spans), spans
         return self._layouts[tokens]
 
@@ -339,7 +339,7 @@ class Rank:
         plan = self.plans[slot]
         if t.gathered:
             return gather(self.impl, self.require_world().prefill[plan.prefill_index], plan, self.shape.page_size,
-                          t.plan.prefix_len, t.grid[chunk], nbytes, self.device).inner
+                          t.plan.prefix_len, t.grid[chunk], nbytes, self.device, reuse=True).inner
         page_start, _, tokens = t.grid[chunk]
         first = t.plan.prefix_len + page_start * self.shape.page_size
         part = t.truth[:, plan.layer_start:plan.layer_start + self.shape.layers_per_writer, first:first + tokens,

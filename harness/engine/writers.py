@@ -5,6 +5,10 @@
   with the head slice from the implementation's mapping when it has ``head_mapping`` (else the oracle's).
 * :func:`chunk_layout` is where each slot's bytes sit in a chunk's staging region (the implementation's
   ``staging_layout`` when it has ``layout``, else the interface convention).
+* Both are asked once per (case, rank shape): given the ``world`` a case built, the answers are kept for
+  that world (:func:`_case_answers`), so the moves of one case (staged, direct, each chunk's ring size)
+  do not ask the same question again.  The head_coverage and layout tests judge the answers themselves,
+  call by call; here every answer is still judged by what it moves (the pool oracles, the ledger).
 * :func:`wait_until_writable` is the one loop in which a writer waits for the watermark while the
   scheduler polls the owners of older live regions; every answer it gets is judged by the ledger.
 """
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from harness import oracles
-from harness.engine.buffers import Guarded
+from harness.engine.buffers import CANARY_BYTE, Guarded
 from harness.engine.ledger import Ledger, Placement
 from harness.engine.shapes import RankShape
 from harness.oracles import InvariantViolation
@@ -40,8 +44,38 @@ class WriterPlan:
     layer_start: int       # first local layer on the decode rank
 
 
-def writer_plans(impl: Any, shape: RankShape) -> list[WriterPlan]:
-    """Writer slots of the decode rank ``shape`` describes; head mapping from the implementation when it has one."""
+#: Worlds whose answers are kept (the latest few: one case's moves run one after another).
+KEPT_CASES = 4
+#: (id(world), id(impl)) -> (world, impl, {question: answer}); both are held so their ids are not reused.
+_ANSWERS: dict[tuple[int, int], tuple[Any, Any, dict]] = {}
+
+
+def _case_answers(impl: Any, world: Any) -> Optional[dict]:
+    """The answers ``impl`` gave for the case of ``world`` so far (None: no world, nothing kept)."""
+    if world is None:
+        return None
+    key = (id(world), id(impl))
+    kept = _ANSWERS.get(key)
+    if kept is None:
+        while len(_ANSWERS) >= KEPT_CASES:
+            _ANSWERS.pop(next(iter(_ANSWERS)))
+        kept = _ANSWERS[key] = (world, impl, {})
+    return kept[2]
+
+
+def writer_plans(impl: Any, shape: RankShape, world: Any = None) -> list[WriterPlan]:
+    """Writer slots of the decode rank ``shape`` describes; head mapping from the implementation when it has one
+    (asked once per rank shape of ``world``'s case when a world is given)."""
+    answers = _case_answers(impl, world)
+    if answers is None:
+        return _writer_plans(impl, shape)
+    key = ("plans", shape)
+    if key not in answers:
+        answers[key] = _writer_plans(impl, shape)
+    return list(answers[key])
+
+
+def _writer_plans(impl: Any, shape: RankShape) -> list[WriterPlan]:
     topo = shape.topology
     stage, rank = divmod(shape.decode_index, topo.decode_tp)
     H, P, D = topo.total_kv_heads, topo.prefill_tp, topo.decode_tp
@@ -61,10 +95,18 @@ def writer_plans(impl: Any, shape: RankShape) -> list[WriterPlan]:
     return plans
 
 
-def chunk_layout(impl: Any, shape: RankShape, plans: list[WriterPlan], tokens: int) -> list[tuple[int, int]]:
-    """``(offset, nbytes)`` of each writer slot's part of a chunk of ``tokens`` tokens."""
+def chunk_layout(impl: Any, shape: RankShape, plans: list[WriterPlan], tokens: int,
+                 world: Any = None) -> list[tuple[int, int]]:
+    """``(offset, nbytes)`` of each writer slot's part of a chunk of ``tokens`` tokens (asked once per question
+    of ``world``'s case when a world is given)."""
     args = (len(plans), tokens, plans[0].count, shape.layers_per_writer, shape.kv.head_dim, shape.element_size)
-    return [tuple(s) for s in (impl.staging_layout(*args) if has(impl, "layout") else oracles.expected_spans(*args))]
+    answers = _case_answers(impl, world)
+    if answers is not None and ("layout", args) in answers:
+        return list(answers[("layout", args)])
+    spans = [tuple(s) for s in (impl.staging_layout(*args) if has(impl, "layout") else oracles.expected_spans(*args))]
+    if answers is not None:
+        answers[("layout", args)] = tuple(spans)
+    return spans
 
 
 def check_span(slot: int, span: tuple[int, int], placement: Placement) -> None:
@@ -110,12 +152,33 @@ def wait_until_writable(ledger: Ledger, placement: Placement, ask: Ask, progress
         progress()
 
 
+#: Gather buffers kept for reuse, by (bytes, device): most recent last.
+_GATHER_BUFFERS: dict[tuple[int, str], Guarded] = {}
+KEPT_GATHER_BUFFERS = 32
+
+
+def _gather_buffer(nbytes: int, device: Any) -> Guarded:
+    """A canary-filled guarded buffer of ``nbytes``: a kept one refilled (as fresh as a new one; under process
+    isolation its storage already crossed to the worker, so it is not shared again), or a new one."""
+    key = (nbytes, str(device))
+    buf = _GATHER_BUFFERS.pop(key, None)
+    if buf is None:
+        buf = Guarded(nbytes, device)
+    else:
+        buf.whole.fill_(CANARY_BYTE)
+    _GATHER_BUFFERS[key] = buf
+    while len(_GATHER_BUFFERS) > KEPT_GATHER_BUFFERS:
+        _GATHER_BUFFERS.pop(next(iter(_GATHER_BUFFERS)))
+    return buf
+
+
 def gather(impl: Any, source, plan: WriterPlan, page_size: int, prefix_len: int, geometry: tuple[int, int, int],
-           nbytes: int, device) -> Guarded:
+           nbytes: int, device, reuse: bool = False) -> Guarded:
     """Writer ``plan``'s bytes of one chunk, gathered by the implementation from prefill pool ``source`` into a
-    buffer of its own whose canary margins must survive."""
+    buffer of its own whose canary margins must survive.  ``reuse``: the caller is done with the bytes before
+    its next gather (it copies them at once), so the buffer may be a kept one, refilled with canary."""
     page_start, _, tokens = geometry
-    buf = Guarded(nbytes, device)
+    buf = _gather_buffer(nbytes, device) if reuse else Guarded(nbytes, device)
     impl.gather(source.k, source.v, source.page_table[prefix_len // page_size + page_start:], page_size, tokens,
                 plan.source_start, plan.count, buf.inner)
     buf.check_margins(f"gather of writer {plan.slot}")

@@ -3,7 +3,7 @@
 The judge (the pytest session: oracles, ground truth, the engine's ledger, the
 report) never runs implementation code.  The implementation is loaded by its
 spec in a worker process (``supervisor``: started from a forkserver, replaced
-after a crash or a hang and between tests); every call crosses a lane
+after a crash or a hang, and after a test in which anything abnormal happened); every call crosses a lane
 (``channel``) under ``harness.guard``'s deadline; tensors cross by shared
 memory on CPU and CUDA IPC handles on GPU, so the implementation writes the
 judge's own bytes (``crossing``); objects it makes stay in the worker behind
@@ -37,8 +37,15 @@ def retire_workers() -> None:
         supervisor.retire()
 
 
+def end_test(abnormal: bool) -> None:
+    """Between tests: each worker is kept for the next test, or retired when anything abnormal happened
+    (``Supervisor.end_test``)."""
+    for supervisor in _supervisors:
+        supervisor.end_test(abnormal)
+
+
 def current() -> Optional[Supervisor]:
     return _supervisors[-1] if _supervisors else None
 
 
-__all__ = ["MODES", "LoadRefused", "Supervisor", "current", "retire_workers", "start"]
+__all__ = ["MODES", "LoadRefused", "Supervisor", "current", "end_test", "retire_workers", "start"]

@@ -3,7 +3,11 @@
 * Tensors cross through torch.multiprocessing's reductions (registered with
   ``ForkingPickler``): a CPU tensor's storage is moved into shared memory in
   place (views and strides survive), a CUDA tensor travels as an IPC handle,
-  so the worker writes the judge's own bytes.
+  so the worker writes the judge's own bytes.  From the judge, a storage
+  crosses once per lane (:class:`StorageTable`): later tensors on it travel
+  as a token and their view (offset, sizes, strides), and the worker keeps
+  token -> storage, so the same pool sent on every call is neither shared
+  again nor looked up in torch's cache.
 * Objects the judge sends by value that plain pickle refuses are rebuilt in
   the worker: ``unittest.mock`` objects (each instance has a class of its own)
   and instances of classes made at run time (``type(name, bases, dict)``), as
@@ -20,9 +24,12 @@ from __future__ import annotations
 
 import builtins
 import io
+import itertools
 import pickle
 import sys
-from typing import Any
+import threading
+from collections import OrderedDict
+from typing import Any, Optional
 from unittest import mock
 
 import torch
@@ -49,16 +56,24 @@ def share_by_name() -> None:
     torch.multiprocessing.set_sharing_strategy("file_system")
 
 
+#: Classes whose instances pickle as themselves (never a receiver, a mock or a class made at run time): the
+#: common arguments skip every other question.
+_PLAIN_CLASSES: frozenset[type] = frozenset({torch.Size, torch.dtype, torch.device, type(None), bool, int, float,
+                                             str, bytes, tuple, list, dict})
+
+
 class CrossingPickler(ForkingPickler):
     """Pickles with torch's tensor reductions, and rebuilds mocks and run-time classes by value."""
 
     def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls in _PLAIN_CLASSES or cls is torch.Tensor:
+            return NotImplemented
         recipe = receiver_recipe(obj)
         if recipe is not None:  # a generated receiver: rebuilt there by the code that drew it, closures included
             return rebuild_receiver, recipe
         if isinstance(obj, mock.NonCallableMock):
             return _reduce_mock(obj)
-        cls = type(obj)
         if not isinstance(obj, type) and cls.__module__ != "builtins" and not _importable(cls):
             return _rebuild_instance, (_class_by_value(cls), _instance_state(obj))
         return NotImplemented
@@ -68,6 +83,124 @@ def dumps(value: Any) -> bytes:
     buffer = io.BytesIO()
     CrossingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(value)
     return buffer.getvalue()
+
+
+# -- storages that crossed once (judge -> worker) ----------------------------------------------
+#: Storages one lane's table keeps (oldest dropped first, the worker told to drop them too).
+KEPT_STORAGES = 512
+
+_tokens = itertools.count(-1, -1)  #: storage tokens are negative: the worker's own handles are positive
+_tokens_lock = threading.Lock()
+
+
+class StorageTable:
+    """The storages the judge sent to one worker over one lane: a storage crosses once, by torch's reduction
+    (shared memory in place on CPU, an IPC handle on CUDA), then as its token.
+
+    The table holds each storage strongly, so its address (the key) cannot be reused by another storage while
+    the entry lives; entries past :data:`KEPT_STORAGES` are dropped oldest first and their tokens sent to the
+    worker with the next message (``drained``).  One table per lane: a lane's messages arrive in order, so the
+    worker has always read a storage before any token of it.  A table lives as long as its worker."""
+
+    def __init__(self, kept: int = KEPT_STORAGES) -> None:
+        self._kept = kept
+        self._storages: OrderedDict[int, tuple[int, Any]] = OrderedDict()  # storage address -> (token, storage)
+        self._dropped: list[int] = []
+        self._added: list[int] = []  #: keys added by the message being pickled
+
+    def __len__(self) -> int:
+        return len(self._storages)
+
+    def clear(self) -> None:
+        """Forget every storage (the worker forgot them too: ``Worker._end_test``)."""
+        self._storages.clear()
+        self._dropped.clear()
+
+    def dumps(self, message: tuple) -> bytes:
+        """Pickle a lane message ``(kind, payload, released)``, adding the tokens this table dropped."""
+        self._evict()
+        if self._dropped:
+            kind, payload, released = message
+            message, self._dropped = (kind, payload, list(released) + self._dropped), []
+        buffer = io.BytesIO()
+        self._added = []
+        try:
+            _JudgePickler(buffer, pickle.HIGHEST_PROTOCOL, self).dump(message)
+        except BaseException:  # nothing was sent: the worker must not be thought to hold what this message had
+            for key in self._added:
+                self._storages.pop(key, None)
+            raise
+        return buffer.getvalue()
+
+    def reduce(self, tensor: torch.Tensor) -> Any:
+        if tensor.layout is not torch.strided or tensor.is_nested or tensor.device.type not in ("cpu", "cuda") or (
+                tensor.requires_grad and not tensor.is_leaf):
+            return NotImplemented  # torch's own reduction (or its refusal)
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        view = (tensor.dtype, tensor.storage_offset(), tuple(tensor.size()), tuple(tensor.stride()),
+                tensor.requires_grad)
+        known = self._storages.get(key)
+        if known is not None:
+            self._storages.move_to_end(key)
+            return _known_storage_tensor, (known[0], view)
+        with _tokens_lock:
+            token = next(_tokens)
+        self._storages[key] = (token, storage)
+        self._added.append(key)
+        whole = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage, 0, (storage.nbytes(),), (1,))
+        return _new_storage_tensor, (token, whole, view)
+
+    def _evict(self) -> None:
+        while len(self._storages) > self._kept:
+            _, (token, _storage) = self._storages.popitem(last=False)
+            self._dropped.append(token)
+
+
+class _JudgePickler(CrossingPickler):
+    """The judge's pickler: tensors on a storage its lane already sent cross as a token and a view."""
+
+    def __init__(self, file: Any, protocol: int, table: StorageTable) -> None:
+        super().__init__(file, protocol)
+        self._table = table
+        self._whole: Optional[torch.Tensor] = None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is torch.Tensor and obj is not self._whole:
+            reduced = self._table.reduce(obj)
+            if reduced is not NotImplemented:
+                self._whole = reduced[1][1] if reduced[0] is _new_storage_tensor else None
+                return reduced
+            return NotImplemented
+        return super().reducer_override(obj)
+
+
+#: In the worker: token -> storage, for the storages the judge sent (dropped when the judge says so).
+_STORAGES: dict[int, Any] = {}
+
+
+def _new_storage_tensor(token: int, whole: torch.Tensor, view: tuple) -> torch.Tensor:
+    _STORAGES[token] = whole.untyped_storage()
+    return _known_storage_tensor(token, view)
+
+
+def _known_storage_tensor(token: int, view: tuple) -> torch.Tensor:
+    storage = _STORAGES[token]
+    dtype, offset, size, stride, requires_grad = view
+    tensor = torch.empty(0, dtype=dtype, device=storage.device).set_(storage, offset, size, stride)
+    if requires_grad:
+        tensor.requires_grad_(True)
+    return tensor
+
+
+def drop_storages(tokens: list) -> None:
+    """In the worker: forget the storages of ``tokens`` (negative ids in a message's released list)."""
+    for token in tokens:
+        _STORAGES.pop(token, None)
+
+
+def storages_held() -> int:
+    return len(_STORAGES)
 
 
 class JudgeUnpickler(pickle.Unpickler):

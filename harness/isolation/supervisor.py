@@ -8,6 +8,11 @@ none; calls on an object a dead generation made fail at once.  So after a
 crash or a hang the next Hypothesis example, which starts from the
 implementation object, gets a fresh worker, and shrinking works as usual.
 
+One worker serves every test while nothing abnormal happens: at the end of
+a test, :meth:`Supervisor.end_test` keeps it only when the test passed, no
+call crashed, hung or returned garbage, and the implementation left no thread
+running in it; otherwise it is retired and the next test starts a fresh one.
+
 Workers come from a *forkserver* (a clean process that imported torch and
 this package, never CUDA): forking it takes milliseconds, where spawning a
 fresh interpreter takes seconds, and a fork never inherits an initialized
@@ -40,6 +45,7 @@ from harness.isolation.proxy import ROOT, Handle, RemoteObject, Served
 
 LANES = 4  #: judge threads that may call into one worker at the same time
 START_TIMEOUT_S = 300.0  #: the worker process itself starting (python, torch), not the implementation
+END_TEST_TIMEOUT_S = 10.0  #: the end-of-test check of a worker kept for the next test
 
 
 @contextlib.contextmanager
@@ -65,7 +71,8 @@ class LoadRefused(Exception):
 def _context() -> Any:
     crossing.share_by_name()
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "harness.isolation.worker"])
+    # the distributed rank processes fork from the same server (harness.distributed.group)
+    context.set_forkserver_preload(["torch", "harness.isolation.worker", "harness.distributed.worker"])
     return context
 
 
@@ -87,9 +94,10 @@ class WorkerProcess:
         self.served: dict[int, Any] = {}
         self._released: list[int] = []
         self._lock = threading.Lock()
-        self._free = [Lane(parent, crossing.dumps, crossing.judge_loads, self._serve, released=self._drain,
+        self.tables = [crossing.StorageTable() for _ in pairs]  #: storages each lane sent (crossing.StorageTable)
+        self._free = [Lane(parent, table.dumps, crossing.judge_loads, self._serve, released=self._drain,
                            on_released=self._forget_served, keep_raising=(WorkerHung, WorkerDied),
-                           remember_errors=True) for parent, _ in pairs]
+                           remember_errors=True) for (parent, _), table in zip(pairs, self.tables)]
         self._lane_free = threading.Condition(self._lock)
         self.dead: Optional[str] = None
 
@@ -100,6 +108,10 @@ class WorkerProcess:
                 if not self._lane_free.wait(max(0.0, deadline - time.monotonic())):
                     raise WorkerHung(f"all {LANES} lanes of the worker stayed busy")
             return self._free.pop()
+
+    def all_lanes_free(self) -> bool:
+        with self._lane_free:
+            return len(self._free) == LANES
 
     def give_lane(self, lane: Lane) -> None:
         with self._lane_free:
@@ -207,6 +219,39 @@ class Supervisor:
             worker, self._worker = self._worker, None
         if worker is not None:
             worker.kill("retired between tests")
+
+    def end_test(self, abnormal: bool, timeout: float = END_TEST_TIMEOUT_S) -> Optional[str]:
+        """Between tests: keep the worker for the next test when nothing abnormal happened in this one, else
+        retire it.  Abnormal: ``abnormal`` (the test did not pass, or a call crashed, hung or returned garbage),
+        a lane still busy (a judge thread still in a call), or threads the implementation left running in the
+        worker (it names them).  A kept worker forgets the storages the judge sent it, and the judge the
+        storages it holds for them.  Returns why the worker was retired, or None when it was kept."""
+        with self._lock:
+            worker = self._worker
+        why = None
+        if worker is None or worker.dead is not None:
+            why = "no live worker"
+        elif abnormal:
+            why = "the test did not end cleanly"
+        elif not worker.all_lanes_free():
+            why = "a call was still in progress"
+        else:
+            lane = worker.take_lane(time.monotonic() + timeout)
+            try:
+                left = self._wait(worker, lane, Call(ROOT, "__end_test__", (), {}), time.monotonic() + timeout,
+                                  timeout, "the end-of-test check")
+            except Exception as exc:  # hung, died, or a patched worker answering nonsense: a fresh one is safer
+                left, why = None, f"the end-of-test check failed ({type(exc).__name__})"
+            finally:
+                if worker.dead is None:
+                    worker.give_lane(lane)
+            if why is None and (not isinstance(left, list) or left):
+                why = f"the implementation left threads running: {left!r}"
+            for table in worker.tables:
+                table.clear()
+        if why is not None:
+            self.retire()
+        return why
 
     # -- calls ------------------------------------------------------------------------------------
     def _call(self, target: RemoteObject, method: str, args: tuple, kwargs: dict, timeout: float) -> Any:

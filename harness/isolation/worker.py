@@ -22,6 +22,7 @@ import collections.abc
 import itertools
 import os
 import signal
+import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection
@@ -38,10 +39,6 @@ from harness.isolation.proxy import ROOT, Unpicklable, describe_object
 _MADE_BY = {factory: made for cap in CAPABILITY_TABLE for factory, made in cap.products.items()}
 
 
-#: Storages of argument tensors kept alive between calls (the worker is replaced between tests anyway).
-KEPT_STORAGES = 256
-
-
 class LoadFailed(Exception):
     """``harness.loading`` refused the implementation; the message is its ImplementationError's."""
 
@@ -53,34 +50,29 @@ class Worker:
         self._released: list[int] = []  # judge-served tokens whose JudgeObject died here
         self._released_lock = threading.Lock()
         self._local = threading.local()
-        self._mapped: dict[int, Any] = {}  # storages of recent arguments, oldest first (see _keep_mapped)
+        self._lane_threads: set[int] = set()
 
     # -- what the judge calls ------------------------------------------------------------------
     def serve(self, call: Call) -> Any:
         if call.method == "__load__":
             return self._load(*call.args)
-        self._keep_mapped(call.args, call.kwargs)
+        if call.method == "__end_test__":
+            return self._end_test()
         obj = self.objects[call.target]
         method = call.method or "__call__"
         result = getattr(obj, method)(*call.args, **call.kwargs)
         self._finish_device_work()
         return self._outgoing(method, result)
 
-    def _keep_mapped(self, *values: Any) -> None:
-        """Hold the storages of the tensors a call brought: the judge sends the same pool again and again, and
-        torch finds a storage that is still alive in its cache instead of mapping (and faulting in) its shared
-        memory anew on every call (bench/isolation_overhead.py: ~10x on a call with pool tensors)."""
-        for value in values:
-            if isinstance(value, torch.Tensor):
-                storage = value.untyped_storage()
-                self._mapped.pop(storage.data_ptr(), None)
-                self._mapped[storage.data_ptr()] = storage
-            elif isinstance(value, (list, tuple)):
-                self._keep_mapped(*value)
-            elif isinstance(value, dict):
-                self._keep_mapped(*value.values())
-        while len(self._mapped) > KEPT_STORAGES:
-            self._mapped.pop(next(iter(self._mapped)))
+    def _end_test(self) -> list[str]:
+        """Between tests (the judge keeps this worker for the next one): forget the storages the judge sent, and
+        name the threads the implementation left running (any Python thread but the lanes and the main one:
+        the judge then retires this worker, so nothing it does reaches the next test)."""
+        crossing.drop_storages(list(crossing._STORAGES))
+        ours = self._lane_threads | {threading.main_thread().ident}
+        frames = sys._current_frames()
+        return sorted(f"{_thread_name(ident)} at {frame.f_code.co_filename}:{frame.f_lineno}"
+                      for ident, frame in frames.items() if ident not in ours)
 
     def _load(self, spec: str) -> Any:
         from harness.loading import ImplementationError, load_configurations
@@ -122,8 +114,13 @@ class Worker:
         return out
 
     def drop(self, handles: list[int]) -> None:
+        """Forget objects the judge released, and storages it dropped (negative tokens, ``crossing.StorageTable``:
+        the storages the judge sent stay mapped here until then, so a pool sent on every call is mapped once)."""
         for handle in handles:
-            self.objects.pop(handle, None)
+            if handle < 0:
+                crossing.drop_storages([handle])
+            else:
+                self.objects.pop(handle, None)
 
     def judge_released(self, token: int) -> None:
         with self._released_lock:
@@ -143,6 +140,7 @@ class Worker:
         lane = Lane(connection, _dumps, crossing.worker_loads, self.serve, released=self.released,
                     on_released=self.drop)
         self._local.lane = lane
+        self._lane_threads.add(threading.get_ident())
         while True:
             try:
                 kind, payload = lane.receive(None)
@@ -184,6 +182,11 @@ def _dumps(message: Any) -> bytes:
                                                    base=payload.base),
                                    released))
         raise
+
+
+def _thread_name(ident: int) -> str:
+    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    return f"thread {thread.name!r}" if thread is not None else f"thread {ident}"
 
 
 def _safe_repr(value: Any) -> str:
