@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.distributed.results import RankError
 from harness.guard import guard
 from harness.oracles import InvariantViolation
 from harness.repro import recorder
@@ -261,6 +262,20 @@ def test_an_argument_no_script_can_rebuild_is_reported_instead_of_a_script():
     ((key, value),) = repro_scripts(exc, trace, "tests/test_repro.py::case", "tests.test_repro:WrongHeads")
     (entry,) = json.loads(value)
     assert entry == {"note": "no repro script: argument rank (object) cannot be rebuilt outside kvconform"}
+
+
+def test_a_failure_in_a_rank_process_gets_no_script_but_says_why():
+    """Distributed mode: the failing calls ran in rank processes; the judge's own planning calls are all the
+    recorder saw, and a script of those would "reproduce" the failure whatever the implementation does."""
+    with recorder.enabled(plain=True) as trace:
+        impl = guard(RightHeads(), checked=False)
+        impl.heads_of_rank(4, 2, 0)
+    failure = RankError("rank 0 (prefill 0, cpu): RuntimeError: boom")
+    [(_, entries)] = repro_scripts(failure, trace, "harness/conformance/t.py::test_distributed_x",
+                                   "tests.test_repro:RightHeads")
+    [entry] = json.loads(entries)
+    assert entry == {"note": "no repro script: the failing calls ran in a rank process (distributed mode), which "
+                             "the recorder does not see; rerun with the repro line"}
 
 
 def test_nothing_is_recorded_outside_a_failing_example():

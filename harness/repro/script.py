@@ -57,7 +57,7 @@ def repro_scripts(exc: BaseException, plain_trace: Optional[Trace], nodeid: str,
     entries = []
     for index, failure in enumerate(failures, 1):
         trace = getattr(failure, TRACE_ATTRIBUTE, None)
-        note = _unavailable(trace, spec)
+        note = _unavailable(trace, spec) or _in_a_rank(failure)
         if note:
             entries.append({"note": note})
             continue
@@ -70,6 +70,17 @@ def repro_scripts(exc: BaseException, plain_trace: Optional[Trace], nodeid: str,
             continue
         entries.append({"name": script_name(nodeid, index), "source": source})
     return [(PROP_REPRO_SCRIPTS, json.dumps(entries))]
+
+
+def _in_a_rank(failure: BaseException) -> str:
+    """Why there is no script for a failure raised in a rank process (distributed mode): the calls that failed
+    ran there, out of the recorder's sight; a script of the judge's own calls would "reproduce" anything."""
+    from harness.distributed.results import RankError  # here: the distributed package is not needed otherwise
+
+    if isinstance(failure, RankError):
+        return ("no repro script: the failing calls ran in a rank process (distributed mode), which the recorder "
+                "does not see; rerun with the repro line")
+    return ""
 
 
 def _unavailable(trace: Optional[Trace], spec: Optional[str]) -> str:
