@@ -47,6 +47,14 @@ def _judge_message(failure: dict) -> str:
     return failure["error"].partition(": ")[2]
 
 
+def _assert_script_fails_like(script: Path, failure: dict, cwd: Path) -> None:
+    """The script, run with plain ``python`` (it puts its IMPL_PATH on sys.path itself), ends like the report."""
+    done = subprocess.run([sys.executable, str(script)], cwd=cwd, env={**os.environ, "PYTHONPATH": ""},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert _last_line(done.stderr) == f"AssertionError: {_judge_message(failure)}"
+
+
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -81,11 +89,7 @@ def test_a_repro_builds_the_configuration_that_failed_not_the_declaring_object(t
     (failure,) = report["failures"]
     script = tmp_path / failure["repro_script"]
     assert "make_implementation#broken" in script.read_text()
-    env = {**os.environ, "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert _last_line(done.stderr) == f"AssertionError: {_judge_message(failure)}"
+    _assert_script_fails_like(script, failure, tmp_path)
 
 
 def test_an_implementations_own_exception_raised_in_its_worker_is_replayed_as_itself(tmp_path):
@@ -96,11 +100,7 @@ def test_an_implementations_own_exception_raised_in_its_worker_is_replayed_as_it
     assert "raised StagingRefused: more than 3 writers" in failure["error"]
     script = tmp_path / failure["repro_script"]
     assert "raises=('StagingRefused', 'more than 3 writers')" in script.read_text()
-    env = {**os.environ, "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert _last_line(done.stderr) == f"AssertionError: {_judge_message(failure)}"
+    _assert_script_fails_like(script, failure, tmp_path)
 
 
 def _site_packages_without_kvconform(tmp_path: Path) -> list[str]:
