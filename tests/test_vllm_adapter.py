@@ -163,15 +163,17 @@ def impl():
 
 
 def test_vllm_declares_pull_push_permute_with_their_own_limits(impl):
-    """``--impl vllm``: three configurations, one report column each; pull's limit is pull's alone; all share
-    the one environment installed into vLLM's worker module (a second install would redirect the first's)."""
+    """``--impl vllm``: three configurations, one report column each; none has decode-side pipelining, pull's
+    fan-in limit is pull's and permute's alone; all share the one environment installed into vLLM's worker
+    module (a second install would redirect the first's)."""
     from harness.loading import load_configurations
 
     loaded = load_configurations("adapters.vllm:make_implementation")  # the entry point's target
     assert loaded.declared == ("pull", "push", "permute") and loaded.name == "vllm 0.33.0"
     by_name = {c.configuration: c.implementation for c in loaded.selected}
     assert {name: set(i.limits) for name, i in by_name.items()} == {
-        "pull": {"no_pipeline_fan_in"}, "push": set(), "permute": {"no_pipeline_fan_in"}}
+        "pull": {"no_decode_pipeline", "no_pipeline_fan_in"}, "push": {"no_decode_pipeline"},
+        "permute": {"no_decode_pipeline", "no_pipeline_fan_in"}}
     assert (by_name["push"].mode, by_name["permute"].decode_layout) == ("push", "LBNHC")
     assert by_name["pull"]._env is by_name["push"]._env is impl._env
 
