@@ -944,9 +944,6 @@ def _configuration_of(item: pytest.Item) -> str | None:
     return callspec.params.get("impl_configuration") if callspec is not None else None
 
 
-#: Fixtures that start processes (distributed mode's rank pool): seconds of fixed cost before the first example.
-
-
 def _shown_path(path: str | None, invocation_dir: str) -> str | None:
     """``path`` relative to where the run was started when it lies below it (the shipped corpus in a checkout),
     so a repro line and a committed report name no machine's absolute paths; else unchanged."""

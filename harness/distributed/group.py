@@ -34,7 +34,7 @@ from harness.distributed.config import (
 from harness.distributed.job import CaseJob, NumberedJob
 from harness.distributed.results import CaseReport, DistributedFailure
 from harness.distributed.roles import ranks_needed
-from harness.isolation.supervisor import _main_module_hidden
+from harness.isolation.supervisor import forkserver_context, main_module_hidden
 
 STORE_HOST = "127.0.0.1"
 POLL_S = 0.2        # how often the parent checks its ranks while waiting
@@ -90,7 +90,7 @@ class WorkerGroup:
             jobs = ctx.Queue()
             process = ctx.Process(target=worker.main, args=(args, jobs, self._results), name=f"kvconform-rank-{rank}",
                                   daemon=True)
-            with _main_module_hidden():
+            with main_module_hidden():
                 process.start()
             self._job_queues.append(jobs)
             self._processes.append(process)
@@ -237,20 +237,15 @@ def _fatal_lines(fatals: list) -> str:
     return "; ".join(f"rank {f.rank}: {f.message}" for f in sorted(fatals, key=lambda f: f.rank))
 
 
-#: What the forkserver imports once (the isolation worker's modules too: one forkserver serves both).
-FORKSERVER_PRELOAD = ["torch", "harness.isolation.worker", "harness.distributed.worker"]
-
-
 def _context(mp: Any) -> tuple[Any, int]:
     """Rank processes fork from a forkserver that imported torch once (a clean process that never initializes
     CUDA: as safe as spawn, without every rank importing torch again); spawn where there is no forkserver.
     Also the pid the ranks' parent will have (the forkserver's, which ends with this process; or this one's)."""
     try:
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+        ctx = forkserver_context()
         from multiprocessing import forkserver
 
-        with _main_module_hidden():  # the server must not run the judge's __main__ again
+        with main_module_hidden():  # the server must not run the judge's __main__ again
             forkserver.ensure_running()
         server_pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
     except (ValueError, OSError):

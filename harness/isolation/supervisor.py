@@ -49,7 +49,7 @@ END_TEST_TIMEOUT_S = 10.0  #: the end-of-test check of a worker kept for the nex
 
 
 @contextlib.contextmanager
-def _main_module_hidden() -> Iterator[None]:
+def main_module_hidden() -> Iterator[None]:
     """Start a process without it importing the judge's ``__main__`` (pytest, the CLI or a user's script: the
     worker needs none of it, and a script without a ``__main__`` guard would run again there)."""
     main = sys.modules["__main__"]
@@ -68,12 +68,20 @@ class LoadRefused(Exception):
     """The worker's ``harness.loading`` refused the implementation (the message is its ImplementationError's)."""
 
 
+#: What the forkserver imports once: one server serves the isolation workers and the distributed ranks.
+FORKSERVER_PRELOAD = ["torch", "harness.isolation.worker", "harness.distributed.worker"]
+
+
+def forkserver_context() -> Any:
+    """The forkserver context both kinds of process fork from (harness.distributed.group uses it too)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return context
+
+
 def _context() -> Any:
     crossing.share_by_name()
-    context = multiprocessing.get_context("forkserver")
-    # the distributed rank processes fork from the same server (harness.distributed.group)
-    context.set_forkserver_preload(["torch", "harness.isolation.worker", "harness.distributed.worker"])
-    return context
+    return forkserver_context()
 
 
 class WorkerProcess:
@@ -87,7 +95,7 @@ class WorkerProcess:
 
         self.process = context.Process(target=worker.main, args=([child for _, child in pairs],), daemon=True,
                                        name="kvconform-worker")
-        with _main_module_hidden():
+        with main_module_hidden():
             self.process.start()
         for _, child in pairs:
             child.close()
