@@ -23,7 +23,7 @@ it is re-read, and ends holding the prefill's KV (``decode_truth``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -100,6 +100,9 @@ class World:
     prefill: list[RankPool]  # index pp_stage * prefill_tp + tp_rank
     decode: list[RankPool]   # index pp_stage * decode_tp + tp_rank
     fence: CanaryFence       # every pool's allocations: margins and the gaps of its layout
+    #: What each implementation answered about this case (head mapping, staging layout), asked once:
+    #: ``id(impl) -> (impl, {question: answer})`` (harness.engine.writers)
+    answers: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, case, device: str | torch.device = "cpu") -> "World":

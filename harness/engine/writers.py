@@ -6,7 +6,7 @@
 * :func:`chunk_layout` is where each slot's bytes sit in a chunk's staging region (the implementation's
   ``staging_layout`` when it has ``layout``, else the interface convention).
 * Both are asked once per (case, rank shape): given the ``world`` a case built, the answers are kept for
-  that world (:func:`_case_answers`), so the moves of one case (staged, direct, each chunk's ring size)
+  that world (``World.answers``, :func:`_case_answers`), so the moves of one case (staged, direct, each chunk's ring size)
   do not ask the same question again.  The head_coverage and layout tests judge the answers themselves,
   call by call; here every answer is still judged by what it moves (the pool oracles, the ledger).
 * :func:`wait_until_writable` is the one loop in which a writer waits for the watermark while the
@@ -44,23 +44,15 @@ class WriterPlan:
     layer_start: int       # first local layer on the decode rank
 
 
-#: Worlds whose answers are kept (the latest few: one case's moves run one after another).
-KEPT_CASES = 4
-#: (id(world), id(impl)) -> (world, impl, {question: answer}); both are held so their ids are not reused.
-_ANSWERS: dict[tuple[int, int], tuple[Any, Any, dict]] = {}
-
-
 def _case_answers(impl: Any, world: Any) -> Optional[dict]:
-    """The answers ``impl`` gave for the case of ``world`` so far (None: no world, nothing kept)."""
+    """The answers ``impl`` gave for the case of ``world`` so far (None: no world, nothing kept); they live on
+    the world, as long as the case (the impl is held beside them, so its id is not reused)."""
     if world is None:
         return None
-    key = (id(world), id(impl))
-    kept = _ANSWERS.get(key)
+    kept = world.answers.get(id(impl))
     if kept is None:
-        while len(_ANSWERS) >= KEPT_CASES:
-            _ANSWERS.pop(next(iter(_ANSWERS)))
-        kept = _ANSWERS[key] = (world, impl, {})
-    return kept[2]
+        kept = world.answers[id(impl)] = (impl, {})
+    return kept[1]
 
 
 def writer_plans(impl: Any, shape: RankShape, world: Any = None) -> list[WriterPlan]:
