@@ -133,7 +133,8 @@ class AllocatorFactory(Protocol):
 
     def writer_may_write(self, alloc_round: int, alloc_end: int, watermark: WatermarkPosition) -> bool:
         """Whether a writer may write allocation ``(round, end)`` given the last
-        watermark it received."""
+        watermark it received.  A function of its arguments: the suite asks each
+        distinct question once."""
 
 
 class KvCopy(Protocol):

@@ -152,6 +152,14 @@ class World:
     def snapshot(self) -> tuple[list[RankPool], list[RankPool]]:
         return [p.clone() for p in self.prefill], [p.clone() for p in self.decode]
 
+    def restore(self, snapshot: tuple[list[RankPool], list[RankPool]]) -> None:
+        """Put every pool layer back as ``snapshot`` (from :meth:`snapshot`) holds it, in place: the same tensors
+        move again (under process isolation they crossed once already, a fresh world would cross anew)."""
+        for saved, pools in zip(snapshot, (self.prefill, self.decode)):
+            for before, pool in zip(saved, pools):
+                for src, dst in zip((*before.k, *before.v), (*pool.k, *pool.v)):
+                    dst.copy_(src)
+
     # -- comparisons with readable diagnostics -----------------------------------------
     def check_decode(self, part: str = "all", indices: Optional[list[int]] = None) -> None:
         """Decode pools equal their expectation bit for bit, or an InvariantViolation explains the first difference.

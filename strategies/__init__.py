@@ -42,7 +42,7 @@ from strategies.topology import (
     topologies,
     tp_sizes,
 )
-from strategies.transfer import pool_elements, transfer_cases
+from strategies.transfer import DEFAULT_MAX_RANKS, pool_elements, transfer_cases
 
 __all__ = [
     "CONTIGUOUS",
@@ -86,4 +86,5 @@ __all__ = [
     "topologies",
     "tp_sizes",
     "transfer_cases",
+    "DEFAULT_MAX_RANKS",
 ]

@@ -13,6 +13,20 @@ from strategies.topology import topologies as _topologies
 
 #: Default cap on KV pool elements over all ranks of both sides.
 DEFAULT_MAX_POOL_ELEMENTS = 1 << 17
+#: Ranks per side (TP x PP, so TP sizes too) of the default topologies of transfer cases.  An example moves KV
+#: through every (decode rank, writer) pair: drawn up to 64 ranks (``topologies()``'s default), three examples in
+#: four had more than 16 ranks on a side and took 97 % of a round-trip test's time.  Every case class (TP ratio
+#: 9+, writers 9+, each replication side, PP fan-in 4) is reached within 16; the head mapping itself is tested up
+#: to TP 64 and ratio 64 by the mapping tests, which move no KV.
+DEFAULT_MAX_RANKS = 16
+#: Default cap on (ranks of the larger side) x (prefill pages of the request): about the number of per-chunk
+#: calls a staged move makes (every decode rank gathers every writer and scatters, once per chunk).
+DEFAULT_MAX_RANK_PAGES = 128
+
+
+def rank_count(topology: TpTopology) -> int:
+    """Ranks of the larger side (TP x PP): the harness moves KV through each."""
+    return max(topology.prefill_tp * topology.prefill_pp, topology.decode_tp * topology.decode_pp)
 
 
 def pool_elements(topology: TpTopology, num_layers: int, head_dim: int, prefill_pool_tokens: int,
@@ -31,7 +45,7 @@ def _fold(value: int, cap: int) -> int:
 
 @st.composite
 def _transfer_cases(draw, topologies, aligned_prefix, max_tokens, dtypes, page_sizes, max_layers_per_stage,
-                    max_chunk_pages, nan_payloads, max_pool_elements, layouts):
+                    max_chunk_pages, nan_payloads, max_pool_elements, layouts, max_rank_pages):
     """Draw topology, dtype, page sizes and request first, then layers and head
     dim bounded so the pools fit the element budget (soft: one layer per stage
     and head_dim 1 are kept even if they exceed it).  ``page_sizes`` draws
@@ -39,8 +53,11 @@ def _transfer_cases(draw, topologies, aligned_prefix, max_tokens, dtypes, page_s
     topology = draw(topologies)
     dtype = draw(dtypes)
     page_size, decode_page_size = draw(page_sizes)
-    request = draw(request_specs(page_size, aligned_prefix, max_tokens=max_tokens, max_chunk_pages=max_chunk_pages,
-                                 decode_page_size=decode_page_size))
+    # Many ranks, or many pages: an example with both costs their product in calls and finds nothing the two
+    # apart do not (the rank-count and chunk-count case classes are each reached).
+    pages_cap = max(2, max_rank_pages // rank_count(topology))
+    request = draw(request_specs(page_size, aligned_prefix, max_tokens=min(max_tokens, pages_cap * page_size),
+                                 max_chunk_pages=max_chunk_pages, decode_page_size=decode_page_size))
 
     def elements(num_layers: int, head_dim: int) -> int:
         return pool_elements(topology, num_layers, head_dim, request.prefill_pool_pages * page_size,
@@ -88,10 +105,12 @@ def transfer_cases(
     nan_payloads: bool | None = None,
     max_pool_elements: int = DEFAULT_MAX_POOL_ELEMENTS,
     layouts: st.SearchStrategy[PoolLayout] | None = None,
+    max_rank_pages: int = DEFAULT_MAX_RANK_PAGES,
 ) -> st.SearchStrategy[TransferCase]:
     """Full ``TransferCase`` values.
 
-    ``topologies`` defaults to ``topologies()``; ``aligned_prefix`` as in
+    ``topologies`` defaults to ``topologies(max_tp=16, max_ranks=16)``
+    (:data:`DEFAULT_MAX_RANKS`); ``aligned_prefix`` as in
     ``request_specs`` (with ``False`` page sizes are 2 or more);
     ``nan_payloads=None`` draws it.  Prefill and decode use one page size
     from ``page_sizes`` unless ``page_size_pairs`` (e.g. ``page_size_pairs()``)
@@ -102,17 +121,22 @@ def transfer_cases(
     tenth of a second on CPU; layers per stage are capped the same way (the
     budget counts logical elements: a padded layout adds its gaps).
     ``layouts`` defaults to ``pool_layouts()``: how every rank's pool layers
-    sit in memory.  Shrinks toward one head, TP 1, one layer, float32, page 1,
+    sit in memory.  ``max_rank_pages`` caps the request's prefill pages times
+    the larger side's rank count (TP x PP) -- but never below two pages --
+    since a staged move makes about that many calls; up to 16 ranks a request
+    still reaches 8 pages, one rank reaches ``max_tokens``.  Shrinks toward one head, TP 1, one layer, float32, page 1,
     one token, seed 0, no NaNs, contiguous layers.
     """
     if max_pool_elements < 1:
         raise ValueError(f"max_pool_elements must be >= 1, got {max_pool_elements}")
+    if max_rank_pages < 1:
+        raise ValueError(f"max_rank_pages must be >= 1, got {max_rank_pages}")
     if max_tokens < 2 and aligned_prefix is False:
         raise ValueError("a non-aligned prefix needs max_tokens >= 2")
     if max_tokens < 1 or max_layers_per_stage < 1 or max_chunk_pages < 1:
         raise ValueError("max_tokens, max_layers_per_stage and max_chunk_pages must be >= 1")
     return _transfer_cases(
-        _topologies() if topologies is None else topologies,
+        _topologies(max_tp=DEFAULT_MAX_RANKS, max_ranks=DEFAULT_MAX_RANKS) if topologies is None else topologies,
         aligned_prefix,
         max_tokens,
         _dtypes() if dtypes is None else dtypes,
@@ -122,4 +146,5 @@ def transfer_cases(
         nan_payloads,
         max_pool_elements,
         _pool_layouts() if layouts is None else layouts,
+        max_rank_pages,
     )

@@ -225,3 +225,29 @@ def test_exitfirst_order_runs_process_spawning_tests_last_and_keeps_the_rest():
     first, second = SimpleNamespace(name="a", fixturenames=["impl"]), SimpleNamespace(name="b", fixturenames=[])
     ordered = fail_fast_order([spawning, first, second])  # type: ignore[arg-type]
     assert [item.name for item in ordered] == ["a", "b", "distributed"]
+
+
+def test_exitfirst_order_runs_the_cheap_broad_tests_first_in_their_listed_order():
+    from types import SimpleNamespace
+
+    from harness.markers import FAIL_FAST_FIRST, fail_fast_order
+
+    def item(name, *fixtures):
+        return SimpleNamespace(name=f"{name}[cpu]", originalname=name, fixturenames=["impl", *fixtures])
+
+    late, cheap, cheaper = item("test_path_equivalence"), item(FAIL_FAST_FIRST[1]), item(FAIL_FAST_FIRST[0])
+    spawning = item("test_distributed_round_trip", "worker_group")
+    ordered = fail_fast_order([spawning, late, cheap, cheaper])  # type: ignore[list-item]
+    assert [i.originalname for i in ordered] == [FAIL_FAST_FIRST[0], FAIL_FAST_FIRST[1], "test_path_equivalence",
+                                                 "test_distributed_round_trip"]
+
+
+def test_exitfirst_order_names_only_tests_of_the_suite():
+    import re
+
+    from harness.markers import FAIL_FAST_FIRST
+
+    suite = Path(__file__).resolve().parents[1] / "harness" / "conformance"
+    defined = {m for path in suite.glob("test_*.py") for m in re.findall(r"^def (test_\w+)", path.read_text(), re.M)}
+    assert set(FAIL_FAST_FIRST) <= defined, set(FAIL_FAST_FIRST) - defined
+    assert len(set(FAIL_FAST_FIRST)) == len(FAIL_FAST_FIRST)

@@ -22,7 +22,7 @@ def test_isolation_kv_copy(impl, device, case):
 
 
 @pytest.mark.invariant("isolation", requires=("direct_copy",), since="1.0")
-@given(case=kst.transfer_cases(topologies=kst.topologies(pipeline=False)))
+@given(case=kst.transfer_cases(topologies=kst.topologies(pipeline=False, max_tp=kst.DEFAULT_MAX_RANKS)))
 def test_isolation_direct_copy(impl, device, case):
     world = World.build(case, device)
     prefill_before, _ = world.snapshot()

@@ -27,8 +27,12 @@ MARGIN = 64           # canary bytes guarding each side of every buffer handed t
 class Guarded:
     """A uint8 buffer with canary margins on both sides; ``inner`` is what the implementation gets."""
 
-    def __init__(self, nbytes: int, device, fill: int = CANARY_BYTE) -> None:
-        self.whole = torch.full((nbytes + 2 * MARGIN,), fill, dtype=torch.uint8, device=device)
+    def __init__(self, nbytes: int, device, fill: int = CANARY_BYTE, whole: torch.Tensor | None = None) -> None:
+        """``whole``: ``nbytes + 2 * MARGIN`` bytes to use (a piece of a larger block), filled here."""
+        if whole is None:
+            self.whole = torch.full((nbytes + 2 * MARGIN,), fill, dtype=torch.uint8, device=device)
+        else:
+            self.whole = whole.fill_(fill)
         self.inner = self.whole[MARGIN:MARGIN + nbytes]
         #: Both margins as the two rows of one view: one comparison checks them (the side is found on a failure).
         self._edges = self.whole.as_strided((2, MARGIN), (nbytes + MARGIN, 1))
@@ -50,9 +54,9 @@ class CarvedAllocation:
     in the order of ``views``) and canary in every element no view covers (the gaps between them)."""
 
     def __init__(self, elements: int, dtype: torch.dtype, device, shape: tuple[int, int, int],
-                 views: Sequence[tuple[str, ViewPlacement]]) -> None:
+                 views: Sequence[tuple[str, ViewPlacement]], whole: torch.Tensor | None = None) -> None:
         self.element_size = torch.empty((), dtype=dtype).element_size()
-        self.guarded = Guarded(elements * self.element_size, device)
+        self.guarded = Guarded(elements * self.element_size, device, whole=whole)
         typed = self.guarded.inner.view(dtype)
         covered = torch.zeros(elements, dtype=torch.bool, device=device)
         self.tensors: list[torch.Tensor] = []
@@ -86,6 +90,22 @@ class CarvedAllocation:
         return " and ".join(([f"after {max(before)[1]}"] if before else []) + ([f"before {min(after)[1]}"] if after else []))
 
 
+#: Alignment of the pieces of one block (:func:`_pieces`): what a caching allocator's blocks give at least.
+PIECE_ALIGN = 256
+
+
+def _pieces(device, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Byte tensors of ``sizes``, each a :data:`PIECE_ALIGN`-aligned piece of one block.  A rank's pool is one
+    block, as an engine allocates it: under process isolation a block crosses to the worker as one storage (an
+    allocation per layer cost a shared-memory segment each), and a repro script embeds that rank's bytes only."""
+    starts, end = [], 0
+    for size in sizes:
+        starts.append(end)
+        end += -(-size // PIECE_ALIGN) * PIECE_ALIGN
+    block = torch.empty((end,), dtype=torch.uint8, device=device)
+    return [block[start:start + size] for start, size in zip(starts, sizes)]
+
+
 class CanaryFence:
     """Every buffer handed to an implementation, each between canary margins (:class:`Guarded`), and every
     pool allocation with canary in its gaps too (:class:`CarvedAllocation`).
@@ -117,10 +137,12 @@ class CanaryFence:
                 members.setdefault(place.allocation, []).append((kv, local, place))
         k: list[torch.Tensor] = [torch.empty(0)] * len(layers)
         v: list[torch.Tensor] = [torch.empty(0)] * len(layers)
-        for index, views in sorted(members.items()):
+        pieces = _pieces(self.device, [geometry.allocation_elements[index] * torch.empty((), dtype=dtype).element_size()
+                                       + 2 * MARGIN for index in sorted(members)])
+        for (index, views), whole in zip(sorted(members.items()), pieces):
             named = [(f"{'KV'[kv]} layer {layers[local]}", place) for kv, local, place in views]
             allocation = CarvedAllocation(geometry.allocation_elements[index], dtype, self.device,
-                                          (rows, heads, head_dim), named)
+                                          (rows, heads, head_dim), named, whole)
             self._buffers.append((f"{what} " + (named[0][0] if len(named) == 1 else
                                                 f"({named[0][0]} .. {named[-1][0]} in one allocation)"), allocation))
             for (kv, local, _), tensor in zip(views, allocation.tensors):
