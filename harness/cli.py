@@ -23,7 +23,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from harness import settings
+from harness import forkserver, settings
 from harness.profiles import EXPLORE, EXPLORE_SECONDS, PROFILE_EXAMPLES
 
 #: Overrides the directory of conformance test modules (for the harness's own tests).
@@ -206,6 +206,10 @@ def main(argv: list[str] | None = None, prog: str = "kvconform") -> int:
     if args.list_impls:
         print(_implementation_listing())
         return EXIT_OK
+    if not args.in_process and not args.numprocesses:
+        # Under isolation this process forks the worker; started now, the server's torch import (seconds)
+        # runs beside ours instead of after it.  (With -n, the xdist workers fork theirs.)
+        forkserver.start_early()
     try:
         pytest_args = _checked_pytest_arguments(args, passthrough, prog)
     except UsageError as exc:

@@ -34,7 +34,7 @@ from harness.distributed.config import (
 from harness.distributed.job import CaseJob, NumberedJob
 from harness.distributed.results import CaseReport, DistributedFailure
 from harness.distributed.roles import ranks_needed
-from harness.isolation.supervisor import forkserver_context, main_module_hidden
+from harness.forkserver import ensure_running, forkserver_context, main_module_hidden
 
 STORE_HOST = "127.0.0.1"
 POLL_S = 0.2        # how often the parent checks its ranks while waiting
@@ -241,17 +241,9 @@ def _context(mp: Any) -> tuple[Any, int]:
     """Rank processes fork from a forkserver that imported torch once (a clean process that never initializes
     CUDA: as safe as spawn, without every rank importing torch again); spawn where there is no forkserver.
     Also the pid the ranks' parent will have (the forkserver's, which ends with this process; or this one's)."""
-    try:
-        ctx = forkserver_context()
-        from multiprocessing import forkserver
-
-        with main_module_hidden():  # the server must not run the judge's __main__ again
-            forkserver.ensure_running()
-        server_pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
-    except (ValueError, OSError):
-        server_pid = None
-    if isinstance(server_pid, int) and server_pid > 0:
-        return ctx, server_pid
+    server_pid = ensure_running()
+    if server_pid is not None:
+        return forkserver_context(), server_pid
     return mp.get_context("spawn"), os.getpid()
 
 

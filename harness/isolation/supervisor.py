@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import atexit
 import collections.abc
-import contextlib
 import functools
 import signal
-import sys
 import threading
 import time
 import typing
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
-import torch.multiprocessing as multiprocessing
 
+from harness.forkserver import forkserver_context, main_module_hidden
 from harness.interface import documented_signature, method_owners
 from harness.isolation import crossing
 from harness.isolation.channel import Call, Lane, RemoteRaised, WorkerDied, WorkerHung
@@ -48,35 +46,8 @@ START_TIMEOUT_S = 300.0  #: the worker process itself starting (python, torch), 
 END_TEST_TIMEOUT_S = 10.0  #: the end-of-test check of a worker kept for the next test
 
 
-@contextlib.contextmanager
-def main_module_hidden() -> Iterator[None]:
-    """Start a process without it importing the judge's ``__main__`` (pytest, the CLI or a user's script: the
-    worker needs none of it, and a script without a ``__main__`` guard would run again there)."""
-    main = sys.modules["__main__"]
-    saved: dict[str, Any] = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
-    try:
-        yield
-    finally:
-        main.__dict__.update(saved)
-        if "__spec__" not in saved:
-            main.__dict__.pop("__spec__", None)
-
-
 class LoadRefused(Exception):
     """The worker's ``harness.loading`` refused the implementation (the message is its ImplementationError's)."""
-
-
-#: What the forkserver imports once: one server serves the isolation workers and the distributed ranks.
-FORKSERVER_PRELOAD = ["torch", "harness.isolation.worker", "harness.distributed.worker"]
-
-
-def forkserver_context() -> Any:
-    """The forkserver context both kinds of process fork from (harness.distributed.group uses it too)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(FORKSERVER_PRELOAD)
-    return context
 
 
 def _context() -> Any:
