@@ -11,9 +11,9 @@ no deadline (allocating tensors on CPU is slow and uneven) and suppress the
 verdict on every machine and every run.  It is derandomized (each test's
 examples are derived from its own source, not drawn at random), has a fixed
 budget of examples per test (:data:`GATE_EXAMPLES`; the whole suite against
-the reference with ``-n 2`` on two quiet CPU cores: 119 s under process
-isolation, 83-92 s in-process, measured 2026-12-02 -- the one-minute target of
-issue 11 is not met yet, see bench/README.md), reads and
+the reference with ``-n 2`` on two quiet CPU cores: 76 s under process
+isolation, 47 s in-process, measured 2026-12-02 on 0b7b1c6 -- the one-minute
+target of issue 11 is met in-process only, see bench/README.md), reads and
 writes no example database (``database=None``: a gate must not depend on
 what a machine saw before, and a read-only database would still make the
 verdict depend on which machine's history it holds), reports one bug per
