@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None, prog: str = "kvconform") -> int:
     if not args.in_process and not args.numprocesses:
         # Under isolation this process forks the worker; started now, the server's torch import (seconds)
         # runs beside ours instead of after it.  (With -n, the xdist workers fork theirs.)
-        forkserver.start_early()
+        forkserver.ensure_running()
     try:
         pytest_args = _checked_pytest_arguments(args, passthrough, prog)
     except UsageError as exc:

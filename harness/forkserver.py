@@ -2,7 +2,7 @@
 
 The server imports torch once (:data:`FORKSERVER_PRELOAD`), and every child forks from it ready to run: a
 clean process that never initialized CUDA, as safe as spawn without importing torch again.  Importing
-torch takes seconds, so :func:`start_early` starts the server before the judge imports torch itself: the
+torch takes seconds, so the CLI calls :func:`ensure_running` to start the server before the judge imports torch itself: the
 two imports then run side by side instead of one after the other.  This module imports nothing heavy.
 """
 
@@ -41,7 +41,8 @@ def forkserver_context() -> Any:
 
 
 def ensure_running() -> Optional[int]:
-    """Start the server unless it runs; its pid, or None where this platform has no forkserver."""
+    """Start the server unless it runs; its pid, or None where this platform has no forkserver (a server that
+    cannot start fails again, with its reason, where a worker is first needed)."""
     try:
         forkserver_context()
         from multiprocessing import forkserver
@@ -54,10 +55,4 @@ def ensure_running() -> Optional[int]:
     return pid if isinstance(pid, int) and pid > 0 else None
 
 
-def start_early() -> None:
-    """Start the server now (before this process imports torch), so its imports overlap with ours; a server
-    that cannot start here fails again, with its reason, where a worker is first needed."""
-    ensure_running()
-
-
-__all__ = ["FORKSERVER_PRELOAD", "ensure_running", "forkserver_context", "main_module_hidden", "start_early"]
+__all__ = ["FORKSERVER_PRELOAD", "ensure_running", "forkserver_context", "main_module_hidden"]

@@ -46,6 +46,7 @@ from strategies.transfer import DEFAULT_MAX_RANKS, pool_elements, transfer_cases
 
 __all__ = [
     "CONTIGUOUS",
+    "DEFAULT_MAX_RANKS",
     "INVALID_TOPOLOGY_REASONS",
     "LARGE_HEAD_DIMS",
     "LAYOUT_KINDS",
@@ -86,5 +87,4 @@ __all__ = [
     "topologies",
     "tp_sizes",
     "transfer_cases",
-    "DEFAULT_MAX_RANKS",
 ]

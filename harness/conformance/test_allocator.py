@@ -32,9 +32,10 @@ def check_program(impl, capacity: int, program) -> None:
         wm = ledger.watermark()
         ledger.raise_if_violated()
         for p in ledger.live():
-            if (p.round, p.end, wm) not in asked:
-                asked.add((p.round, p.end, wm))
-                ledger.judge_writer(p, wm, bool(impl.writer_may_write(p.round, p.end, wm)))
+            question = (p.round, p.end, wm)
+            if question not in asked:
+                asked.add(question)
+                ledger.judge_writer(p, wm, bool(impl.writer_may_write(*question)))
     ledger.check_empty_ring(impl.writer_may_write)
 
 
